@@ -1,0 +1,54 @@
+# homebox: every target does its own set-up, so `make demo` and `make test`
+# work on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+PYTHON ?= python3
+# Regenerating the locks needs uv; installing from them needs only pip.
+UV_VERSION := 0.13.8
+
+.PHONY: setup system-deps test demo check bench lock clean
+
+setup: system-deps $(STAMP)
+
+# Debian's mosquitto is the real broker of the tests. Installed only when
+# missing and when we are root; otherwise say what is missing.
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's mosquitto"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	  else \
+	    echo "note: mosquitto is not installed and we are not root: the demo uses the pure-Python broker; tests need mosquitto (apt-get install mosquitto)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.lock
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+demo: setup
+	$(VENV)/bin/homebox demo
+
+check: setup
+	$(VENV)/bin/ruff check .
+	@# mypy ignores bare .pyi files in site-packages: copy the board stubs aside.
+	$(PY) -c "import importlib.metadata as m, shutil, pathlib; d = pathlib.Path('build/stubs'); [(d / f.parent).mkdir(parents=True, exist_ok=True) or shutil.copy(f.locate(), d / f) for dist in ('micropython-esp32-stubs', 'micropython-stdlib-stubs') for f in m.files(dist) if f.suffix == '.pyi']"
+	MYPYPATH=build/stubs $(VENV)/bin/mypy --config-file mypy-onbox.ini agent/hal/esp32.py agent/hal/esp32_meters.py
+
+bench: setup
+	$(PY) -m bench.run --out bench/results.json
+
+lock:
+	$(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv pip compile pyproject.toml --universal --generate-hashes -q --extra sim --extra dev -o requirements/dev.lock
+	$(PYTHON) -m uv pip compile pyproject.toml --universal --generate-hashes -q -o requirements/base.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

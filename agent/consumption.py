@@ -1,0 +1,284 @@
+# Consumption telemetry: electricity from the Linky TIC, water from a pulse
+# meter, data usage where the HAL counts it. Imported only when enabled.
+#
+# A poll task drains the UART and the pulse input every `consumption_poll_ms`
+# (real time). Energy comes from index differences between checksum-valid
+# frames; an implausible difference (backwards, or over 12 Wh a second) is not
+# used: the baseline is reset and it is counted. Deltas go into three buckets:
+# curve slot (`consumption_curve_s`, 600 s), hour and day (UTC). Closed hours
+# and days are sent as kind "consumption"; the hour message carries the curve
+# only while options.consent.detailed_consumption is true.
+import asyncio
+import binascii
+import hashlib
+
+from agent.compat import ticks_diff, ticks_ms
+
+MAX_WH_PER_S = 12          # 36 kVA, the largest residential supply, is 10 Wh/s
+AUTOBAUD_MS = 10000        # auto mode: switch baud rate after this long without a frame
+
+
+def _bucket(start):
+    # [start, {tariff: Wh}, VA max, litres, rx bytes, tx bytes]
+    return [start, {}, None, 0, 0, 0]
+
+
+def _add(b, wh, va, litres, rx, tx):
+    d = b[1]
+    for k in wh:
+        d[k] = d.get(k, 0) + wh[k]
+    if va is not None and (b[2] is None or va > b[2]):
+        b[2] = va
+    b[3] += litres
+    b[4] += rx
+    b[5] += tx
+
+
+def consent(box):
+    doc = box.twin.applied.get("options") or {}
+    c = doc.get("consent") if isinstance(doc, dict) else None
+    return isinstance(c, dict) and c.get("detailed_consumption") is True
+
+
+class Consumption:
+    def __init__(self, box):
+        cfg = box.cfg
+        hal = box.hal
+        self.box = box
+        self.hal = hal
+        self.salt = str(cfg.get("hash_salt") or box.id)
+        cs = int(cfg.get("consumption_curve_s") or 600)
+        self.curve_s = cs if cs >= 60 and 3600 % cs == 0 else 600
+        self.poll_ms = int(cfg.get("consumption_poll_ms") or 250)
+        self.reader = None
+        mode = cfg.get("tic_mode")
+        if mode and hasattr(hal, "tic_read"):
+            from agent import tic
+            self.tic = tic
+            self.reader = tic.Reader(None if mode == "auto" else mode, tic.KEEP, False, False)
+            self.rbuf = bytearray(256)
+            # auto mode on a real UART: try the other baud rate after 10 s without a frame
+            self.autobaud = mode == "auto" and hasattr(hal, "tic_set_mode")
+            self.baud_mode = "standard"
+            self.seen = (0, ticks_ms())
+        self.wm = None
+        if cfg.get("water_enabled") and hasattr(hal, "water_edges"):
+            from agent import water
+            self.wm = water.WaterMeter(cfg["state_dir"] + "/water.json",
+                                       cfg.get("water_l_per_pulse", 1),
+                                       cfg.get("water_debounce_ms", 80),
+                                       cfg.get("water_save_pulses", 10),
+                                       save_idle_s=cfg.get("water_save_idle_s", 60),
+                                       save_max_s=cfg.get("water_save_max_s", 900),
+                                       leak_s=cfg.get("water_leak_s", 7200),
+                                       gap_s=cfg.get("water_gap_s", 900))
+            nw = cfg.get("water_night_utc", [0, 4])
+            self.night = water.NightWatch(nw[0], nw[1]) if nw else None
+        self.net = hasattr(hal, "data_bytes")
+        self.net_prev = None
+        self.prev = None           # last accepted indexes {tariff: Wh}
+        self.prev_t = None
+        self.t_poll = None
+        self.implausible = 0
+        self.last = None           # last summary (mode, meter, period, sub, status)
+        self.meter_hash = None
+        self.water_prev = self.wm.pulses if self.wm else 0
+        self.keys = None
+        self.slot = self.hour = self.day = None
+        self.curve = []
+        self.ready = []
+        self.task = None
+
+    # ---- input ------------------------------------------------------------------
+    def poll(self):
+        now = self.hal.now()
+        self._roll(now)
+        wh = {}
+        va = None
+        r = self.reader
+        if r is not None:
+            buf = self.rbuf
+            # A frame can span polls: its values arrived after the poll before the
+            # one that saw its first byte, and by now. Index deltas are checked
+            # against that widest interval, so a slow poll never flags real energy.
+            t = now if now is not None else ticks_ms() / 1000.0
+            t0 = self.t_poll if self.t_poll is not None else t
+            self.t_poll = t
+            while True:
+                n = self.hal.tic_read(buf)
+                if not n:
+                    break
+                for f in r.feed(buf, n):
+                    v = self._frame(f, t, t0 if f.t is None else f.t, wh)
+                    if v is not None and (va is None or v > va):
+                        va = v
+                if n < len(buf):
+                    break
+            if r.frame is not None and r.frame.t is None:
+                r.frame.t = t0
+            if self.autobaud:
+                if r.frames_ok != self.seen[0]:
+                    self.seen = (r.frames_ok, ticks_ms())
+                elif ticks_diff(ticks_ms(), self.seen[1]) >= AUTOBAUD_MS:
+                    self.baud_mode = "historic" if self.baud_mode == "standard" else "standard"
+                    self.hal.tic_set_mode(self.baud_mode)
+                    self.seen = (r.frames_ok, ticks_ms())
+        litres = 0
+        if self.wm is not None:
+            tnow, edges = self.hal.water_edges()
+            leak = self.wm.feed(edges, tnow)
+            p = self.wm.pulses
+            litres = (p - self.water_prev) * self.wm.lpp
+            self.water_prev = p
+            if self.night is not None:
+                nl = self.night.update(now, litres > 0)
+                if nl is not None:
+                    nl["index_l"] = self.wm.index_l()
+                    leak = leak or nl
+            if leak is not None:
+                self.box.event("water_leak", leak)
+        rx = tx = 0
+        if self.net:
+            c = self.hal.data_bytes()
+            if c is not None:
+                p = self.net_prev
+                if p is not None and c[0] >= p[0] and c[1] >= p[1]:
+                    rx, tx = c[0] - p[0], c[1] - p[1]
+                self.net_prev = c
+        for b in (self.slot, self.hour, self.day):
+            _add(b, wh, va, litres, rx, tx)
+
+    def _frame(self, f, t, t0, acc):
+        s = self.tic.summary(f)
+        s["mode"] = f.mode
+        if s["meter"] is None and not s["wh"] and s["va"] is None:
+            return None
+        self.last = s if self.last is None else self._merge(s)
+        if s["meter"] and self.meter_hash is None:
+            h = hashlib.sha256((self.salt + ":" + s["meter"]).encode()).digest()
+            self.meter_hash = binascii.hexlify(h[:8]).decode()
+        cur = s["wh"]
+        if cur:
+            if self.prev is None:
+                self.prev = {}
+                self.prev_t = {}
+            prev = self.prev
+            pt = self.prev_t
+            for k in cur:
+                if k in prev:
+                    dt = t - pt[k]
+                    d = cur[k] - prev[k]
+                    if d < 0 or d > MAX_WH_PER_S * (dt if dt > 1 else 1) + 2:
+                        self.implausible += 1
+                    elif d:
+                        acc[k] = acc.get(k, 0) + d
+                prev[k] = cur[k]
+                pt[k] = t0
+        return s["va"]
+
+    def _merge(self, s):
+        old = self.last
+        for k in s:
+            if s[k] is not None:
+                old[k] = s[k]
+        return old
+
+    # ---- buckets ----------------------------------------------------------------
+    def _roll(self, now):
+        if now is None:
+            if self.slot is None:
+                self.slot, self.hour, self.day = _bucket(None), _bucket(None), _bucket(None)
+            return
+        t = int(now)
+        keys = (t // self.curve_s, t // 3600, t // 86400)
+        old = self.keys
+        if old is None:
+            self.keys = keys
+            if self.slot is None:
+                self.slot, self.hour, self.day = _bucket(None), _bucket(None), _bucket(None)
+            self.slot[0] = keys[0] * self.curve_s
+            self.hour[0] = keys[1] * 3600
+            self.day[0] = keys[2] * 86400
+            return
+        if keys[0] != old[0]:
+            s = self.slot
+            self.curve.append([s[0], sum(s[1].values()), s[2], s[3]])
+            self.slot = _bucket(keys[0] * self.curve_s)
+        if keys[1] != old[1]:
+            # [scope, bucket, end, curve]: rendered at send time, when consent is known
+            self.ready.append(["hour", self.hour, old[1] * 3600 + 3600, self.curve, self._idx()])
+            self.curve = []
+            self.hour = _bucket(keys[1] * 3600)
+        if keys[2] != old[2]:
+            self.ready.append(["day", self.day, old[2] * 86400 + 86400, None, self._idx()])
+            self.day = _bucket(keys[2] * 86400)
+        self.keys = keys
+
+    def _idx(self):
+        # the meters' indexes when a period closes
+        e = self.prev or {}
+        return (dict((k, e[k]) for k in e if e[k]), self.wm.index_l() if self.wm else 0)
+
+    def render(self, m, detailed):
+        scope, b, end, curve, idx = m
+        d = {"scope": scope, "start": b[0], "end": end if b[0] is not None else None,
+             "detailed": bool(detailed and curve is not None)}
+        if self.reader is not None:
+            r = self.reader
+            s = self.last or {}
+            sub = s.get("sub")
+            e = {"mode": s.get("mode"), "meter": self.meter_hash,
+                 "wh": b[1], "wh_total": sum(b[1].values()), "va_max": b[2],
+                 "index_wh": idx[0],
+                 "period": s.get("period"), "status": s.get("status"),
+                 "subscribed": None if sub is None else {"value": sub[0], "unit": sub[1]},
+                 "frames_ok": r.frames_ok, "frames_bad": r.frames_bad,
+                 "errors": {"checksum": r.errors["checksum"], "malformed": r.errors["malformed"],
+                            "interrupted": r.errors["interrupted"],
+                            "implausible": self.implausible}}
+            d["elec"] = e
+        if self.wm is not None:
+            d["water"] = {"l": b[3], "index_l": idx[1], "restored": self.wm.restored,
+                          "bounces": self.wm.bounces}
+        if self.net:
+            d["net"] = {"rx_bytes": b[4], "tx_bytes": b[5]}
+        if d["detailed"]:
+            d["curve"] = curve
+        return d
+
+    # ---- the runtime's hooks -------------------------------------------------------
+    def produce(self, box):
+        if self.task is None:
+            self._spawn()
+        if not self.ready:
+            return
+        detailed = consent(box)
+        while self.ready:
+            box.emit("consumption", self.render(self.ready.pop(0), detailed))
+
+    def _spawn(self):
+        coro = self.run()
+        try:
+            self.task = asyncio.create_task(coro)
+        except RuntimeError:        # CPython, no running loop yet: the producer retries
+            coro.close()
+            self.task = None
+
+    async def run(self):
+        try:
+            while not self.box.stop.is_set():
+                t0 = ticks_ms()
+                self.poll()
+                left = self.poll_ms - ticks_diff(ticks_ms(), t0)
+                await asyncio.sleep(max(left, 1) / 1000.0)
+        finally:
+            if self.wm is not None:
+                self.wm.save()
+
+
+def start(box):
+    c = Consumption(box)
+    box.producers.append(c.produce)
+    box.consumption = c
+    c._spawn()
+    return c

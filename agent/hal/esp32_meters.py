@@ -1,0 +1,94 @@
+# The meters on the ESP32: the Linky TIC on a UART (7E1, 1200 or 9600 baud) and a
+# water pulse input on a GPIO interrupt. Type-checked against
+# micropython-esp32-stubs; it cannot run on a host.
+#
+# Config keys: tic_uart (1), tic_rx_pin (16), tic_mode ("auto", "historic",
+# "standard"), water_pin (27), water_debounce_ms (80).
+import machine
+import micropython
+
+from agent.compat import ticks_diff, ticks_ms
+
+RXBUF = 2048          # a three-phase standard frame is over 1,300 bytes; 256 is the default
+_M = (1 << 30) - 1
+RING = 32             # pulse times the ISR can hold between two polls
+
+
+class TicUart:
+    """hal.tic_read(buf) -> n: what the UART has received, without blocking."""
+
+    def __init__(self, uart_id: int, rx_pin: int, mode: str) -> None:
+        self.uart_id = uart_id
+        self.rx_pin = rx_pin
+        self.baud = 1200 if mode == "historic" else 9600
+        self.uart = self._open(self.baud)
+
+    def _open(self, baud: int) -> machine.UART:
+        # bits=7, parity=0 (even), stop=1: the TIC's 7E1. The UART hands us 7-bit data.
+        return machine.UART(self.uart_id, baudrate=baud, bits=7, parity=0, stop=1,
+                            rx=self.rx_pin, rxbuf=RXBUF, timeout=0)
+
+    def set_mode(self, mode: str) -> None:
+        # Auto-detection: the consumption layer switches the baud rate while no
+        # frame decodes at the current one.
+        baud = 1200 if mode == "historic" else 9600
+        if baud != self.baud:
+            self.uart.deinit()
+            self.baud = baud
+            self.uart = self._open(baud)
+
+    def read(self, buf: bytearray) -> int:
+        n = self.uart.readinto(buf)
+        return n or 0
+
+
+class WaterPulses:
+    """hal.water_edges() -> (now_ms, [edge ms, ...]). The ISR allocates nothing:
+    it stores ticks in a preallocated ring and drops edges within the debounce."""
+
+    def __init__(self, pin: int, debounce_ms: int) -> None:
+        self.ring: list = [0] * RING     # ticks_ms() values (typed _TicksMs in the stubs)
+        self.head = 0
+        self.tail = 0
+        self.lost = 0
+        self.last = 0
+        self.debounce = debounce_ms
+        self.pin = machine.Pin(pin, machine.Pin.IN, machine.Pin.PULL_UP)
+        self.pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=self._isr)
+
+    @micropython.native
+    def _isr(self, pin) -> None:
+        t = ticks_ms()
+        if ticks_diff(t, self.last) < self.debounce:
+            return
+        self.last = t  # type: ignore[assignment]  # the stubs type ticks as _TicksMs, an int at run time
+        nxt = (self.head + 1) % RING
+        if nxt == self.tail:
+            self.lost += 1
+            return
+        self.ring[self.head] = t
+        self.head = nxt
+
+    def read(self):
+        out = []
+        irq = machine.disable_irq()
+        try:
+            while self.tail != self.head:
+                out.append(self.ring[self.tail])
+                self.tail = (self.tail + 1) % RING
+        finally:
+            machine.enable_irq(irq)
+        return ticks_ms(), out
+
+
+class Meters:
+    """Mixed into Esp32Hal (see the report for the glue): tic_read, tic_set_mode, water_edges."""
+
+    def __init__(self, config: dict) -> None:
+        self.tic = None
+        self.water = None
+        mode = config.get("tic_mode")
+        if mode:
+            self.tic = TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode)
+        if config.get("water_enabled"):
+            self.water = WaterPulses(config.get("water_pin", 27), config.get("water_debounce_ms", 80))

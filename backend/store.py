@@ -1,0 +1,538 @@
+"""The backend's store: one schema on SQLite (the embedded default) and PostgreSQL.
+
+A thin layer over DB-API connections, no ORM. URLs:
+
+    sqlite:///relative/path.db   sqlite:////absolute/path.db   (or a bare path)
+    postgresql://user@host:5432/dbname[?schema=NAME]
+
+`?schema=NAME` (PostgreSQL only) keeps the tables in their own schema, created on
+first use; any other query parameters go to libpq unchanged.
+
+Tables (same columns on both engines):
+
+- messages   (box, boot, seq) primary key: every telemetry and event envelope once.
+- streams    one row per (box, boot): highest seq seen and how many distinct seqs.
+- gaps       missing seq ranges per (box, boot), with cause 'missing' (not known why)
+             or 'dropped' (the box said so in an outbox_dropped event).
+- drops      the ranges boxes declared dropped.
+- latest     the newest message per (box, kind) and per (box, 'event:' + type).
+- boxes      last seen, and state/boot/fw from the retained status topic (its LWT).
+- reported   the newest reported document per (box, section).
+- desired    the desired documents the backend wants each box to have (payload kept
+             byte for byte, so `reconcile` republishes exactly what was pushed).
+- quarantine payloads that broke the contract, with the reasons.
+- counters   running totals: received, stored, duplicates, invalid, ...
+
+`write_batch` applies one batch of ingested records in one transaction; the caller
+acknowledges the MQTT messages only after it returns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+COUNTERS = ("received", "stored", "duplicates", "invalid", "status", "reported", "desired")
+GAP_CAUSES = ("missing", "dropped")
+
+
+@dataclass
+class Rec:
+    """One ingested MQTT message, classified.
+
+    what: 'msg' (telemetry or event envelope), 'status', 'reported', 'desired' or 'invalid'.
+    """
+
+    what: str
+    topic: str
+    payload: bytes
+    box: str | None = None
+    doc: dict | None = None
+    section: str | None = None
+    errors: list[str] = field(default_factory=list)
+    retained: bool = False
+    received_at: float = field(default_factory=time.time)
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _schema(blob: str, serial: str) -> list[str]:
+    return [
+        """CREATE TABLE IF NOT EXISTS messages (
+            box TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,
+            ts BIGINT, received_at DOUBLE PRECISION NOT NULL, stored_at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL, PRIMARY KEY (box, boot, seq))""",
+        "CREATE INDEX IF NOT EXISTS messages_box_kind ON messages (box, kind)",
+        """CREATE TABLE IF NOT EXISTS streams (
+            box TEXT NOT NULL, boot BIGINT NOT NULL, max_seq BIGINT NOT NULL, n BIGINT NOT NULL,
+            first_at DOUBLE PRECISION NOT NULL, last_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, boot))""",
+        """CREATE TABLE IF NOT EXISTS gaps (
+            box TEXT NOT NULL, boot BIGINT NOT NULL, first_seq BIGINT NOT NULL,
+            last_seq BIGINT NOT NULL, cause TEXT NOT NULL, detected_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, boot, first_seq))""",
+        """CREATE TABLE IF NOT EXISTS drops (
+            box TEXT NOT NULL, boot BIGINT NOT NULL, first_seq BIGINT NOT NULL,
+            last_seq BIGINT NOT NULL, reported_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, boot, first_seq))""",
+        """CREATE TABLE IF NOT EXISTS latest (
+            box TEXT NOT NULL, kind TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL,
+            ts BIGINT, received_at DOUBLE PRECISION NOT NULL, data TEXT NOT NULL,
+            PRIMARY KEY (box, kind))""",
+        """CREATE TABLE IF NOT EXISTS boxes (
+            box TEXT PRIMARY KEY, first_seen DOUBLE PRECISION, last_seen DOUBLE PRECISION,
+            state TEXT, state_boot BIGINT, fw TEXT, state_at DOUBLE PRECISION)""",
+        """CREATE TABLE IF NOT EXISTS reported (
+            box TEXT NOT NULL, section TEXT NOT NULL, version BIGINT NOT NULL, status TEXT,
+            doc TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (box, section))""",
+        f"""CREATE TABLE IF NOT EXISTS desired (
+            box TEXT NOT NULL, section TEXT NOT NULL, version BIGINT NOT NULL,
+            payload {blob} NOT NULL, source TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, section))""",
+        f"""CREATE TABLE IF NOT EXISTS quarantine (
+            id {serial}, topic TEXT NOT NULL, box TEXT, payload {blob} NOT NULL,
+            errors TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    ]
+
+
+def _split_ranges(intervals: list[tuple[int, int]], drops: list[tuple[int, int]]):
+    """Label each missing interval's parts: 'dropped' where a drop range covers it."""
+    out = []
+    drops = sorted(drops)
+    for a, b in sorted(intervals):
+        cur = a
+        for da, db in drops:
+            if db < cur or da > b:
+                continue
+            if da > cur:
+                out.append((cur, da - 1, "missing"))
+            lo, hi = max(da, cur), min(db, b)
+            out.append((lo, hi, "dropped"))
+            cur = hi + 1
+            if cur > b:
+                break
+        if cur <= b:
+            out.append((cur, b, "missing"))
+    # merge neighbours with the same cause
+    merged: list[tuple[int, int, str]] = []
+    for a, b, c in out:
+        if merged and merged[-1][2] == c and merged[-1][1] + 1 == a:
+            merged[-1] = (merged[-1][0], b, c)
+        else:
+            merged.append((a, b, c))
+    return merged
+
+
+def _remove_seq(intervals: list[tuple[int, int]], s: int) -> list[tuple[int, int]]:
+    out = []
+    for a, b in intervals:
+        if a <= s <= b:
+            if a <= s - 1:
+                out.append((a, s - 1))
+            if s + 1 <= b:
+                out.append((s + 1, b))
+        else:
+            out.append((a, b))
+    return out
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            self.dialect = "postgresql"
+            self._open_pg(url)
+        else:
+            self.dialect = "sqlite"
+            path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+            if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
+                raise StoreError(f"bad sqlite URL {url!r}: use sqlite:///PATH")
+            if path != ":memory:":
+                d = os.path.dirname(os.path.abspath(path))
+                os.makedirs(d, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=60000")
+        self._init_schema()
+
+    # ---- connection -----------------------------------------------------------
+    def _open_pg(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise StoreError("PostgreSQL needs the psycopg package: pip install 'psycopg[binary]'") from None
+        parts = urlsplit(url)
+        q = parse_qsl(parts.query)
+        schema = dict(q).get("schema")
+        rest = [(k, v) for k, v in q if k != "schema"]
+        dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=False)
+        except psycopg.Error as e:
+            raise StoreError(f"cannot connect to PostgreSQL: {e}") from None
+        if schema:
+            if not schema.replace("_", "").isalnum():
+                raise StoreError(f"bad schema name {schema!r}")
+            with self.conn.cursor() as c:
+                c.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                c.execute(f'SET search_path TO "{schema}"')
+            self.conn.commit()
+
+    def _sql(self, q: str) -> str:
+        return q.replace("?", "%s") if self.dialect == "postgresql" else q
+
+    def _init_schema(self) -> None:
+        if self.dialect == "postgresql":
+            stmts = _schema("BYTEA", "BIGSERIAL PRIMARY KEY")
+        else:
+            stmts = _schema("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT")
+        self._tx(lambda cur: [cur.execute(s) for s in stmts] and [
+            cur.execute(self._sql("INSERT INTO counters (name, value) VALUES (?, 0) "
+                                  "ON CONFLICT (name) DO NOTHING"), (n,)) for n in COUNTERS])
+
+    def _tx(self, fn, retries: int = 8):
+        """Run fn(cursor) in one transaction; retry on deadlock/serialization/busy."""
+        for attempt in range(retries):
+            cur = self.conn.cursor()
+            try:
+                if self.dialect == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                out = fn(cur)
+                self.conn.commit() if self.dialect == "postgresql" else cur.execute("COMMIT")
+                return out
+            except Exception as e:
+                try:
+                    if self.dialect == "sqlite":
+                        if self.conn.in_transaction:
+                            cur.execute("ROLLBACK")
+                    else:
+                        self.conn.rollback()
+                except Exception:
+                    pass
+                if attempt + 1 < retries and self._retryable(e):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise
+            finally:
+                cur.close()
+
+    def _retryable(self, e: Exception) -> bool:
+        if self.dialect == "sqlite":
+            return isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+        import psycopg.errors as pe
+        return isinstance(e, (pe.DeadlockDetected, pe.SerializationFailure))
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+    # ---- writing -----------------------------------------------------------------
+    def write_batch(self, recs: list[Rec]) -> dict:
+        """Store one batch in one transaction. Returns counts by outcome."""
+        if not recs:
+            return {}
+        return self._tx(lambda cur: self._write(cur, recs))
+
+    def _write(self, cur, recs: list[Rec]) -> dict:
+        now = time.time()
+        counts = dict.fromkeys(COUNTERS, 0)
+        counts["received"] = len(recs)
+        streams: dict[tuple[str, int], dict[int, Rec]] = {}
+        stream_drops: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        seen: dict[str, tuple[float | None, float]] = {}
+        statuses, reported, desired, invalid = [], {}, {}, []
+        for r in recs:
+            if r.what == "invalid":
+                invalid.append(r)
+                continue
+            if r.box:
+                # A retained message replayed at subscribe time is not a sign of life.
+                live = None if r.retained else r.received_at
+                pl, pf = seen.get(r.box, (None, r.received_at))
+                if live is not None and (pl is None or live > pl):
+                    pl = live
+                seen[r.box] = (pl, min(pf, r.received_at))
+            if r.what == "msg":
+                d = r.doc
+                streams.setdefault((d["box"], d["boot"]), {}).setdefault(d["seq"], r)
+                data = d.get("data") or {}
+                if d.get("kind") == "event" and data.get("type") == "outbox_dropped":
+                    for rng in data.get("ranges") or []:
+                        try:
+                            b, f, la = (int(x) for x in rng)
+                        except (TypeError, ValueError):
+                            continue
+                        if 1 <= f <= la:
+                            stream_drops.setdefault((d["box"], b), []).append((f, la))
+            elif r.what == "status":
+                statuses.append(r)
+            elif r.what == "reported":
+                reported[(r.box, r.section)] = r            # the last one in the batch wins
+            elif r.what == "desired":
+                cur_ = desired.get((r.box, r.section))
+                if cur_ is None or r.doc["version"] >= cur_.doc["version"]:
+                    desired[(r.box, r.section)] = r
+        # dup records within the batch count as duplicates too
+        in_batch = sum(len(v) for v in streams.values())
+        counts["duplicates"] += sum(1 for r in recs if r.what == "msg") - in_batch
+
+        latest: dict[tuple[str, str], Rec] = {}
+        for key in sorted(set(streams) | set(stream_drops)):
+            new = self._write_stream(cur, key, streams.get(key, {}), stream_drops.get(key, []), now)
+            counts["stored"] += len(new)
+            counts["duplicates"] += len(streams.get(key, {})) - len(new)
+            for r in new:
+                d = r.doc
+                kinds = [d["kind"]]
+                if d["kind"] == "event" and isinstance(d["data"].get("type"), str):
+                    kinds.append("event:" + d["data"]["type"])
+                for k in kinds:
+                    o = latest.get((d["box"], k))
+                    if o is None or (o.doc["boot"], o.doc["seq"]) < (d["boot"], d["seq"]):
+                        latest[(d["box"], k)] = r
+        for (box, kind) in sorted(latest):
+            d = latest[(box, kind)].doc
+            cur.execute(self._sql(
+                "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (box, kind) DO UPDATE SET boot=excluded.boot, seq=excluded.seq, "
+                "ts=excluded.ts, received_at=excluded.received_at, data=excluded.data "
+                "WHERE excluded.boot > latest.boot OR "
+                "(excluded.boot = latest.boot AND excluded.seq > latest.seq)"),
+                (box, kind, d["boot"], d["seq"], d.get("ts"), latest[(box, kind)].received_at,
+                 json.dumps(d["data"])))
+        for box in sorted(seen):
+            live, first = seen[box]
+            cur.execute(self._sql(
+                "INSERT INTO boxes (box, first_seen, last_seen) VALUES (?,?,?) "
+                "ON CONFLICT (box) DO UPDATE SET last_seen = CASE "
+                "WHEN boxes.last_seen IS NULL THEN excluded.last_seen "
+                "WHEN excluded.last_seen > boxes.last_seen THEN excluded.last_seen "
+                "ELSE boxes.last_seen END"), (box, first, live))
+        for r in sorted(statuses, key=lambda r: (r.box, r.received_at)):
+            d = r.doc
+            cur.execute(self._sql(
+                "UPDATE boxes SET state=?, state_boot=?, fw=COALESCE(?, fw), state_at=? "
+                "WHERE box=? AND (state_boot IS NULL OR state_boot <= ?)"),
+                (d["state"], d["boot"], d.get("fw"), r.received_at, r.box, d["boot"]))
+            counts["status"] += 1
+        for (box, section) in sorted(reported):
+            r = reported[(box, section)]
+            d = r.doc
+            cur.execute(self._sql(
+                "INSERT INTO reported (box, section, version, status, doc, received_at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (box, section) DO UPDATE SET "
+                "version=excluded.version, status=excluded.status, doc=excluded.doc, "
+                "received_at=excluded.received_at"),
+                (box, section, d["version"], d.get("status"), json.dumps(d), r.received_at))
+            counts["reported"] += 1
+        for (box, section) in sorted(desired):
+            r = desired[(box, section)]
+            self._put_desired(cur, box, section, r.doc["version"], r.payload, "broker", strict=True)
+            counts["desired"] += 1
+        for r in invalid:
+            cur.execute(self._sql(
+                "INSERT INTO quarantine (topic, box, payload, errors, received_at) VALUES (?,?,?,?,?)"),
+                (r.topic, r.box, bytes(r.payload), json.dumps(r.errors), r.received_at))
+            counts["invalid"] += 1
+        for name in COUNTERS:
+            if counts[name]:
+                cur.execute(self._sql("UPDATE counters SET value = value + ? WHERE name = ?"),
+                            (counts[name], name))
+        return counts
+
+    def _write_stream(self, cur, key, msgs: dict[int, Rec], new_drops, now) -> list[Rec]:
+        box, boot = key
+        cur.execute(self._sql(
+            "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at) VALUES (?,?,0,0,?,?) "
+            "ON CONFLICT (box, boot) DO NOTHING"), (box, boot, now, now))
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        cur.execute(self._sql("SELECT max_seq, n FROM streams WHERE box=? AND boot=?" + lock),
+                    (box, boot))
+        max_seq, n = cur.fetchone()
+        new_seqs: list[int] = []
+        items = sorted(msgs.items())
+        for i in range(0, len(items), 400):
+            chunk = items[i:i + 400]
+            vals, args = [], []
+            for seq, r in chunk:
+                d = r.doc
+                vals.append("(?,?,?,?,?,?,?,?)")
+                args += [box, boot, seq, d["kind"], d.get("ts"), r.received_at, now,
+                         json.dumps(d["data"], separators=(",", ":"))]
+            cur.execute(self._sql(
+                "INSERT INTO messages (box, boot, seq, kind, ts, received_at, stored_at, data) VALUES "
+                + ",".join(vals) + " ON CONFLICT (box, boot, seq) DO NOTHING RETURNING seq"), args)
+            new_seqs += [row[0] for row in cur.fetchall()]
+        added_drops = []
+        for f, la in sorted(set(new_drops)):
+            cur.execute(self._sql(
+                "INSERT INTO drops (box, boot, first_seq, last_seq, reported_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (box, boot, first_seq) DO NOTHING RETURNING first_seq"),
+                (box, boot, f, la, now))
+            if cur.fetchall():
+                added_drops.append((f, la))
+        new_seqs.sort()
+        # Does anything change the stream's gaps? A jump past max_seq, a late arrival
+        # (below max_seq), or a new drop declaration.
+        touch = bool(added_drops)
+        m = max_seq
+        for s in new_seqs:
+            if s != m + 1:
+                touch = True
+                break
+            m = s
+        if touch:
+            cur.execute(self._sql("SELECT first_seq, last_seq, cause FROM gaps WHERE box=? AND boot=?"),
+                        (box, boot))
+            old_rows = sorted(tuple(r) for r in cur.fetchall())
+            missing = [(a, b) for a, b, _c in old_rows]
+            m = max_seq
+            for s in new_seqs:
+                if s > m:
+                    if s > m + 1:
+                        missing.append((m + 1, s - 1))
+                    m = s
+                else:
+                    missing = _remove_seq(missing, s)
+            cur.execute(self._sql("SELECT first_seq, last_seq FROM drops WHERE box=? AND boot=?"),
+                        (box, boot))
+            drops = [(a, b) for a, b in cur.fetchall()]
+            rows = _split_ranges(missing, drops)
+            if rows != old_rows:
+                cur.execute(self._sql("DELETE FROM gaps WHERE box=? AND boot=?"), (box, boot))
+                for a, b, c in rows:
+                    cur.execute(self._sql(
+                        "INSERT INTO gaps (box, boot, first_seq, last_seq, cause, detected_at) "
+                        "VALUES (?,?,?,?,?,?)"), (box, boot, a, b, c, now))
+        if new_seqs:
+            cur.execute(self._sql("UPDATE streams SET max_seq=?, n=?, last_at=? WHERE box=? AND boot=?"),
+                        (max(max_seq, new_seqs[-1]), n + len(new_seqs), now, box, boot))
+        return [msgs[s] for s in new_seqs]
+
+    def _put_desired(self, cur, box, section, version, payload, source, strict):
+        op = ">" if strict else ">="
+        cur.execute(self._sql(
+            "INSERT INTO desired (box, section, version, payload, source, updated_at) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT (box, section) DO UPDATE SET version=excluded.version, "
+            "payload=excluded.payload, source=excluded.source, updated_at=excluded.updated_at "
+            f"WHERE excluded.version {op} desired.version"),
+            (box, section, int(version), bytes(payload), source, time.time()))
+
+    def put_desired(self, box: str, section: str, payload: bytes | str | dict,
+                    source: str = "push") -> int:
+        """Record the desired document the operator wants `box` to have (call this
+        from the push tool before publishing). Returns its version. A lower version
+        than the one stored is ignored."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        if isinstance(payload, str):
+            payload = payload.encode()
+        version = json.loads(payload)["version"]
+        self._tx(lambda cur: self._put_desired(cur, box, section, version, payload, source, False))
+        return version
+
+    # ---- reading --------------------------------------------------------------
+    def _q(self, q: str, args=()) -> list[tuple]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._sql(q), args)
+            rows = [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+        if self.dialect == "postgresql":
+            self.conn.commit()        # end the read transaction
+        return rows
+
+    def counters(self) -> dict[str, int]:
+        return {n: int(v) for n, v in self._q("SELECT name, value FROM counters")}
+
+    def boxes(self) -> list[dict]:
+        cols = ("box", "first_seen", "last_seen", "state", "state_boot", "fw", "state_at")
+        return [dict(zip(cols, r)) for r in
+                self._q("SELECT " + ", ".join(cols) + " FROM boxes ORDER BY box")]
+
+    def latest(self) -> dict[tuple[str, str], dict]:
+        out = {}
+        for box, kind, boot, seq, ts, rat, data in self._q(
+                "SELECT box, kind, boot, seq, ts, received_at, data FROM latest"):
+            out[(box, kind)] = {"boot": boot, "seq": seq, "ts": ts, "received_at": rat,
+                                "data": json.loads(data)}
+        return out
+
+    def reported(self) -> dict[str, dict[str, dict]]:
+        out: dict[str, dict[str, dict]] = {}
+        for box, section, doc, rat in self._q("SELECT box, section, doc, received_at FROM reported"):
+            d = json.loads(doc)
+            d["_received_at"] = rat
+            out.setdefault(box, {})[section] = d
+        return out
+
+    def desired(self) -> list[dict]:
+        return [{"box": b, "section": s, "version": v, "payload": bytes(p), "source": src}
+                for b, s, v, p, src in self._q(
+                    "SELECT box, section, version, payload, source FROM desired ORDER BY box, section")]
+
+    def gap_summary(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for box, cause, n in self._q(
+                "SELECT box, cause, SUM(last_seq - first_seq + 1) FROM gaps GROUP BY box, cause"):
+            out.setdefault(box, {})[cause] = int(n)
+        return out
+
+    def gaps(self, box: str | None = None) -> list[dict]:
+        q = "SELECT box, boot, first_seq, last_seq, cause FROM gaps"
+        args: tuple = ()
+        if box:
+            q += " WHERE box=?"
+            args = (box,)
+        cols = ("box", "boot", "first", "last", "cause")
+        return [dict(zip(cols, r)) for r in self._q(q + " ORDER BY box, boot, first_seq", args)]
+
+    def seqs(self, box: str | None = None) -> list[tuple[str, int, int]]:
+        q = "SELECT box, boot, seq FROM messages"
+        args: tuple = ()
+        if box:
+            q += " WHERE box=?"
+            args = (box,)
+        return self._q(q + " ORDER BY box, boot, seq", args)
+
+    def series(self, box: str, kind: str, limit: int = 5000) -> list[dict]:
+        """The newest `limit` messages of one kind for a box, oldest first."""
+        rows = self._q("SELECT boot, seq, ts, received_at, data FROM messages "
+                       "WHERE box=? AND kind=? ORDER BY boot DESC, seq DESC LIMIT ?",
+                       (box, kind, limit))
+        return [{"boot": b, "seq": s, "ts": ts, "received_at": r, "data": json.loads(d)}
+                for b, s, ts, r, d in reversed(rows)]
+
+    def events(self, box: str, etype: str | None = None, limit: int = 200) -> list[dict]:
+        out = [e for e in self.series(box, "event", limit * 4 if etype else limit)
+               if etype is None or e["data"].get("type") == etype]
+        return out[-limit:]
+
+    def quarantine(self, limit: int = 100) -> list[dict]:
+        rows = self._q("SELECT id, topic, box, payload, errors, received_at FROM quarantine "
+                       "ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"id": i, "topic": t, "box": b, "payload": bytes(p), "errors": json.loads(e),
+                 "received_at": r} for i, t, b, p, e, r in rows]
+
+    def lag(self) -> list[float]:
+        """stored_at - received_at per message (seconds), for diagnostics."""
+        return [float(a) for (a,) in self._q("SELECT stored_at - received_at FROM messages")]
+
+
+def open_store(url: str | None) -> Store:
+    return Store(url or default_url())
+
+
+def default_url() -> str:
+    return os.environ.get("HOMEBOX_DB", "sqlite:///state/backend.db")

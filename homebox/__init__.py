@@ -1,0 +1,1 @@
+"""homebox host tools: one console command with subcommands per role."""

@@ -1,0 +1,129 @@
+"""`homebox ops ingest|status|report|reconcile|broker-config`: the operator backend."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+DB_HELP = "store URL: sqlite:///PATH (default from $HOMEBOX_DB, else sqlite:///state/backend.db) or postgresql://..."
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ingest", help="ingest all boxes' telemetry into the store (runs until stopped)")
+    p.add_argument("--broker", required=True, help="mqtt://[user@]host:port or mqtts://... (password: $HOMEBOX_MQTT_PASSWORD)")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--share", default=None, metavar="GROUP", help="MQTT 5 shared subscription group: N processes split the load")
+    p.add_argument("--client-id", default=None, help="MQTT client id (unique per process; it names the persistent session)")
+    p.add_argument("--batch", type=int, default=500, help="messages per transaction (default 500)")
+    p.add_argument("--batch-wait", type=float, default=0.2, help="commit a partial batch after S seconds (default 0.2)")
+    p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: run until Ctrl-C/SIGTERM)")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("status", help="the fleet at a glance: one row per box, with alarms")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--interval", type=float, default=300, help="nominal telemetry interval in seconds (silence alarm after 3)")
+    p.add_argument("--weak-share", type=float, default=0.25, help="alarm when a station spends more than this share of time in weak/unusable (default 0.25)")
+    p.add_argument("--alarms-only", action="store_true", help="list only boxes with alarms")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="PNG plots and an HTML page for people")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--box", action="append", default=None, help="plot these boxes (default: those with alarms, then the first ones)")
+    p.add_argument("--max-boxes", type=int, default=12, help="per-box pages at most (default 12)")
+    p.add_argument("--interval", type=float, default=300)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reconcile", help="re-publish every box's desired documents (retained) from the store")
+    p.add_argument("--broker", required=True, help="mqtt://[user@]host:port (the push account)")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--tls-ca", default=None)
+    p.add_argument("--box", action="append", default=None, help="only these boxes")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("broker-config", help="generate a Mosquitto configuration for the fleet")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--boxes", type=Path, default=None,
+                   help="JSON or CSV of box credentials: {box_id: password} or rows box,password|hash")
+    p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument("--plain-port", type=int, default=0, help="also a plain listener on 127.0.0.1:PORT (tests, local backend)")
+    p.add_argument("--host", action="append", default=None, help="server certificate names (default: localhost)")
+    p.add_argument("--client-certs", action="store_true", help="also issue a client certificate per box")
+    p.add_argument("--fleet-size", type=int, default=1000, help="boxes the broker serves (sizes the queues)")
+    p.add_argument("--ingest-accounts", type=int, default=4, help="ingest accounts homebox-ingest-1..N, one per ingest process (default 4)")
+    p.add_argument("--run-as", default=None, help="user Mosquitto switches to when started as root (default: mosquitto)")
+    p.set_defaults(func=cmd_broker_config)
+
+
+def _store(args):
+    from backend.store import StoreError, open_store
+    try:
+        return open_store(args.db)
+    except StoreError as e:
+        raise SystemExit(str(e)) from None
+
+
+def cmd_ingest(args) -> int:
+    from backend.ingest import Ingest
+    store = _store(args)
+    ing = Ingest(args.broker, store, share=args.share, client_id=args.client_id,
+                 batch_size=args.batch, batch_wait=args.batch_wait, tls_ca=args.tls_ca)
+    signal.signal(signal.SIGTERM, lambda *_: ing.stop())
+    try:
+        totals = ing.run(duration=args.duration or None)
+    except KeyboardInterrupt:
+        ing.stop()
+        totals = ing.totals
+    print(json.dumps(totals))
+    store.close()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from backend import status
+    store = _store(args)
+    rows = status.fleet(store, interval=args.interval, weak_share=args.weak_share)
+    if args.alarms_only:
+        rows = [r for r in rows if r["alarms"]]
+    if args.json:
+        print(json.dumps({"boxes": rows, "summary": status.summary(rows), "counters": store.counters()},
+                         indent=1, default=str))
+    else:
+        status.print_table(rows, store.counters())
+    return 1 if any(r["alarms"] for r in rows) and args.alarms_only else 0
+
+
+def cmd_report(args) -> int:
+    from backend import report
+    store = _store(args)
+    index = report.write_report(store, args.out, boxes=args.box, max_boxes=args.max_boxes,
+                                interval=args.interval)
+    print(index)
+    return 0
+
+
+def cmd_reconcile(args) -> int:
+    from backend import reconcile
+    store = _store(args)
+    n = reconcile.reconcile(store, args.broker, tls_ca=args.tls_ca, boxes=args.box)
+    print(f"re-published {n} desired documents (retained)")
+    return 0
+
+
+def cmd_broker_config(args) -> int:
+    from backend import broker_config
+    creds = broker_config.load_credentials(args.boxes) if args.boxes else {}
+    out = broker_config.generate(args.out, creds, port=args.port, plain_port=args.plain_port,
+                                 hosts=args.host or ["localhost"], client_certs=args.client_certs,
+                                 fleet_size=args.fleet_size, ingest_accounts=args.ingest_accounts,
+                                 run_as=args.run_as)
+    for k, v in out.items():
+        if k != "passwords":
+            print(f"{k}: {v}")
+    if out.get("passwords"):
+        print(f"generated passwords for the backend accounts are in {out['passwords']} (mode 0600)",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,96 @@
+"""The MQTT contract as code: which JSON Schema governs which topic, and validation.
+
+The schemas live in docs/contract/schemas/ (the single source); the AsyncAPI
+document docs/contract/asyncapi.yaml names the same files.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from agent import topics
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract" / "schemas"
+
+
+class ContractError(ValueError):
+    """A message does not follow the contract. `errors` lists 'path: message' strings."""
+
+    def __init__(self, topic: str, errors: list[str]):
+        super().__init__(f"{topic}: " + "; ".join(errors))
+        self.topic = topic
+        self.errors = errors
+
+
+@lru_cache(maxsize=1)
+def _registry() -> tuple[Registry, dict[str, dict]]:
+    schemas = {}
+    reg = Registry()
+    for f in sorted(SCHEMA_DIR.glob("*.json")):
+        s = json.loads(f.read_text())
+        schemas[f.name] = s
+        res = Resource.from_contents(s)
+        reg = reg.with_resource(f.name, res).with_resource(s["$id"], res)
+    return reg, schemas
+
+
+def schema_names() -> list[str]:
+    return sorted(_registry()[1])
+
+
+def schema_for(topic: str) -> str | None:
+    """The schema file name for a topic, or None when the topic is not ours."""
+    t = topics.parse(topic)
+    if not t:
+        return None
+    _box, kind, rest = t
+    names = _registry()[1]
+    if kind == "status" and rest is None:
+        return "status.json"
+    if kind == "event" and rest is None:
+        return "event.json"
+    if kind == "telemetry" and rest:
+        n = f"telemetry-{rest}.json"
+        return n if n in names else "envelope.json"
+    if kind == "desired" and rest:
+        n = f"desired-{rest}.json"
+        return n if n in names else "desired.json"
+    if kind == "reported" and rest:
+        n = f"reported-{rest}.json"
+        return n if n in names else "reported.json"
+    return None
+
+
+@lru_cache(maxsize=64)
+def validator(name: str) -> Draft202012Validator:
+    reg, schemas = _registry()
+    return Draft202012Validator(schemas[name], registry=reg)
+
+
+def validate(topic: str, payload: bytes | str | dict) -> dict:
+    """Parse and validate one message; returns the parsed payload or raises ContractError."""
+    name = schema_for(topic)
+    if name is None:
+        raise ContractError(topic, ["not a homebox v1 topic"])
+    if isinstance(payload, dict):
+        doc = payload
+    else:
+        try:
+            doc = json.loads(payload)
+        except ValueError as e:
+            raise ContractError(topic, [f"$: not JSON ({e})"]) from None
+    errs = sorted(validator(name).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errs:
+        raise ContractError(topic, [f"{e.json_path}: {e.message}" for e in errs[:10]])
+    if name != "status.json" and kind_box_mismatch(topic, doc):
+        raise ContractError(topic, ["$.box: does not match the topic's box id"])
+    return doc
+
+
+def kind_box_mismatch(topic: str, doc: dict) -> bool:
+    t = topics.parse(topic)
+    return bool(t and isinstance(doc, dict) and "box" in doc and doc["box"] != t[0])

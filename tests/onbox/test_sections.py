@@ -1,0 +1,209 @@
+# The section validators, the effective lineup, and all-or-nothing application
+# through the twin. CPython and MicroPython.
+import json
+
+from agent import sections
+from agent.twin import Invalid, Twin
+
+PARENTAL = {"version": 1, "tz": "CET-1CEST,M3.5.0,M10.5.0/3", "filter": "moderate",
+            "profiles": [{"id": "kids", "name": "Children", "macs": ["aa:bb:cc:00:00:01"], "filter": "strict",
+                          "schedule": [{"days": ["mon", "tue"], "from": "07:00", "to": "21:00"}],
+                          "pause_until": None}]}
+CHANNELS = {"version": 1, "channels": [
+    {"lcn": 1, "name": "TF1", "url": "dvb://tnt/1", "bouquet": "tnt"},
+    {"lcn": 40, "name": "Cine+", "url": "udp://@239.1.1.40:1234", "bouquet": "cinema"},
+    {"lcn": 50, "name": "Sport 1", "url": "udp://@239.1.1.50:1234", "bouquet": "sport"}]}
+OPTIONS = {"version": 1, "speed_tier": "10M", "bouquets": ["cinema"], "phone": {"enabled": True, "number": "+33299000000"}}
+
+
+def _fields(section, doc, ctx=None):
+    return [f for f, r in sections.errors(section, doc, ctx)]
+
+
+def _first(section, doc, ctx=None):
+    try:
+        sections.check(section, doc, ctx=ctx)
+    except Invalid as e:
+        return e.field
+    return None
+
+
+def _with(doc, path, value):
+    d = json.loads(json.dumps(doc))
+    o = d
+    for k in path[:-1]:
+        o = o[k]
+    if value is KeyError:
+        del o[path[-1]]
+    else:
+        o[path[-1]] = value
+    return d
+
+
+def test_valid_documents(tmp):
+    assert sections.errors("parental", PARENTAL) == []
+    assert sections.errors("channels", CHANNELS) == []
+    assert sections.errors("options", OPTIONS, {"channels": CHANNELS}) == []
+    assert sections.errors("channels", sections.module("channels") and
+                           {"version": 1, "channels": sections.default_lineup()}) == []
+
+
+def test_parental_rules_name_the_field(tmp):
+    cases = [
+        (("tz",), "CET-1CEST"), (("tz",), KeyError), (("filter",), "max"), (("profiles",), "x"),
+        (("profiles", 0, "macs", 0), "aa:bb:cc:00:00"), (("profiles", 0, "macs"), []),
+        (("profiles", 0, "id"), "Kids!"), (("profiles", 0, "filter"), ["strict"]),
+        (("profiles", 0, "schedule", 0, "from"), "7:00"), (("profiles", 0, "schedule", 0, "to"), "24:01"),
+        (("profiles", 0, "schedule", 0, "to"), "07:00"), (("profiles", 0, "schedule", 0, "days", 0), "lun"),
+        (("profiles", 0, "schedule", 0, "days", 1), "mon"), (("profiles", 0, "pause_until"), -1),
+        (("profiles", 0, "pause_until"), True), (("profiles", 0, "colour"), "red"), (("extra",), 1),
+    ]
+    want = ["tz", "tz", "filter", "profiles", "profiles[0].macs[0]", "profiles[0].macs", "profiles[0].id",
+            "profiles[0].filter", "profiles[0].schedule[0].from", "profiles[0].schedule[0].to",
+            "profiles[0].schedule[0].to", "profiles[0].schedule[0].days[0]", "profiles[0].schedule[0].days[1]",
+            "profiles[0].pause_until", "profiles[0].pause_until", "profiles[0].colour", "extra"]
+    for (path, value), field in zip(cases, want):
+        d = _with(PARENTAL, path, value)
+        assert _first("parental", d) == field, (path, value, _first("parental", d))
+        assert field in _fields("parental", d)
+    two = _with(PARENTAL, ("profiles",), PARENTAL["profiles"] + [
+        {"id": "kids", "macs": ["AA:BB:CC:00:00:01"]}])
+    assert _fields("parental", two) == ["profiles[1].id", "profiles[1].macs[0]"]
+    many = _with(PARENTAL, ("profiles",), [{"id": "p%d" % i, "macs": ["aa:bb:cc:00:01:%02x" % i]} for i in range(17)])
+    assert _fields("parental", many) == ["profiles"]
+
+
+def test_every_violation_is_listed(tmp):
+    d = _with(PARENTAL, ("tz",), "nope")
+    d = _with(d, ("profiles", 0, "schedule", 0, "from"), "25:00")
+    d["version"] = 0
+    assert _fields("parental", d) == ["version", "tz", "profiles[0].schedule[0].from"]
+
+
+def test_channels_rules(tmp):
+    assert _first("channels", _with(CHANNELS, ("channels", 2, "lcn"), 1)) == "channels[2].lcn"
+    r = sections.errors("channels", _with(CHANNELS, ("channels", 2, "lcn"), 1))[0][1]
+    assert "channels[0].lcn" in r
+    for path, value in ((("channels", 1, "lcn"), 0), (("channels", 1, "lcn"), True), (("channels", 1, "name"), ""),
+                        (("channels", 1, "url"), "239.1.1.1"), (("channels", 1, "url"), "udp://a b"),
+                        (("channels", 1, "bouquet"), "Cinema"), (("channels", 1, "bouquet"), KeyError)):
+        assert _first("channels", _with(CHANNELS, path, value)) == "channels[1]." + path[-1], (path, value)
+    assert _first("channels", {"version": 1}) == "channels"
+    assert _first("channels", {"version": 1, "channels": []}) == "channels"
+    big = {"version": 1, "channels": [{"lcn": i + 1, "name": "c", "url": "dvb://x/%d" % i, "bouquet": "b"}
+                                      for i in range(201)]}
+    assert _first("channels", big) == "channels"
+
+
+def test_options_rules_and_unknown_bouquet(tmp):
+    ctx = {"channels": CHANNELS}
+    assert _first("options", _with(OPTIONS, ("bouquets", 0), "music"), ctx) == "bouquets[0]"
+    r = sections.errors("options", _with(OPTIONS, ("bouquets", 0), "music"), ctx)[0][1]
+    assert "unknown bouquet music" in r and "cinema" in r
+    # with the default lineup in force (no channels applied) only tnt exists
+    assert _first("options", OPTIONS, {}) == "bouquets[0]"
+    # without context (a file checked alone) the cross-section rule is skipped
+    assert _first("options", OPTIONS) is None
+    for path, value in ((("speed_tier",), "10"), (("speed_tier",), "0M"), (("speed_tier",), KeyError),
+                        (("bouquets",), "cinema"), (("bouquets", 0), 3), (("phone",), True),
+                        (("phone", "enabled"), "yes"), (("phone", "number"), "0299000000")):
+        f = _first("options", _with(OPTIONS, path, value), ctx)
+        assert f == ".".join(str(p) for p in path).replace(".0", "[0]"), (path, value, f)
+    assert _first("options", _with(OPTIONS, ("bouquets",), ["cinema", "cinema"]), ctx) == "bouquets[1]"
+
+
+def test_default_lineup_is_the_27_tnt_channels(tmp):
+    ch = sections.default_lineup()
+    assert len(ch) == 27
+    assert [c["lcn"] for c in ch] == list(range(1, 28))
+    assert all(c["bouquet"] == "tnt" for c in ch)
+    assert ch[0]["name"] == "TF1"
+
+
+def test_options_gate_the_lineup(tmp):
+    applied = {"channels": CHANNELS}
+    assert [c["lcn"] for c in sections.effective(applied)] == [1]
+    applied["options"] = OPTIONS
+    assert [c["lcn"] for c in sections.effective(applied)] == [1, 40]
+    assert sections.bouquets(applied) == ["tnt", "cinema"]
+    assert len(sections.effective({})) == 27
+
+
+def test_all_or_nothing_through_the_twin(tmp):
+    from agent.sec_effects import Bound
+    t = Twin(tmp + "/docs", sections.VALIDATORS)
+    t.validators = Bound(t.validators, t.applied)
+    assert t.handle("channels", json.dumps(CHANNELS)) == "applied"
+    assert t.handle("options", json.dumps(OPTIONS)) == "applied"
+    assert t.handle("parental", json.dumps(PARENTAL)) == "applied"
+    bad = _with(OPTIONS, ("bouquets",), ["cinema", "music"])
+    bad["version"] = 2
+    bad["speed_tier"] = "100M"
+    assert t.handle("options", json.dumps(bad)) == "rejected"
+    assert t.reported["options"]["rejected"] == {"field": "bouquets[1]", "version": 2,
+                                                 "reason": t.reported["options"]["rejected"]["reason"]}
+    assert t.applied["options"]["speed_tier"] == "10M" and t.version("options") == 1
+    # a restart finds the last applied documents, not the rejected one
+    t2 = Twin(tmp + "/docs", sections.VALIDATORS)
+    assert t2.applied["options"] == OPTIONS and t2.applied["parental"] == PARENTAL
+    assert t2.reported["options"]["status"] == "rejected"
+
+
+class _Hal:
+    def __init__(self, t):
+        self.t = t
+        self.parental = []
+        self.lineups = []
+
+    def now(self):
+        return self.t
+
+    def enforce_parental(self, st):
+        self.parental.append(st)
+
+    def enforce_lineup(self, lineup):
+        self.lineups.append([c["lcn"] for c in lineup])
+
+
+class _Box:
+    def __init__(self, tmp, hal, key=None):
+        import asyncio
+        self.id = "hb-1"
+        self.cfg = {"hmac_key": key}
+        self.hal = hal
+        self.wake = asyncio.Event()
+        self.twin = Twin(tmp + "/docs", sections.VALIDATORS)
+
+
+def test_effects_enforce_and_report(tmp):
+    hal = _Hal(tz_utc(2025, 6, 2, 20))   # Monday 22:00 in Paris: kids outside their window
+    box = _Box(tmp, hal)
+    fx = sections.attach(box)
+    assert hal.lineups == [list(range(1, 28))]
+    assert hal.parental[-1]["blocked"] == []
+    box.twin.handle("channels", json.dumps(CHANNELS))
+    box.twin.handle("options", json.dumps(OPTIONS))
+    box.twin.handle("parental", json.dumps(PARENTAL))
+    assert fx.ev.is_set()
+    fx.tick(True)
+    assert hal.lineups[-1] == [1, 40]
+    assert box.twin.reported["channels"]["effective"] == {"bouquets": ["tnt", "cinema"], "lcns": [1, 40]}
+    assert hal.parental[-1]["blocked"] == ["aa:bb:cc:00:00:01"]
+    assert box.twin.reported["parental"]["enforced"]["blocked"] == ["aa:bb:cc:00:00:01"]
+    n = len(hal.parental)
+    hal.t = tz_utc(2025, 6, 2, 18, 59)   # 20:59 in Paris: inside the window
+    fx.tick()
+    assert hal.parental[-1]["blocked"] == [] and len(hal.parental) == n + 1
+    fx.tick()
+    assert len(hal.parental) == n + 1     # no change, no new hand-over
+    # the box stays enforcing after a restart without any broker: stored documents only
+    hal2 = _Hal(tz_utc(2025, 6, 2, 20))
+    box2 = _Box(tmp, hal2)
+    sections.attach(box2)
+    assert hal2.parental[-1]["blocked"] == ["aa:bb:cc:00:00:01"]
+    assert hal2.lineups[-1] == [1, 40]
+
+
+def tz_utc(y, m, d, hh=0, mm=0):
+    from agent import tz
+    return tz.days(y, m, d) * 86400 + hh * 3600 + mm * 60

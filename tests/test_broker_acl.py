@@ -1,0 +1,283 @@
+"""The generated Mosquitto configuration on a real Mosquitto: isolation proven by
+delivery (what a client actually receives), never by SUBACK codes."""
+from __future__ import annotations
+
+import getpass
+import json
+import ssl
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from helpers import free_port, mosquitto_exe
+
+from backend import broker_config
+
+A, B, C = "box-a", "box-b", "box-c"
+PW = {A: "pw-a-9f8e7d6c5b4a", B: "pw-b-1a2b3c4d5e6f", C: "pw-c-0011223344556677"}
+
+
+class Broker:
+    def __init__(self, out, plain, tls, accounts):
+        self.out, self.plain, self.tls, self.accounts = out, plain, tls, accounts
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.out / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import socket
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.plain), 0.2):
+                    return self
+            except OSError:
+                assert self.proc.poll() is None, (self.out / "mosquitto.log").read_text()
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    out = tmp_path_factory.mktemp("brokercfg")
+    # box-c comes from the ledger as a hash made by Mosquitto's own tool
+    pwfile = out / "c.passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pwfile), C, PW[C]], check=True)
+    c_hash = pwfile.read_text().strip().split(":", 1)[1]
+    creds = out / "boxes.json"
+    creds.write_text(json.dumps({A: PW[A], B: {"password": PW[B]}, C: {"hash": c_hash}}))
+    plain, tls = free_port(), free_port()
+    broker_config.generate(out / "cfg", broker_config.load_credentials(creds), port=tls,
+                           plain_port=plain, hosts=["localhost", "127.0.0.1"], fleet_size=100,
+                           ingest_accounts=2, run_as=getpass.getuser())
+    accounts = json.loads((out / "cfg" / "backend-accounts.json").read_text())
+    b = Broker(out / "cfg", plain, tls, accounts).start()
+    yield b
+    b.stop()
+
+
+class Client:
+    def __init__(self, port, user, password, client_id="", tls_ca=None, protocol=mqtt.MQTTv311):
+        self.msgs: list[tuple[str, bytes]] = []
+        self.retained: list[tuple[str, bytes]] = []
+        self.rc = None
+        self.disconnects = 0
+        self.connected = threading.Event()
+        self.done = threading.Event()
+        kw = {"protocol": protocol}
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        if tls_ca:
+            self.c.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_subscribe = lambda *a: self.subacked.set()
+        self.subacked = threading.Event()
+        self.c.connect("127.0.0.1" if not tls_ca else "localhost", port)
+        self.c.loop_start()
+        self.done.wait(5)
+
+    def _on_message(self, c, u, m):
+        # retained copies left by earlier tests are kept apart from live messages
+        (self.retained if m.retain else self.msgs).append((m.topic, bytes(m.payload)))
+
+    def _on_connect(self, c, u, flags, rc, props):
+        self.rc = rc
+        if not rc.is_failure:
+            self.connected.set()
+        self.done.set()
+
+    def _on_disconnect(self, c, u, flags, rc, props):
+        self.disconnects += 1
+        self.done.set()
+
+    def sub(self, *filters):
+        self.subacked.clear()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert self.subacked.wait(5)
+
+    def pub(self, topic, payload, retain=False):
+        info = self.c.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+
+    def topics(self):
+        return sorted({t for t, _ in self.msgs})
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def box(fleet, name, **kw):
+    c = Client(fleet.plain, name, PW[name], client_id=kw.pop("client_id", name), **kw)
+    assert c.connected.is_set(), f"{name} could not log in: {c.rc}"
+    return c
+
+
+def backend(fleet, user, **kw):
+    c = Client(fleet.plain, user, fleet.accounts[user], client_id=user, **kw)
+    assert c.connected.is_set(), f"{user}: {c.rc}"
+    return c
+
+
+def wait_for(pred, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def test_logins(fleet):
+    cases = [(A, PW[A], True), (C, PW[C], True), (A, "wrong", False), (A, PW[B], False),
+             (B, PW[A], False), ("box-zz", "whatever", False), (None, None, False),
+             ("homebox-ingest-1", fleet.accounts["homebox-ingest-1"], True),
+             ("homebox-push", fleet.accounts["homebox-ingest-1"], False)]
+    for user, pw, ok in cases:
+        c = Client(fleet.plain, user, pw, client_id=user or "anon")
+        assert c.connected.is_set() == ok, (user, c.rc)
+        if not ok:
+            assert c.rc is not None and c.rc.is_failure
+        c.close()
+
+
+def test_box_receives_nothing_of_another_box(fleet):
+    spy_filters = [f"homebox/v1/{B}/desired/+", f"homebox/v1/{B}/reported/+", f"homebox/v1/{B}/#",
+                   "homebox/#", "#", "+/+/+/desired/+", "homebox/v1/+/reported/+",
+                   "homebox/v1/+/telemetry/#", "$share/g/homebox/v1/+/desired/+", "$SYS/#"]
+    spy = box(fleet, A)
+    spy.sub(*spy_filters)
+    b = box(fleet, B)
+    b.sub(f"homebox/v1/{B}/desired/+")
+    ing = backend(fleet, "homebox-ingest-1")
+    ing.sub("homebox/v1/+/reported/+", "homebox/v1/+/telemetry/#")
+    push = backend(fleet, "homebox-push")
+    push.pub(f"homebox/v1/{B}/desired/parental", b'{"version": 7}', retain=True)
+    b.pub(f"homebox/v1/{B}/reported/parental", b'{"version": 7}', retain=True)
+    b.pub(f"homebox/v1/{B}/telemetry/health", b"{}")
+    # positive controls: the messages did flow to their rightful readers
+    assert wait_for(lambda: b.topics() == [f"homebox/v1/{B}/desired/parental"])
+    assert wait_for(lambda: len(ing.msgs) == 2)
+    time.sleep(0.5)
+    assert spy.msgs == [] and spy.retained == []
+    spy.close()
+    # a fresh subscription gets retained messages at once: still nothing of B's
+    spy2 = box(fleet, A)
+    spy2.sub(*spy_filters)
+    late = box(fleet, C)                       # control: retained delivery does work
+    push.pub(f"homebox/v1/{C}/desired/channels", b'{"version": 1}', retain=True)
+    late.sub(f"homebox/v1/{C}/desired/+")
+    assert wait_for(lambda: late.retained)
+    assert spy2.retained == [] and spy2.msgs == []
+    assert wait_for(lambda: late.retained)
+    time.sleep(0.3)
+    assert spy2.msgs == [] and spy2.retained == []
+    for c in (spy2, b, ing, push, late):
+        c.close()
+
+
+def test_box_cannot_publish_into_other_topics(fleet):
+    ing = backend(fleet, "homebox-ingest-2")
+    ing.sub("homebox/v1/+/telemetry/#", "homebox/v1/+/event", "homebox/v1/+/status",
+            "homebox/v1/+/reported/+", "homebox/v1/+/desired/+")
+    push = backend(fleet, "homebox-push")
+    push.sub("homebox/v1/+/desired/+")
+    b = box(fleet, B)
+    b.sub(f"homebox/v1/{B}/desired/+")
+    a = box(fleet, A)
+    forged = [f"homebox/v1/{B}/telemetry/health", f"homebox/v1/{B}/status", f"homebox/v1/{B}/event",
+              f"homebox/v1/{B}/reported/parental", f"homebox/v1/{B}/desired/parental",
+              f"homebox/v1/{A}/desired/parental",          # nor its own desired document
+              f"homebox/v1/{B}/telemetry/../../{A}/x", "other/topic"]
+    for t in forged:
+        a.pub(t, b'{"version": 99}')
+    a.pub(f"homebox/v1/{A}/telemetry/health", b"{}")        # control: its own telemetry flows
+    a.pub(f"homebox/v1/{A}/event", b"{}")
+    assert wait_for(lambda: len(ing.msgs) >= 2)
+    time.sleep(0.5)
+    assert ing.topics() == [f"homebox/v1/{A}/event", f"homebox/v1/{A}/telemetry/health"]
+    assert push.msgs == [] and b.msgs == []
+    for c in (ing, push, b, a):
+        c.close()
+
+
+def test_client_id_takeover_is_impossible(fleet):
+    b = box(fleet, B)
+    b.sub(f"homebox/v1/{B}/desired/+")
+    time.sleep(0.2)
+    b.msgs.clear()                        # retained documents from earlier tests
+    # A logs in with its own credentials but asks for B's client id (and a persistent session)
+    a = Client(fleet.plain, A, PW[A], client_id=B)
+    assert a.connected.is_set()
+    a.sub(f"homebox/v1/{B}/desired/+")
+    push = backend(fleet, "homebox-push")
+    push.pub(f"homebox/v1/{B}/desired/options", b'{"version": 3}')
+    assert wait_for(lambda: b.msgs)       # B is still connected and still served
+    time.sleep(0.3)
+    assert b.disconnects == 0 and b.c.is_connected()
+    assert a.msgs == [] and a.retained == []
+    # and B's own credentials from another place do replace B (the broker keys on username)
+    b2 = box(fleet, B, client_id="anything")
+    assert wait_for(lambda: b.disconnects >= 1)
+    for c in (a, b, b2, push):
+        c.close()
+
+
+def test_backend_accounts_have_only_their_rights(fleet):
+    b = box(fleet, B)
+    b.sub(f"homebox/v1/{B}/desired/+")
+    time.sleep(0.2)
+    b.msgs.clear()
+    watcher = backend(fleet, "homebox-ingest-1")
+    watcher.sub("homebox/v1/+/telemetry/#", "homebox/v1/+/desired/+")
+    ing = backend(fleet, "homebox-ingest-2")
+    ing.pub(f"homebox/v1/{B}/desired/parental", b'{"version": 50}')     # ingest may not push
+    push = backend(fleet, "homebox-push")
+    push.pub(f"homebox/v1/{B}/telemetry/health", b"{}")                  # push may not forge telemetry
+    push.pub(f"homebox/v1/{B}/desired/parental", b'{"version": 51}')     # but may push
+    assert wait_for(lambda: b.msgs)
+    time.sleep(0.4)
+    assert b.msgs == [(f"homebox/v1/{B}/desired/parental", b'{"version": 51}')]
+    assert watcher.topics() == [f"homebox/v1/{B}/desired/parental"]
+    for c in (b, watcher, ing, push):
+        c.close()
+
+
+def test_shared_subscription_and_tls_listener(fleet):
+    cfg = fleet.out
+    ing = Client(fleet.plain, "homebox-ingest-1", fleet.accounts["homebox-ingest-1"],
+                 client_id="x", protocol=mqtt.MQTTv5)
+    assert ing.connected.is_set()
+    ing.sub("$share/ingest/homebox/v1/+/telemetry/#")
+    a = Client(fleet.tls, A, PW[A], client_id=A, tls_ca=cfg / "ca.crt")
+    assert a.connected.is_set(), a.rc
+    a.pub(f"homebox/v1/{A}/telemetry/health", b'{"over": "tls"}')
+    assert wait_for(lambda: ing.msgs == [(f"homebox/v1/{A}/telemetry/health", b'{"over": "tls"}')])
+    a.close()
+    ing.close()
+    # the TLS listener really is TLS: a client that does not trust our CA fails
+    bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t")
+    bad.username_pw_set(A, PW[A])
+    bad.tls_set_context(ssl.create_default_context())
+    with pytest.raises(ssl.SSLError):
+        bad.connect("localhost", fleet.tls)
+
+
+def test_password_hash_format_matches_mosquitto():
+    h = broker_config.mosquitto_hash("s3cret", salt=b"0123456789ab")
+    parts = h.split("$")
+    assert parts[1] == "7" and parts[2] == "101"
+    import base64
+    assert len(base64.b64decode(parts[3])) == 12 and len(base64.b64decode(parts[4])) == 64
+    assert broker_config.queue_size(1_000_000) > 1000 and broker_config.queue_size(10) == 10000
+    with pytest.raises(ValueError):
+        broker_config.generate("/tmp/never-used-homebox", {"a/b": "x"}, tls=False)

@@ -1,0 +1,91 @@
+"""Virtual boxes: processes that behave, on an RFC 2217 serial link, like an
+ESP32 devkit running MicroPython. Only the CPU is swapped: the flash bytes,
+the littlefs format, esptool and the MicroPython interpreter are the real ones.
+
+    from vbox import spawn
+    box = spawn(tmp / "box-1", flash_size="4MB")
+    box.url          # "rfc2217://127.0.0.1:PORT", for esptool or pyserial
+    box.kill()       # SIGKILL (a power cut); spawn() again on the same dir
+    box.stop()
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class VboxError(RuntimeError):
+    pass
+
+
+@dataclass
+class BoxProcess:
+    name: str
+    url: str
+    port: int
+    dir: Path
+    mac: str
+    proc: subprocess.Popen
+
+    @property
+    def flash_path(self) -> Path:
+        return self.dir / "flash.bin"
+
+    @property
+    def console_path(self) -> Path:
+        return self.dir / "console.log"
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """kill -9: the box loses power at once."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 5) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc.wait()
+
+
+def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None, port: int = 0,
+          scenario: Path | str | None = None, baud_limit: bool = False, heap: str = "128k",
+          python: str | None = None) -> BoxProcess:
+    """Start one virtual box process on box_dir (its flash persists there)."""
+    box_dir = Path(box_dir)
+    box_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [python or sys.executable, "-m", "vbox", "--dir", str(box_dir), "--flash-size", flash_size,
+           "--port", str(port), "--heap", heap, "--json"]
+    if name:
+        cmd += ["--name", name]
+    if scenario:
+        cmd += ["--scenario", str(Path(scenario).resolve())]
+    if baud_limit:
+        cmd.append("--baud-limit")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(box_dir / "vbox.log", "ab"),
+                            env=env, cwd=str(ROOT))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise VboxError(f"virtual box did not start: {(box_dir / 'vbox.log').read_text()[-2000:]}")
+    info = json.loads(line)
+    return BoxProcess(info["name"], info["url"], info["port"], box_dir, info["mac"], proc)
