@@ -87,7 +87,9 @@ def acl_text(ingest_accounts: int) -> str:
     lines += [f"user {PUSH_USER}",
               "topic readwrite homebox/v1/+/desired/+",
               "topic read homebox/v1/+/reported/+",
-              "topic read homebox/v1/+/status", ""]
+              "topic read homebox/v1/+/status",
+              # `ops push` round-trips a probe here to know it has seen the retained documents
+              "topic readwrite homebox-ops/probe/#", ""]
     # `pattern` lines apply to every user. %u: the username, which is also the
     # client id (use_username_as_clientid). Box ids cannot contain + # or /.
     lines += ["# each box: its own topics only",

@@ -161,10 +161,14 @@ def plot_box(store: Store, box: str, out: Path, row: dict | None = None,
         axw.bar([w[0] for w in wa], [w[1] for w in wa], width=width, align="edge", color="#0571b0")
         axw.set_ylabel(f"litres per {scope}")
         _time_axis(axw, plt)
-        for leak in store.events(box, "water_leak", 20):
+        leaks = store.events(box, "water_leak", 20)
+        for leak in leaks:
             axw.axvline(_when(leak), color="#d7191c", lw=2)
-            axw.annotate("leak reported", (_when(leak), axw.get_ylim()[1] * 0.92), xytext=(-6, 0),
-                         textcoords="offset points", ha="right", va="center", color="#d7191c",
+        if leaks:
+            # one label, on the latest: labels on close lines would overprint each other
+            text = "leak reported" if len(leaks) == 1 else f"leak reported ({len(leaks)}x)"
+            axw.annotate(text, (_when(leaks[-1]), axw.get_ylim()[1] * 0.92), xytext=(6, 0),
+                         textcoords="offset points", ha="left", va="center", color="#d7191c",
                          fontweight="bold", bbox={"fc": "white", "ec": "none", "alpha": 0.85})
     else:
         _empty(axw, "water")

@@ -11,6 +11,9 @@ missing or oddly shaped field means "no data", never a crash. The shapes used:
   interrupted, implausible} (since boot); data.water.l.
 - events: data.type == "water_leak".
 - reported documents: status "rejected" with rejected{field, reason}.
+- desired documents (the store's, recorded by `ops push` and by ingest): a
+  section whose desired version is above the version the box reports in force
+  is listed in `pending`.
 """
 from __future__ import annotations
 
@@ -123,6 +126,7 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
     now = time.time() if now is None else now
     latest = store.latest()
     reported = store.reported()
+    desired = store.desired_versions()
     gaps = store.gap_summary()
     by_box: dict[str, dict[str, dict]] = {}
     for (box, kind), v in latest.items():
@@ -136,7 +140,8 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
         row = {"box": box, "state": b["state"] or "unknown", "boot": b["state_boot"],
                "fw": b["fw"] or health.get("fw"), "last_seen": b["last_seen"],
                "silent_s": None if b["last_seen"] is None else round(now - b["last_seen"], 1),
-               "versions": {}, "backlog": _num(health.get("outbox_backlog")),
+               "versions": {}, "desired": desired.get(box, {}), "pending": [],
+               "backlog": _num(health.get("outbox_backlog")),
                "outbox_dropped": _num(health.get("outbox_dropped")),
                "missing": gaps.get(box, {}).get("missing", 0),
                "declared_dropped": gaps.get(box, {}).get("dropped", 0),
@@ -155,6 +160,10 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
                 alarms.append({"code": "update_rejected",
                                "detail": f"{section} v{rj.get('version', '?')}: {rj.get('field', '$')}: "
                                          f"{rj.get('reason', '')}"[:120]})
+        for section, want in sorted(row["desired"].items()):
+            have = row["versions"].get(section)
+            if not isinstance(have, int) or have < want:
+                row["pending"].append(section)
         # coverage
         cov = (lt.get("coverage") or {}).get("data")
         if cov is not None:
@@ -201,6 +210,7 @@ def summary(rows: list[dict]) -> dict:
         "online": sum(1 for r in rows if r["state"] == "online"),
         "offline": sum(1 for r in rows if r["state"] == "offline"),
         "with_alarms": sum(1 for r in rows if r["alarms"]),
+        "pending_updates": sum(len(r.get("pending") or ()) for r in rows),
         "alarms": by_alarm,
         "speed_ratio_median": ratios[len(ratios) // 2] if ratios else None,
         "missing_messages": sum(r["missing"] for r in rows),
@@ -230,7 +240,7 @@ def print_table(rows: list[dict], counters: dict | None = None) -> None:
         t.add_column(col, overflow="fold")
     for r in rows:
         state = {"online": "[green]online[/]", "offline": "[red]offline[/]"}.get(r["state"], r["state"])
-        vers = " ".join(f"{k}={v}" for k, v in sorted(r["versions"].items())) or "-"
+        vers = " ".join(_version(r, k) for k in sorted(set(r["versions"]) | set(r.get("desired") or {}))) or "-"
         alarms = "\n".join(f"[bold red]{a['code']}[/] {a['detail']}" for a in r["alarms"]) or "[green]ok[/]"
         t.add_row(r["box"], state, "-" if r["silent_s"] is None else _ago(r["silent_s"]) + " ago", vers,
                   _s(r["backlog"]), _s(r["outbox_dropped"]), _s(r["missing"]),
@@ -241,9 +251,20 @@ def print_table(rows: list[dict], counters: dict | None = None) -> None:
             f"{s['with_alarms']} with alarms")
     if s["alarms"]:
         line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(s["alarms"].items())) + ")"
+    if s["pending_updates"]:
+        line += f"; {s['pending_updates']} updates not applied yet (versions have→wanted)"
     con.print(line)
     if counters:
         con.print("ingest totals: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+
+
+def _version(r: dict, section: str) -> str:
+    """`options=3`, or `options=3→4` while the box has not applied what the store wants."""
+    have = r["versions"].get(section)
+    text = f"{section}={'-' if have is None else have}"
+    if section in (r.get("pending") or ()):
+        text += f"→{r['desired'][section]}"
+    return text
 
 
 def _s(x) -> str:

@@ -482,6 +482,18 @@ class Store:
                 for b, s, v, p, src in self._q(
                     "SELECT box, section, version, payload, source FROM desired ORDER BY box, section")]
 
+    def desired_versions(self) -> dict[str, dict[str, int]]:
+        """{box: {section: version}} of the stored desired documents (no payloads)."""
+        out: dict[str, dict[str, int]] = {}
+        for box, section, v in self._q("SELECT box, section, version FROM desired"):
+            out.setdefault(box, {})[section] = int(v)
+        return out
+
+    def desired_version(self, box: str, section: str) -> int:
+        """The version of the desired document stored for (box, section), or 0."""
+        rows = self._q("SELECT version FROM desired WHERE box=? AND section=?", (box, section))
+        return int(rows[0][0]) if rows else 0
+
     def gap_summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for box, cause, n in self._q(

@@ -114,6 +114,8 @@ def neutral_cwd() -> str:
 
 
 def write_config(state_dir: Path, **cfg) -> Path:
+    # absolute: the box runs with cwd=neutral_cwd(), not the caller's directory
+    state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     cfg.setdefault("state_dir", str(state_dir / "fs"))
     path = state_dir / "config.json"

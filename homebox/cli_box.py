@@ -1,6 +1,7 @@
 """`homebox box ...`: run one box on this host."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,23 @@ def cmd_run(args) -> int:
     except boxrun.BoxRunError as e:
         print(e, file=sys.stderr)
         return 2
+    proc = subprocess.Popen(cmd, env=env, cwd=boxrun.neutral_cwd())
+
+    def stop(signum, frame):
+        # `kill` of this command stops the box it started, never leaves it running
+        proc.terminate()
+
+    old = signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(cmd, env=env, cwd=boxrun.neutral_cwd())
+        return proc.wait()
     except KeyboardInterrupt:
+        try:
+            proc.wait(10)    # the box got the same Ctrl-C and stops cleanly
+        except subprocess.TimeoutExpired:
+            pass
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

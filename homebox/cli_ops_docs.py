@@ -2,6 +2,11 @@
 
 The rules are the box's own (agent/sections.py and agent/sec_*.py, imported on
 CPython), so a document that validates here is judged the same way on the box.
+
+`push` records each document it publishes in the backend store (`--db`, the
+same store as `ops ingest|status|reconcile`) before publishing it, so that
+`reconcile` can re-publish it after a broker loses its retained messages and
+`status` can compare what the operator wants with what the box reports.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from agent import sections, sign, topics
+from homebox.cli_ops_fleet import DB_HELP
 
 SECTIONS = sorted(sections.VALIDATORS)
 ENV_SECRET = "HOMEBOX_MASTER_SECRET_FILE"
@@ -32,11 +38,17 @@ def register(sub) -> None:
     p.add_argument("section", choices=SECTIONS)
     p.add_argument("file", type=Path)
     p.add_argument("--box", required=True, help="box id")
-    p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
+    p.add_argument("--broker", default="127.0.0.1:1883",
+                   help="MQTT broker HOST:PORT, or mqtt://[user@]host:port / mqtts://... "
+                        "(the push account; password: $HOMEBOX_MQTT_PASSWORD)")
+    p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the box's report")
     p.add_argument("--master-secret-file", type=Path, default=None,
                    help=f"operator master secret (default: ${ENV_SECRET}); without one the document goes unsigned")
     p.add_argument("--no-check", action="store_true", help="publish even if the local check fails")
+    p.add_argument("--db", default=None, help=DB_HELP + "; the pushed document is recorded there")
+    p.add_argument("--no-record", action="store_true",
+                   help="do not record the document in the store (reconcile will not re-publish it)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_push)
 
@@ -93,8 +105,10 @@ class Session:
     """One MQTT connection that reads the retained desired/reported documents of
     a section, publishes a new desired document and waits for the report."""
 
-    def __init__(self, host: str, port: int, box: str, section: str):
+    def __init__(self, url, box: str, section: str, tls_ca: str | None = None):
         import paho.mqtt.client as mqtt
+
+        from backend.ingest import make_client
         self.box, self.section = box, section
         self.t_desired = topics.desired(box, section)
         self.t_reported = topics.reported(box, section)
@@ -103,15 +117,24 @@ class Session:
         self.reported: dict | None = None
         self.cond = threading.Condition()
         self.probed = False
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"homebox-ops-{uuid.uuid4().hex[:12]}")
+        self.refused: str | None = None
+        # a unique client id (a broker with use_username_as_clientid replaces it)
+        self.c = make_client(url, f"homebox-ops-{uuid.uuid4().hex[:12]}", tls_ca, protocol=mqtt.MQTTv311)
         self.c.on_message = self._on_message
-        self.c.connect(host, port)
+        self.c.on_connect = self._on_connect
+        self.c.connect(url.host, url.port)
         self.c.loop_start()
         self.c.subscribe([(self.t_desired, 1), (self.t_reported, 1), (self.t_probe, 1)])
         # The broker sends retained messages right after the SUBACK; a probe
         # published after that comes back after them, so when it arrives we
         # have seen whatever was retained.
         self.c.publish(self.t_probe, b"probe", qos=1)
+
+    def _on_connect(self, client, userdata, flags, rc, props=None):
+        if rc.is_failure:
+            with self.cond:
+                self.refused = str(rc)
+                self.cond.notify_all()
 
     def _on_message(self, client, userdata, msg):
         with self.cond:
@@ -144,8 +167,8 @@ class Session:
                     vs.append(_int(self.reported[k].get("version")))
         return max(vs) + 1
 
-    def publish(self, doc: dict) -> None:
-        info = self.c.publish(self.t_desired, json.dumps(doc, separators=(",", ":")), qos=1, retain=True)
+    def publish(self, payload: bytes) -> None:
+        info = self.c.publish(self.t_desired, payload, qos=1, retain=True)
         info.wait_for_publish(10)
 
     def close(self):
@@ -193,8 +216,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from homebox.cli_box import parse_hostport
-    host, port = parse_hostport(args.broker)
+    from backend.ingest import BrokerURL
+    try:
+        url = BrokerURL.parse(args.broker)
+    except ValueError as e:
+        raise SystemExit(f"--broker: {e}") from None
     doc = load_doc(args.file)
     if not args.no_check:
         errs = violations(args.section, dict(doc, version=1) if isinstance(doc, dict) else doc)
@@ -216,18 +242,34 @@ def cmd_push(args) -> int:
         else:
             print(text)
 
+    store = None
+    if not args.no_record:
+        from homebox.cli_ops_fleet import _store
+        store = _store(args)
     try:
-        s = Session(host, port, args.box, args.section)
+        s = Session(url, args.box, args.section, args.tls_ca)
     except OSError as e:
-        say("error", f"cannot connect to {host}:{port}: {e}", None)
+        say("error", f"cannot connect to {url.host}:{url.port}: {e}", None)
+        if store is not None:
+            store.close()
         return 2
     try:
-        if not s.wait(lambda: s.probed, min(args.timeout, 10)):
-            say("timeout", "timeout: the broker did not answer", None)
+        if not s.wait(lambda: s.probed or s.refused, min(args.timeout, 10)) or s.refused:
+            if s.refused:
+                say("error", f"the broker refused the connection: {s.refused}", None)
+            else:
+                say("timeout", "timeout: the broker did not answer", None)
             return 2
         version = s.next_version()
+        if store is not None:
+            # the store may know a later version than the broker still retains
+            version = max(version, store.desired_version(args.box, args.section) + 1)
         d = prepare(doc, args.box, version, master)
-        s.publish(d)
+        payload = json.dumps(d, separators=(",", ":")).encode()
+        if store is not None:
+            # recorded first: a document on the broker is always one the store knows
+            store.put_desired(args.box, args.section, payload, source="push")
+        s.publish(payload)
         res: list = []
         deadline = time.time() + args.timeout
 
@@ -246,3 +288,5 @@ def cmd_push(args) -> int:
         return 0 if result == "applied" else 1
     finally:
         s.close()
+        if store is not None:
+            store.close()

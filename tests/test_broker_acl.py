@@ -252,6 +252,37 @@ def test_backend_accounts_have_only_their_rights(fleet):
         c.close()
 
 
+def test_ops_push_with_the_push_account(fleet, tmp_path, monkeypatch, capsys):
+    """`homebox ops push` under the generated configuration: the push account over
+    TLS, the box gets the document, answers, and push reports it applied."""
+    from pathlib import Path
+
+    from homebox import cli
+    ex = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples" / "desired-options.json"
+    monkeypatch.setenv("HOMEBOX_DB", f"sqlite:///{tmp_path}/backend.db")
+    monkeypatch.delenv("HOMEBOX_MASTER_SECRET_FILE", raising=False)
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/+")
+    argv = ["ops", "push", "options", str(ex), "--box", A, "--broker", f"mqtts://homebox-push@localhost:{fleet.tls}",
+            "--tls-ca", str(fleet.out / "ca.crt"), "--timeout", "10", "--json"]
+    monkeypatch.setenv("HOMEBOX_MQTT_PASSWORD", "wrong")
+    assert cli.main(argv) == 2
+    assert "refused" in json.loads(capsys.readouterr().out)["message"]
+    monkeypatch.setenv("HOMEBOX_MQTT_PASSWORD", fleet.accounts["homebox-push"])
+    rc: list = []
+    t = threading.Thread(target=lambda: rc.append(cli.main(argv)))
+    t.start()
+    assert wait_for(lambda: a.msgs, 10), "the box did not get the document"
+    ((topic, payload),) = a.msgs
+    v = json.loads(payload)["version"]
+    a.pub(f"homebox/v1/{A}/reported/options",
+          json.dumps({"version": v, "status": "applied", "box": A, "section": "options"}), retain=True)
+    t.join(15)
+    out = json.loads(capsys.readouterr().out)
+    assert rc == [0] and out["result"] == "applied" and out["version"] == v, out
+    a.close()
+
+
 def test_shared_subscription_and_tls_listener(fleet):
     cfg = fleet.out
     ing = Client(fleet.plain, "homebox-ingest-1", fleet.accounts["homebox-ingest-1"],

@@ -1,7 +1,9 @@
 """End to end: `homebox ops push` to the real agent (CPython, and MicroPython with a
 256k heap) over a real Mosquitto. Each section is applied; a bad document is
 rejected with a field-named reason and the previous one stays in force; a
-replay and documents for another box (or unsigned) are refused."""
+replay and documents for another box (or unsigned) are refused. Each push is
+recorded in the backend store, and the store's version wins over a broker that
+lost its retained copy."""
 from __future__ import annotations
 
 import json
@@ -19,6 +21,14 @@ from homebox.cli_ops_docs import box_key_hex
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "docs" / "contract" / "examples"
 MASTER = b"operator-master-secret-for-tests-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def store_url(tmp_path, monkeypatch):
+    # every push records into the backend store: a fresh one per test, never ./state
+    url = f"sqlite:///{tmp_path}/backend.db"
+    monkeypatch.setenv("HOMEBOX_DB", url)
+    return url
 
 
 def push(capsys, section, doc_or_path, box, port, secret, *extra, tmp=None):
@@ -186,3 +196,55 @@ def test_examples_follow_the_schemas():
         doc = dict(doc, box="hb-1")
         doc["sig"] = sign.sign(doc, key)
         contract.validate(f"homebox/v1/hb-1/desired/{s}", doc)
+
+
+def test_push_records_the_desired_document(broker, tmp_path, capsys, store_url):
+    """`push` stores exactly what it publishes (so `reconcile` can restore it), the
+    next version comes from the store when the broker lost its retained copy, and
+    `status` compares desired with reported."""
+    from backend import status
+    from backend.store import Store
+
+    secret = tmp_path / "m"
+    secret.write_bytes(MASTER)
+    doc = EX / "desired-options.json"
+    cap = Capture(broker.port, "homebox/v1/hb-rec/desired/+")
+    base = ["ops", "push", "options", str(doc), "--box", "hb-rec", "--broker", f"127.0.0.1:{broker.port}",
+            "--timeout", "0.5", "--master-secret-file", str(secret)]
+    assert cli.main(base) == 2                     # no box: a timeout, but recorded and retained
+    assert cap.wait_for(lambda c: len(c.messages) == 1, 5)
+    store = Store(store_url)
+    (rec,) = store.desired()
+    assert (rec["box"], rec["section"], rec["version"], rec["source"]) == ("hb-rec", "options", 1, "push")
+    assert rec["payload"] == cap.messages[0][1]     # byte for byte what the broker retains
+    # the broker loses the retained document (a crash before autosave): the store
+    # still knows v1, so the next push is v2, not a v1 the box would ignore as a replay
+    publish(broker.port, "homebox/v1/hb-rec/desired/options", b"")
+    capsys.readouterr()
+    assert cli.main(base + ["--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["version"] == 2
+    assert store.desired_version("hb-rec", "options") == 2
+    # --no-record leaves the store alone; another store is chosen with --db
+    assert cli.main(base + ["--no-record"]) == 2
+    assert store.desired_version("hb-rec", "options") == 2
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert cli.main(base + ["--db", other]) == 2
+    assert Store(other).desired_version("hb-rec", "options") == 4
+    cap.close()
+
+    # status: the box reports v1 in force while the store wants v2 -> pending
+    from backend.ingest import classify
+    recs = [classify("homebox/v1/hb-rec/status", json.dumps({"state": "online", "box": "hb-rec", "boot": 1,
+                                                              "fw": "t", "ts": 1}).encode()),
+            classify("homebox/v1/hb-rec/reported/options",
+                     json.dumps({"version": 1, "status": "applied", "box": "hb-rec",
+                                 "section": "options"}).encode())]
+    assert [r.what for r in recs] == ["status", "reported"], [r.errors for r in recs]
+    store.write_batch(recs)
+    (row,) = status.fleet(store)
+    assert row["versions"] == {"options": 1} and row["desired"] == {"options": 2}
+    assert row["pending"] == ["options"]
+    assert status.summary([row])["pending_updates"] == 1
+    status.print_table([row])
+    assert "options=1→2" in capsys.readouterr().out
+    store.close()
