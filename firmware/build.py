@@ -203,9 +203,13 @@ def check_fs_image(image: bytes, flash_size: str | int) -> int:
     ctx = UserContext(len(image))
     ctx.buffer[:] = image
     blocks = vfs_size // pt.LFS_BLOCK_SIZE
+    why = "no littlefs superblock in the image"
     try:
-        fs = LittleFS(context=ctx, block_size=pt.LFS_BLOCK_SIZE, block_count=blocks,
+        # mount=False: by default littlefs-python formats (in memory) what it
+        # cannot mount, and the check would pass on garbage.
+        fs = LittleFS(context=ctx, mount=False, block_size=pt.LFS_BLOCK_SIZE, block_count=blocks,
                       read_size=pt.LFS_READ_SIZE, prog_size=pt.LFS_PROG_SIZE, lookahead_size=pt.LFS_LOOKAHEAD)
+        fs.mount()
         fs.listdir("/")
         found = superblock_geometry(image)
     except LittleFSError as e:
@@ -262,12 +266,29 @@ def check_base_bin(data: bytes, lock: dict, flash_size: int) -> list[pt.Partitio
     return table
 
 
-def _is_secret(path: str) -> bool:
+def is_secret(path: str) -> bool:
+    """A file whose content stays out of manifests and records (secrets.json, keys)."""
     name = path.rsplit("/", 1)[-1]
     return name.startswith("secrets") or name.endswith((".key", ".pem"))
 
 
 # --- the build ---------------------------------------------------------------
+
+def image_files(lock: dict, overlay: Path | dict | None = None, mpy_cross: str | None = None,
+                agent_dir: Path | str | None = None) -> tuple[list[tuple[str, bytes]], str, str]:
+    """The files of a box's filesystem, in memory and sorted: the board glue,
+    the compiled agent, then the overlay on top. Returns (files, MicroPython
+    release, mpy version). With make_fs_image() this builds an image without
+    writing anything to disk (the bench keeps per-box secrets off the disk)."""
+    release, mpy = check_mpy_cross(lock, mpy_cross)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = compile_tree(Path(tmp), mpy_cross, agent_dir=Path(agent_dir) if agent_dir else None,
+                             arch=lock.get("mpy_arch", "xtensawin"))
+    board = [(name, (BOARD_DIR / name).read_bytes()) for name in BOARD_FILES]
+    merged: dict[str, bytes] = dict(board + files)
+    merged.update(dict(read_overlay(overlay)))
+    return sorted(merged.items()), release, mpy
+
 
 @dataclass
 class BuildResult:
@@ -300,14 +321,7 @@ def build(out_dir: Path | str, flash_size: str | int = "4MB", overlay: Path | di
         files: list[tuple[str, bytes]] = []
         release, mpy = lock["micropython"], lock["mpy_version"]
     else:
-        release, mpy = check_mpy_cross(lock, mpy_cross)
-        with tempfile.TemporaryDirectory() as tmp:
-            files = compile_tree(Path(tmp), mpy_cross, agent_dir=Path(agent_dir) if agent_dir else None,
-                                 arch=lock.get("mpy_arch", "xtensawin"))
-        board = [(name, (BOARD_DIR / name).read_bytes()) for name in BOARD_FILES]
-        merged: dict[str, bytes] = dict(board + files)
-        merged.update(dict(read_overlay(overlay)))
-        files = sorted(merged.items())
+        files, release, mpy = image_files(lock, overlay, mpy_cross, agent_dir)
         image = make_fs_image(files, vfs_size)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +362,7 @@ def build(out_dir: Path | str, flash_size: str | int = "4MB", overlay: Path | di
         "partitions": [p.as_dict() for p in table],
         "parts": manifest_parts,
         # Secrets stay out of the manifest, even hashed: it travels with records.
-        "files": [{"path": p, "size": len(d), "secret": True} if _is_secret(p)
+        "files": [{"path": p, "size": len(d), "secret": True} if is_secret(p)
                   else {"path": p, "size": len(d), "sha256": sha256(d)} for p, d in files],
         "flash": [dict(f, sha256=next(m["sha256"] for m in manifest_parts if m["name"] == f["name"]))
                   for f in flash],

@@ -1,4 +1,5 @@
-# homebox board glue: start the agent from /config.json and /secrets.json.
+# homebox board glue: start the agent from /config.json and /secrets.json,
+# with the serial console (agent/console.py) on the board's UART.
 # On an ESP32 the HAL is "esp32"; anywhere else (the virtual box, the unix
 # port) it is the simulated home, whose scenario a virtual box may provide.
 import sys
@@ -13,31 +14,70 @@ def _exists(path):
         return False
 
 
-def _scenario():
+def _vboxenv(name):
     try:
         import vboxenv
-        return vboxenv.scenario
+        return getattr(vboxenv, name)
     except (ImportError, AttributeError):
         return None
+
+
+def _fw():
+    # /fw.json: what the bench built (firmware and agent versions); optional.
+    import json
+    try:
+        with open("/fw.json") as f:
+            d = json.loads(f.read())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _sim_scenario(cfg):
+    # A virtual box's scenario file wins over the config's; the sim HAL then
+    # reports the virtual chip's eFuse MAC, as machine.unique_id() does on an ESP32.
+    sc = _vboxenv("scenario")
+    if sc is None:
+        sc = cfg.get("scenario")
+    mac = _vboxenv("mac")
+    if mac:
+        if isinstance(sc, str):
+            try:
+                from agent.hal import sim_homes
+                sc = sim_homes.home(sc)
+            except (ImportError, AttributeError, ValueError):
+                cfg["scenario"] = sc
+                return
+        sc = dict(sc or {})
+        sc.setdefault("mac", mac)
+    if sc is not None:
+        cfg["scenario"] = sc
 
 
 def run():
     import asyncio
 
-    from agent import config
+    from agent import VERSION, config
     from agent.hal import load as load_hal
     from agent.runtime import Box
 
-    overrides = {"hal": "esp32" if sys.platform == "esp32" else "sim"}
-    if overrides["hal"] == "sim":
-        sc = _scenario()
-        if sc is not None:
-            overrides["scenario"] = sc
+    hal = "esp32" if sys.platform == "esp32" else "sim"
     secrets = "/secrets.json" if _exists("/secrets.json") else None
-    cfg = config.load("/config.json", secrets, overrides)
+    cfg = config.load("/config.json", secrets, {"hal": hal})
+    if hal == "sim":
+        _sim_scenario(cfg)
+    fw = _fw()
+    impl = sys.implementation
+    print("homebox: firmware %s, MicroPython %s, agent %s build %s" % (
+        fw.get("firmware") or "unknown", ".".join(str(x) for x in impl.version[:3]), VERSION,
+        fw.get("agent_build") or "unknown"))
     print("homebox: agent starting, box %s, hal %s" % (cfg["box_id"], cfg["hal"]))
-    box = Box(cfg, load_hal(cfg["hal"], cfg))
-    asyncio.run(box.run())
+    box = Box(cfg, load_hal(hal, cfg))
+    if cfg.get("console", True):
+        from agent import console
+        asyncio.run(console.serve(box, fw))
+    else:
+        asyncio.run(box.run())
 
 
 try:

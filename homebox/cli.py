@@ -15,7 +15,7 @@ ROLES = [
     ("box", "run and inspect one box on this host", ["homebox.cli_box", "homebox.cli_speed", "homebox.cli_tic"]),
     ("fw", "build firmware and filesystem images", ["homebox.cli_fw"]),
     ("vbox", "virtual boxes that behave like ESP32 devkits on a serial link", ["homebox.cli_vbox"]),
-    ("bench", "flash, provision and test boxes at the bench", []),
+    ("bench", "flash, provision and test boxes at the bench", ["homebox.cli_bench"]),
     ("ops", "operator tools: validate, push, ingest, status, report", ["homebox.cli_speed:register_ops", "homebox.cli_ops_fleet",
                                                                  "homebox.cli_ops_docs"]),
 ]

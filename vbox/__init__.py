@@ -6,6 +6,7 @@ the littlefs format, esptool and the MicroPython interpreter are the real ones.
     box = spawn(tmp / "box-1", flash_size="4MB")
     box.url          # "rfc2217://127.0.0.1:PORT", for esptool or pyserial
     box.kill()       # SIGKILL (a power cut); spawn() again on the same dir
+    box.set_faults(drop_link_after=200_000)   # fault injection; box.replug() clears
     box.stop()
 """
 from __future__ import annotations
@@ -48,6 +49,26 @@ class BoxProcess:
         except OSError:
             return ""
 
+    def set_faults(self, **faults) -> None:
+        """Inject faults (see vbox/device.py): drop_link_after=N bytes of flash
+        data, flash_id="ffffff", corrupt_write=1. Read by the box as it goes."""
+        tmp = self.dir / "faults.json.tmp"
+        tmp.write_text(json.dumps(faults))
+        os.replace(tmp, self.dir / "faults.json")
+
+    def faults(self) -> dict:
+        try:
+            return json.loads((self.dir / "faults.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def replug(self) -> None:
+        """Clear every fault: the box is back on the hub, its port answers again."""
+        try:
+            (self.dir / "faults.json").unlink()
+        except FileNotFoundError:
+            pass
+
     def kill(self) -> None:
         """kill -9: the box loses power at once."""
         if self.proc.poll() is None:
@@ -68,7 +89,7 @@ def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None,
           scenario: Path | str | None = None, baud_limit: bool = False, heap: str = "128k",
           python: str | None = None) -> BoxProcess:
     """Start one virtual box process on box_dir (its flash persists there)."""
-    box_dir = Path(box_dir)
+    box_dir = Path(box_dir).resolve()
     box_dir.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, "-m", "vbox", "--dir", str(box_dir), "--flash-size", flash_size,
            "--port", str(port), "--heap", heap, "--json"]

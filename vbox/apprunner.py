@@ -4,7 +4,7 @@
 # box's flash through a block device, run boot.py then main.py from it.
 # A blank vfs gets a fresh filesystem; one that does not mount loops on the
 # "filesystem corrupted" message, as a real box does.
-#   micropython apprunner.py FLASH_FILE VFS_OFFSET VFS_SIZE SCENARIO_JSON|- BANNER
+#   micropython apprunner.py FLASH_FILE VFS_OFFSET VFS_SIZE SCENARIO_JSON|- BANNER [MAC]
 import os
 import sys
 
@@ -18,6 +18,9 @@ class FlashBdev:
         self.f = f
         self.offset = offset
         self.blocks = size // SEC
+        # One erased block, made once: an erase must not allocate 4 KiB from the
+        # heap the agent shares (a real board erases in the flash driver).
+        self.blank = b"\xff" * SEC
 
     def readblocks(self, block, buf, off=0):
         self.f.seek(self.offset + block * SEC + off)
@@ -39,7 +42,7 @@ class FlashBdev:
             return SEC
         if op == 6:  # erase
             self.f.seek(self.offset + arg * SEC)
-            self.f.write(b"\xff" * SEC)
+            self.f.write(self.blank)
             return 0
         return 0
 
@@ -88,15 +91,19 @@ def run_file(name):
 
 def main():
     path, off, size, scenario, banner = sys.argv[1:6]
+    sc = None
     if scenario != "-":
         import json
         with open(scenario) as f:
             sc = json.load(f)
 
-        class Env:
-            scenario = sc
+    class Env:
+        pass
 
-        sys.modules["vboxenv"] = Env
+    Env.scenario = sc
+    # The eFuse base MAC, as machine.unique_id() gives it on the chip.
+    Env.mac = sys.argv[6] if len(sys.argv) > 6 else None
+    sys.modules["vboxenv"] = Env
     flash = open(path, "r+b")
     mount(FlashBdev(flash, int(off), int(size)))
     os.chdir("/")

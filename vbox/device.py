@@ -38,6 +38,7 @@ DOWNLOAD_BOOT = "boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
 FLASH_BOOT = "boot:0x13 (SPI_FAST_FLASH_BOOT)"
 TRACE = bool(os.environ.get("VBOX_TRACE"))
 MP_BANNER = "MicroPython v{version} on vbox; Generic ESP32 module with ESP32"
+FLASH_DATA_OPS = (chip.FLASH_DATA, chip.FLASH_DEFL_DATA)
 
 
 def micropython_exe() -> str:
@@ -78,6 +79,33 @@ class Device:
         self.generation = 0
         self.boots = 0
         self.stats = {"rx_bytes": 0, "tx_bytes": 0, "flash_bytes_written": 0, "loader_payload_bytes": 0}
+        self.flash_rx = 0            # flash data bytes received in this download session
+        self.link_down = False       # the link must drop now (a fault fired)
+
+    # --- faults (tests and benches): faults.json in the box directory --------
+    #   {"drop_link_after": N}  after N bytes of flash data the USB link drops and
+    #                           the box stays unplugged ("unplugged": true) until
+    #                           the file is removed (the technician re-plugs it)
+    #   {"flash_id": "ffffff"}  the SPI flash answers this JEDEC ID (a dead chip)
+    #   {"corrupt_write": 1}    the next flash write is corrupted once (MD5 mismatch)
+    @property
+    def faults_path(self) -> Path:
+        return self.dir / "faults.json"
+
+    def faults(self) -> dict:
+        try:
+            d = json.loads(self.faults_path.read_text())
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _set_faults(self, d: dict) -> None:
+        tmp = self.dir / "faults.json.tmp"
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, self.faults_path)
+
+    def unplugged(self) -> bool:
+        return bool(self.faults().get("unplugged"))
 
     # --- output ------------------------------------------------------------
     def emit(self, data: bytes | str, log: bool = True) -> None:
@@ -148,7 +176,10 @@ class Device:
         if download:
             self.mode = "download"
             self.slip = SlipDecoder()
-            self.loader = Loader(self.flash, chip.Registers(self.mac, self.flash_size, lambda: self.uart_baud),
+            fid = self.faults().get("flash_id")
+            self.flash_rx = 0
+            self.loader = Loader(self.flash, chip.Registers(self.mac, self.flash_size, lambda: self.uart_baud,
+                                                            None if fid is None else int(str(fid), 16)),
                                  self._send_packet, self._loader_event)
             self.emit(ROM_BANNER + f"rst:{reason},{DOWNLOAD_BOOT}\r\nwaiting for download\r\n")
         else:
@@ -195,6 +226,8 @@ class Device:
             self.stats["rx_bytes"] += len(data)
             if self.mode == "download" and self.loader:
                 for pkt in self.slip.feed(data):
+                    if len(pkt) > 8 and pkt[0] == 0 and pkt[1] in FLASH_DATA_OPS and self._data_fault(pkt):
+                        return
                     self.loader.handle(pkt)
                     if pkt[1:2] in (b"\x04", b"\x12", b"\x13") and self.loader:   # FLASH_END, DEFL_END, MD5
                         self.save_stats()
@@ -204,6 +237,26 @@ class Device:
                     self.app.stdin.flush()
                 except (BrokenPipeError, ValueError, OSError):
                     pass
+
+    def _data_fault(self, pkt: bytes) -> bool:
+        """Apply the faults that hit flash data; True if the link dropped."""
+        self.flash_rx += len(pkt) - 8
+        f = self.faults()
+        if not f:
+            return False
+        after = f.get("drop_link_after")
+        if after is not None and self.flash_rx >= int(after):
+            f.pop("drop_link_after")
+            f["unplugged"] = True
+            self._set_faults(f)
+            self.link_down = True
+            self.slip = SlipDecoder()
+            return True
+        if f.get("corrupt_write") and self.loader is not None:
+            f.pop("corrupt_write")
+            self._set_faults(f)
+            self.loader.corrupt_next = True
+        return False
 
     # --- app mode ----------------------------------------------------------
     def _halt(self, lines: list[str]) -> None:
@@ -251,7 +304,8 @@ class Device:
         runner = Path(__file__).with_name("apprunner.py")
         banner = MP_BANNER.format(version=self.mp_version)
         cmd = [self.micropython, "-X", f"heapsize={self.heap}", str(runner), str(self.flash.path),
-               str(vfs_off), str(vfs_size), str(self.scenario) if self.scenario else "-", banner]
+               str(vfs_off), str(vfs_size), str(self.scenario) if self.scenario else "-", banner,
+               ":".join(f"{b:02x}" for b in self.mac)]
         env = dict(os.environ)
         env["MICROPYPATH"] = ".frozen"
         # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the

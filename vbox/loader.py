@@ -72,6 +72,7 @@ class Loader:
         self.write: dict | None = None        # the flash write in progress
         self.read: dict | None = None         # the stub READ_FLASH in progress
         self.stats = {"flash_bytes_written": 0, "wire_payload_bytes": 0}
+        self.corrupt_next = False             # a fault: flip one bit of the next write
 
     # --- responses -------------------------------------------------------
     def _reply(self, op: int, val: int = 0, data: bytes = b"", status: int = 0, err: int = 0) -> None:
@@ -181,6 +182,9 @@ class Loader:
         while w["erased_to"] < end:                  # the stub erases as it writes
             self.flash.erase(w["erased_to"], SECTOR)
             w["erased_to"] += SECTOR - w["erased_to"] % SECTOR
+        if self.corrupt_next and raw:
+            self.corrupt_next = False
+            raw = bytes([raw[0] ^ 0x01]) + raw[1:]
         self.flash.program(w["pos"], raw)
         w["pos"] = end
         self.stats["flash_bytes_written"] += len(raw)

@@ -102,10 +102,8 @@ class Link:
         self.device = device
         self.baud_limit = baud_limit
         self.port_obj = VirtualPort(self)
-        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind((host, port))
-        self.srv.listen(1)
+        self.host = host
+        self.srv: socket.socket | None = self._listen(port)
         self.port = self.srv.getsockname()[1]
         self.url = f"rfc2217://{host}:{self.port}"
         self.txq: collections.deque[bytes] = collections.deque()
@@ -160,13 +158,41 @@ class Link:
                 self.rx_throttle.wait(len(raw))
             self.device.rx(raw)
 
+    def _listen(self, port: int) -> socket.socket:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((self.host, port))
+        srv.listen(1)
+        srv.settimeout(0.2)
+        return srv
+
     def serve_forever(self) -> None:
         threading.Thread(target=self._writer, daemon=True).start()
         while not self.closed:
+            if self.device.unplugged():
+                # The box is off the USB hub (a fault): its port refuses
+                # connections until it is plugged back (faults.json removed).
+                if self.srv is not None:
+                    self.srv.close()
+                    self.srv = None
+                time.sleep(0.1)
+                continue
+            if self.srv is None:
+                try:
+                    self.srv = self._listen(self.port)
+                except OSError:
+                    time.sleep(0.1)
+                    continue
+                self.device.link_down = False
             try:
                 sock, _ = self.srv.accept()
+            except TimeoutError:
+                continue
             except OSError:
-                return
+                if self.closed:
+                    return
+                continue
+            sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._serve_client(sock)
 
@@ -189,6 +215,8 @@ class Link:
                     for b in self.pm.filter(data):
                         self.rxbuf += b
                 self.flush_rx()
+                if self.device.link_down:
+                    break                       # a fault: the cable is pulled mid-transfer
         finally:
             self.conn = None
             self.pm = None
@@ -202,7 +230,8 @@ class Link:
         with self.tx_cv:
             self.tx_cv.notify_all()
         try:
-            self.srv.close()
+            if self.srv is not None:
+                self.srv.close()
         except OSError:
             pass
 

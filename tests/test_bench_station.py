@@ -1,0 +1,262 @@
+"""The bench station end to end: `homebox bench run` on virtual boxes against a
+real Mosquitto. Four boxes pass with four serials and labels, a second run is
+idempotent and skips what is already flashed, no secret leaks anywhere but the
+labels, and each label's QR code decodes back to its Wi-Fi string. Fault
+injection: a link dropped mid-flash, a dead flash chip, a corrupted write and a
+silent port each end in their own classified verdict while the healthy box
+passes, and the re-run of the dropped slot passes with the same serial."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, Mosquitto
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import vbox  # noqa: E402
+from firmware import build as fb  # noqa: E402
+from flashing import credentials  # noqa: E402
+from vbox import standin  # noqa: E402
+
+MASTER = b"bench-test-master-secret-0123456789abcdef"
+HOMEBOX = [sys.executable, "-m", "homebox.cli"]
+
+
+@pytest.fixture(scope="module")
+def bench_broker(tmp_path_factory):
+    m = Mosquitto(tmp_path_factory.mktemp("bench-broker")).start()
+    yield m
+    m.stop()
+
+
+def _bench(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("HOMEBOX_MASTER_SECRET_FILE", None)
+    env.pop("HOMEBOX_LEDGER", None)
+    return subprocess.run(HOMEBOX + ["bench"] + args, cwd=str(ROOT), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _secrets(serials) -> dict[str, str]:
+    """Every secret of the run: the master secret and each box's derived ones."""
+    out = {"master secret": MASTER.decode()}
+    for s in serials:
+        c = credentials.derive(MASTER, s)
+        out[f"{s} wifi key"] = c.wifi_key
+        out[f"{s} mqtt password"] = c.mqtt_password
+        out[f"{s} hmac key"] = c.hmac_key
+        out[f"{s} hmac key (upper)"] = c.hmac_key.upper()
+    return out
+
+
+def _leaks(secrets: dict[str, str], roots: list[Path], texts: dict[str, str]) -> list[str]:
+    found = []
+    needles = {k: v.encode() for k, v in secrets.items()}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            if not p.is_file():
+                continue
+            if p.parent.name == "labels" and p.suffix in (".png", ".pdf"):
+                continue                                  # the sticker is meant to carry the Wi-Fi key
+            if p.name == "flash.bin":
+                continue                                  # the box's own flash
+            data = p.read_bytes()
+            found += [f"{k} in {p}" for k, v in needles.items() if v in data]
+    for name, text in texts.items():
+        found += [f"{k} in {name}" for k, v in secrets.items() if v in text]
+    return found
+
+
+def test_bench_run_virtual_4(tmp_path, bench_broker):
+    secret = tmp_path / "master.key"
+    secret.write_bytes(MASTER + b"\n")
+    out = tmp_path / "out"
+    agent = tmp_path / "src" / "agent"          # the same agent for both runs
+    shutil.copytree(ROOT / "agent", agent, ignore=shutil.ignore_patterns("__pycache__"))
+    args = ["run", "--virtual", "4", "--broker", f"127.0.0.1:{bench_broker.port}", "--master-secret-file",
+            str(secret), "--out", str(out), "--support", "Assistance : Association Port-Boyer 02 40 00 00 00",
+            "--agent-dir", str(agent)]
+    t0 = time.monotonic()
+    r1 = _bench(args + ["--json"])
+    t1 = time.monotonic()
+    assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
+    rep = json.loads(r1.stdout)
+    assert rep["summary"] == {"total": 4, "pass": 4, "fail": 0, "quarantine": 0,
+                              "boxes_per_hour": rep["summary"]["boxes_per_hour"]}
+    serials = sorted(b["serial"] for b in rep["boxes"])
+    assert len(set(serials)) == 4 and all(s.startswith("HB-") for s in serials)
+    assert rep["master_secret"] == "file"
+    for b in rep["boxes"]:
+        assert [s["step"] for s in b["steps"]] == ["connect", "identify", "allocate", "credentials", "image",
+                                                   "flash", "reset", "test", "label", "record"]
+        assert all(s["status"] == "ok" for s in b["steps"]), b["steps"]
+        assert b["tests"]["passed"] and len(b["tests"]["tests"]) == 4
+        assert set(b["images"]) >= {"base", "vfs", "agent_build", "firmware", "flash"}
+
+    db = sqlite3.connect(out / "ledger.sqlite")
+    rows = db.execute("SELECT serial, mac, mqtt_hash, verdict FROM boxes ORDER BY serial").fetchall()
+    assert [r[0] for r in rows] == serials
+    assert all(r[2].startswith("$7$") and r[3] == "PASS" for r in rows)
+    assert len({r[1] for r in rows}) == 4
+    db.close()
+
+    labels = out / "labels"
+    assert sorted(p.name for p in labels.glob("*.png")) == [f"{s}.png" for s in serials]
+    assert sorted(p.name for p in labels.glob("*.pdf")) == [f"{s}.pdf" for s in serials]
+    assert all((labels / f"{s}.pdf").read_bytes().startswith(b"%PDF") for s in serials)
+
+    # the label PNG decodes back to the right Wi-Fi string
+    import zxingcpp
+    from PIL import Image
+    for s in serials:
+        c = credentials.derive(MASTER, s)
+        got = [x.text for x in zxingcpp.read_barcodes(Image.open(labels / f"{s}.png"))]
+        assert got == [f"WIFI:T:WPA;S:{c.wifi_ssid};P:{c.wifi_key};;"], (s, got)
+
+    # a second run: same serials, and flashing skips what is already there
+    r2 = _bench(args + ["--plain"])
+    t2 = time.monotonic()
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    rep2 = json.loads(Path(r2.stdout.strip().splitlines()[-1].split("report: ")[1]).read_text())
+    assert sorted(b["serial"] for b in rep2["boxes"]) == serials
+    assert {b["mac"]: b["serial"] for b in rep2["boxes"]} == {b["mac"]: b["serial"] for b in rep["boxes"]}
+    for b1 in rep["boxes"]:
+        b2 = next(b for b in rep2["boxes"] if b["mac"] == b1["mac"])
+        assert b2["images"]["vfs"]["sha256"] == b1["images"]["vfs"]["sha256"]    # same box, same image
+        f1, f2 = b1["images"]["flash"], b2["images"]["flash"]
+        # only what the agent changed on its filesystem since is written again
+        assert f2["parts"] == 33 and f2["skipped"] >= f2["parts"] - 4 and f2["bytes_written"] <= f1["bytes_written"], (f1, f2)
+        assert f2["bytes_written"] <= 4 * 0x10000
+    assert "4 box(es): 4 PASS, 0 FAIL, 0 QUARANTINE" in r2.stdout
+    print(f"\nbench run --virtual 4: first {t1 - t0:.1f} s, second {t2 - t1:.1f} s; "
+          f"{rep['summary']['boxes_per_hour']} then {rep2['summary']['boxes_per_hour']} boxes/hour")
+
+    # history of one box: two attempts, both PASS
+    h = _bench(["history", "--serial", serials[0], "--out", str(out), "--json"])
+    assert h.returncode == 0, h.stderr
+    hist = json.loads(h.stdout)
+    assert [a["verdict"] for a in hist["attempts"]] == ["PASS", "PASS"]
+    assert hist["attempts"][0]["tools"]["esptool"] and hist["attempts"][0]["station"]
+    h = _bench(["history", "--mac", rows[0][1], "--out", str(out)])
+    assert h.returncode == 0 and serials[0] in h.stdout and "[ 6] flash" in h.stdout
+
+    # no secret in the logs, the ledger, the reports or the console output
+    leaks = _leaks(_secrets(serials), [out],
+                   {"run 1 stdout": r1.stdout, "run 1 stderr": r1.stderr, "run 2 stdout": r2.stdout,
+                    "run 2 stderr": r2.stderr, "history": h.stdout})
+    assert not leaks, leaks
+    # ... while the boxes did get them (the grep would find them if they leaked)
+    c = credentials.derive(MASTER, serials[0])
+    flash = (out / "vbox").rglob("flash.bin")
+    assert any(c.mqtt_password.encode() in f.read_bytes() for f in flash)
+
+    # the broker gets the hashes, in Mosquitto's format
+    e = _bench(["export-broker", str(tmp_path / "creds.json"), "--out", str(out)])
+    assert e.returncode == 0, e.stderr
+    creds = json.loads((tmp_path / "creds.json").read_text())
+    assert sorted(creds) == serials
+    assert all(credentials.check_hash(credentials.derive(MASTER, s).mqtt_password, creds[s]["mqtt_hash"])
+               for s in serials)
+
+
+def _silent_port():
+    """A serial-over-TCP port where nothing answers (no box, or a box that
+    never enters its ROM loader)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv, f"socket://127.0.0.1:{srv.getsockname()[1]}"
+
+
+def test_fault_injection_classifies_each_slot_and_rerun_passes(tmp_path, bench_broker):
+    base = standin.make_base("4MB")
+    (tmp_path / "base.bin").write_bytes(base)
+    (tmp_path / "lock.json").write_text(json.dumps(dict(fb.load_lock(), sha256=hashlib.sha256(base).hexdigest())))
+    secret = tmp_path / "master.key"
+    secret.write_bytes(MASTER)
+    boxes = [vbox.spawn(tmp_path / f"box{i}", name=f"fault-{i}") for i in range(1, 5)]
+    srv, silent = _silent_port()
+    try:
+        dropping, dead, flaky, good = boxes
+        dropping.set_faults(drop_link_after=20000)     # the cable goes mid-flash, and stays out
+        dead.set_faults(flash_id="ffffff")             # the flash chip does not answer
+        flaky.set_faults(corrupt_write=1)              # one write lands wrong: MD5 mismatch
+        ports = ",".join(b.url for b in boxes) + "," + silent
+        args = ["run", "--port", ports, "--broker", f"127.0.0.1:{bench_broker.port}",
+                "--master-secret-file", str(secret), "--out", str(tmp_path / "out"),
+                "--base-bin", str(tmp_path / "base.bin"), "--lock", str(tmp_path / "lock.json")]
+        r = _bench(args + ["--json"])
+        assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+        rep = json.loads(r.stdout)
+        by_slot = {b["slot"]: b for b in rep["boxes"]}
+        assert by_slot["1"]["verdict"] == "FAIL" and by_slot["1"]["failure"]["kind"] == "link_lost"
+        assert "cable" in by_slot["1"]["failure"]["advice"]
+        assert by_slot["1"]["serial"]                       # allocated before the flash
+        assert by_slot["2"]["verdict"] == "QUARANTINE" and by_slot["2"]["failure"]["kind"] == "bad_flash"
+        assert by_slot["2"]["flash"]["flash_id"] == "ffffff" and by_slot["2"]["serial"] is None
+        h = _bench(["history", "--mac", by_slot["2"]["mac"], "--out", str(tmp_path / "out")])
+        assert h.returncode == 0 and "(no serial)" in h.stdout and "QUARANTINE  bad_flash" in h.stdout, h.stdout
+        assert by_slot["3"]["verdict"] == "PASS"
+        flash3 = by_slot["3"]["images"]["flash"]
+        assert flash3["retries"] == 1 and flash3["baud"] == 115200       # retried once at a lower baud
+        assert by_slot["4"]["verdict"] == "PASS"
+        assert by_slot["5"]["verdict"] == "FAIL" and by_slot["5"]["failure"]["kind"] == "no_sync"
+        assert "hold the BOOT button" in by_slot["5"]["failure"]["advice"]
+        assert by_slot["5"]["steps"][0]["retries"] == 1                  # no sync: tried again
+        assert dropping.faults() == {"unplugged": True}
+        failed_serial = by_slot["1"]["serial"]
+
+        # the technician reseats the cable and runs that slot again
+        dropping.replug()
+        r = _bench(args + ["--slot", "1", "--json"])
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        again = json.loads(r.stdout)["boxes"]
+        assert len(again) == 1 and again[0]["verdict"] == "PASS" and again[0]["serial"] == failed_serial
+
+        h = _bench(["history", "--serial", failed_serial, "--out", str(tmp_path / "out"), "--json"])
+        attempts = json.loads(h.stdout)["attempts"]
+        assert [(a["verdict"], (a["failure"] or {}).get("kind")) for a in attempts] == \
+            [("FAIL", "link_lost"), ("PASS", None)]
+    finally:
+        srv.close()
+        for b in boxes:
+            b.stop()
+
+
+def test_a_run_does_not_start_without_its_bench_broker(tmp_path):
+    from helpers import free_port
+    r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{free_port()}", "--out", str(tmp_path)])
+    assert r.returncode == 2 and "bench broker" in r.stderr and "does not answer" in r.stderr, r.stderr
+    assert not (tmp_path / "labels").exists()
+
+
+def test_a_real_bench_run_refuses_to_start_without_a_master_secret(tmp_path):
+    r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path)])
+    assert r.returncode == 2 and "master secret" in r.stderr and "--master-secret-file" in r.stderr
+    weak = tmp_path / "weak.key"
+    weak.write_text("short")
+    r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path),
+                "--master-secret-file", str(weak)])
+    assert r.returncode == 2 and "too short" in r.stderr
