@@ -18,4 +18,12 @@ def build(cfg_path, secrets_path=None):
     forget("agent.config")
     forget("agent.hal")
     gc.collect()
-    return Box(cfg, hal)
+    box = Box(cfg, hal)
+    gc.collect()
+    if hasattr(gc, "threshold"):
+        # MicroPython collects only when an allocation fails, by which time
+        # the garbage of many cycles is scattered over the heap. Collecting
+        # every few KiB keeps the freed holes few and large (fragmentation
+        # was what broke a 64 KiB heap, not its size).
+        gc.threshold(4096)
+    return box

@@ -1,34 +1,39 @@
 # The few places where MicroPython and CPython differ, in one module.
 import os
-import time
 
+# Re-exported: const (folded away by MicroPython's compiler) and the ticks_*.
 try:
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-    ticks_add = time.ticks_add
+    from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
+
+    from micropython import const  # noqa: F401
     MICROPYTHON = True
-except AttributeError:
+except ImportError:
+    # CPython: the stand-ins live in their own module, not in the box's RAM.
+    from agent.compat_cpy import const, ticks_add, ticks_diff, ticks_ms  # type: ignore[assignment]  # noqa: F401
     MICROPYTHON = False
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def ticks_add(a, b):
-        return a + b
 
 
 def forget(name):
     # Drop a module from RAM once it is no longer needed: from sys.modules and
     # from its parent package, which keeps a reference of its own.
     import sys
-    sys.modules.pop(name, None)
+    if sys.modules.pop(name, None) is None:
+        return
     parent, _, child = name.rpartition(".")
     p = sys.modules.get(parent)
     if p is not None and hasattr(p, child):
         delattr(p, child)
+
+
+# The section rules (validators, signatures, the parental schedule): loaded for a
+# document check or an effects pass, then released, since updates are rare.
+RULES = ("agent.sections", "agent.sec_channels", "agent.sec_options", "agent.sec_parental",
+         "agent.sign", "agent.parental", "agent.tz", "agent.sec_effects")
+
+
+def release():
+    for m in RULES:
+        forget(m)
 
 
 def urandom(n):

@@ -22,7 +22,14 @@ DEFAULTS = {
     "state_dir": "state",
     "speedup": 1,
     "seed": 1,
+    # Sim HAL: a home's name (agent/hal/sim_homes.py: good_home, weak_bedroom,
+    # leaking_tap), which also turns on its features, or a scenario dict.
     "scenario": {},
+    # Optional features, off by default: each is imported only when enabled.
+    "coverage": False,          # Wi-Fi coverage telemetry (agent/coverage.py)
+    "speed_url": None,          # scheduled speed tests against this URL (agent/speedtest.py)
+    "tic_mode": None,           # "auto" | "historic" | "standard": Linky TIC (agent/consumption.py)
+    "water_enabled": False,     # water pulse meter (agent/consumption.py)
     # Stop conditions for host runs: 0 means run forever.
     "max_cycles": 0,
     "duration": 0,
@@ -31,18 +38,27 @@ DEFAULTS = {
 
 
 def load(path=None, secrets_path=None, overrides=None):
-    cfg = dict(DEFAULTS)
+    given = {}
     if path:
         data = fsutil.read_json(path)
         if not isinstance(data, dict):
             raise ValueError("config %s: missing or not a JSON object" % path)
-        cfg.update(data)
+        given.update(data)
     if secrets_path:
         data = fsutil.read_json(secrets_path)
         if isinstance(data, dict):
-            cfg.update(data)
+            given.update(data)
     if overrides:
-        cfg.update(overrides)
+        given.update(overrides)
+    cfg = dict(DEFAULTS)
+    sc = given.get("scenario")
+    if isinstance(sc, str) and given.get("hal", "sim") == "sim":
+        # A named sim home turns on what it simulates, unless the config says otherwise.
+        from agent.compat import forget
+        from agent.hal import sim_homes
+        cfg.update(sim_homes.config_defaults(sc))
+        forget("agent.hal.sim_homes")
+    cfg.update(given)
     if not cfg.get("box_id"):
         raise ValueError("config: box_id is required")
     return cfg

@@ -16,6 +16,7 @@ from agent.compat import ticks_diff, ticks_ms
 
 MAX_WH_PER_S = 12          # 36 kVA, the largest residential supply, is 10 Wh/s
 AUTOBAUD_MS = 10000        # auto mode: switch baud rate after this long without a frame
+READS_PER_POLL = 8         # x 256-byte reads: the ESP32 HAL's 2048-byte UART rx buffer
 
 
 def _bucket(start):
@@ -104,7 +105,9 @@ class Consumption:
             t = now if now is not None else ticks_ms() / 1000.0
             t0 = self.t_poll if self.t_poll is not None else t
             self.t_poll = t
-            while True:
+            # At most READS_PER_POLL buffers a poll (a full 2048-byte UART rx
+            # buffer): a line that never pauses must not starve the other tasks.
+            for _ in range(READS_PER_POLL):
                 n = self.hal.tic_read(buf)
                 if not n:
                     break
@@ -257,7 +260,10 @@ class Consumption:
             box.emit("consumption", self.render(self.ready.pop(0), detailed))
 
     def _spawn(self):
-        coro = self.run()
+        # Under the runtime's guard when there is one: a poll task that dies stops
+        # the box (to be restarted) rather than leave it silently without meters.
+        g = getattr(self.box, "_guard", None)
+        coro = g("consumption", self.run) if g else self.run()
         try:
             self.task = asyncio.create_task(coro)
         except RuntimeError:        # CPython, no running loop yet: the producer retries

@@ -1,28 +1,19 @@
 # A small asyncio MQTT 3.1.1 client for the box: QoS 0/1, retain, last will,
 # TLS, keepalive, and a hard cap on inbound packet size. Why not umqtt or
 # chumicro-mqtt: docs/decisions/0001-mqtt-client.md.
+# What runs once per connection or rarely (CONNECT, SUBSCRIBE, DISCONNECT, an
+# inbound PUBLISH) is cold code in agent/mqtt_cold.py, loaded while it runs.
 import asyncio
 import struct
 
-from agent.compat import ticks_diff, ticks_ms
+from agent.compat import const, forget, ticks_diff, ticks_ms
 
-CONNECT = 0x10
-CONNACK = 0x20
-PUBLISH = 0x30
-PUBACK = 0x40
-SUBSCRIBE = 0x82
-SUBACK = 0x90
-PINGREQ = 0xC0
-PINGRESP = 0xD0
-DISCONNECT = 0xE0
-
-CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client id rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
-}
+# Packet types; const(): no RAM on MicroPython.
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
 
 
 class MQTTError(Exception):
@@ -30,8 +21,8 @@ class MQTTError(Exception):
 
 
 class ConnectRefused(MQTTError):
-    def __init__(self, code):
-        super().__init__("connection refused: %s" % CONNACK_REASONS.get(code, code))
+    def __init__(self, code, reason):
+        super().__init__("connection refused: %s" % reason)
         self.code = code
 
 
@@ -68,21 +59,39 @@ class Client:
         self.max_packet = max_packet
         self.on_message = None      # fn(topic: str, payload: bytes)
         self.on_oversized = None    # fn(topic: str, length: int)
+        self.on_close = None        # fn(), when the session ends
         self._r = None
         self._w = None
-        self._lock = asyncio.Lock()
+        self._busy = False          # a write is draining
         self._pid = 0
-        self._acks = {}             # packet id -> Event, for PUBACK and SUBACK
+        self._acks = {}             # packet id -> Event, until its PUBACK or SUBACK
         self._last_rx = 0
         self._tasks = []
         self._closed = asyncio.Event()
         self.error = None
 
+    def _cold(self, name, *args, **kw):
+        # A coroutine of agent/mqtt_cold.py; the module leaves sys.modules at once
+        # and RAM when the coroutine is done.
+        from agent import mqtt_cold
+        try:
+            return getattr(mqtt_cold, name)(self, *args, **kw)
+        finally:
+            forget("agent.mqtt_cold")
+
     # ---- wire helpers -------------------------------------------------
     async def _send(self, data):
-        async with self._lock:
+        # One writer at a time: MicroPython's asyncio lets one task wait on a
+        # stream for writing. Contention is rare (a PUBACK or a ping during a
+        # publish), so a flag does what an asyncio.Lock would, without its module.
+        while self._busy:
+            await asyncio.sleep(0.002)
+        self._busy = True
+        try:
             self._w.write(data)
             await self._w.drain()
+        finally:
+            self._busy = False
 
     async def _read_exact(self, n):
         try:
@@ -112,35 +121,24 @@ class Client:
         return self._pid
 
     # ---- session --------------------------------------------------------
-    async def connect(self, will_topic=None, will_payload=b"", will_retain=True,
-                      will_qos=1, clean=True, timeout=10):
-        self._r, self._w = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.ssl), timeout)
-        flags = 0x02 if clean else 0
-        payload = bytearray(_str(self.client_id))
-        if will_topic:
-            flags |= 0x04 | (will_qos << 3) | (0x20 if will_retain else 0)
-            payload += _str(will_topic) + _str(will_payload)
-        if self.user is not None:
-            flags |= 0x80
-            payload += _str(self.user)
-            if self.password is not None:
-                flags |= 0x40
-                payload += _str(self.password)
-        var = _str("MQTT") + bytes((4, flags)) + struct.pack("!H", self.keepalive)
-        body = var + payload
-        await self._send(bytes((CONNECT,)) + _varlen(len(body)) + body)
-        first, n = await asyncio.wait_for(self._read_packet_header(), timeout)
-        if first != CONNACK or n != 2:
-            raise MQTTError("expected CONNACK")
-        ack = await self._read_exact(2)
-        if ack[1] != 0:
-            raise ConnectRefused(ack[1])
-        self._tasks.append(asyncio.create_task(self._reader()))
-        if self.keepalive:
-            self._tasks.append(asyncio.create_task(self._pinger()))
+    def connect(self, will_topic=None, will_payload=b"", will_retain=True, will_qos=1,
+                clean=True, timeout=10):
+        """Coroutine: open the connection, CONNECT, start the reader and pinger."""
+        return self._cold("connect", will_topic, will_payload, will_retain, will_qos, clean, timeout)
 
-    async def publish(self, topic, payload, qos=1, retain=False, timeout=10):
+    def subscribe(self, topic, qos=1):
+        """Coroutine: SUBSCRIBE and wait for the SUBACK."""
+        return self._cold("subscribe", topic, qos)
+
+    def disconnect(self):
+        """Coroutine: DISCONNECT (no last will), then close."""
+        return self._cold("disconnect")
+
+    async def publish(self, topic, payload, qos=1, retain=False):
+        """Send a PUBLISH; with QoS 1, return once its PUBACK came. A lost
+        connection raises MQTTError: a dead broker is found by the keepalive
+        (no packet for 1.5 x keepalive closes the session), so no per-message
+        timer is needed. Bound it with asyncio.wait_for where one is."""
         if isinstance(payload, str):
             payload = payload.encode()
         t = _str(topic)
@@ -152,53 +150,33 @@ class Client:
             body_len = len(t) + 2 + len(payload)
         else:
             body_len = len(t) + len(payload)
-        hdr = bytes((PUBLISH | (qos << 1) | (1 if retain else 0),)) + _varlen(body_len) + t
+        hdr = bytes((_PUBLISH | (qos << 1) | (1 if retain else 0),)) + _varlen(body_len) + t
         if qos:
             hdr += struct.pack("!H", pid)
         try:
             await self._send(hdr + payload)
             if qos:
-                await self._wait_ack(ev, timeout)
+                await self._wait_ack(pid, ev)
         finally:
             if qos:
                 self._acks.pop(pid, None)
 
-    async def subscribe(self, topic, qos=1, timeout=10):
-        pid = self._next_pid()
-        ev = asyncio.Event()
-        self._acks[pid] = ev
-        body = struct.pack("!H", pid) + _str(topic) + bytes((qos,))
-        try:
-            await self._send(bytes((SUBSCRIBE,)) + _varlen(len(body)) + body)
-            await self._wait_ack(ev, timeout)
-        finally:
-            self._acks.pop(pid, None)
-
-    async def _wait_ack(self, ev, timeout):
-        # Wake on the ack or on the connection closing, whichever comes first.
-        t0 = ticks_ms()
-        while not ev.is_set():
-            if self._closed.is_set():
-                raise MQTTError(self.error or "connection closed")
-            if ticks_diff(ticks_ms(), t0) > timeout * 1000:
-                raise MQTTError("ack timeout")
-            try:
-                await asyncio.wait_for(ev.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-
-    async def disconnect(self):
-        self.error = "closed by the box"
-        try:
-            await asyncio.wait_for(self._send(bytes((DISCONNECT, 0))), 2)
-        except Exception:
-            pass
-        await self.close()
+    async def _wait_ack(self, pid, ev):
+        # Woken by the ack (the reader removes the packet id) or by close(),
+        # which wakes every waiter.
+        if not self._closed.is_set():
+            await ev.wait()
+        if pid in self._acks:
+            raise MQTTError(self.error or "connection closed")
 
     async def close(self, error=None):
         if error and not self.error:
             self.error = error
         self._closed.set()
+        for ev in self._acks.values():
+            ev.set()
+        if self.on_close:
+            self.on_close()
         me = asyncio.current_task()
         for t in self._tasks:
             if t is not me:
@@ -227,7 +205,7 @@ class Client:
                 if ticks_diff(ticks_ms(), self._last_rx) > self.keepalive * 1500:
                     await self.close("keepalive timeout")
                     return
-                await self._send(bytes((PINGREQ, 0)))
+                await self._send(bytes((_PINGREQ, 0)))
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -238,51 +216,21 @@ class Client:
             while True:
                 first, n = await self._read_packet_header()
                 kind = first & 0xF0
-                if kind == PUBLISH:
-                    await self._on_publish(first, n)
-                elif kind in (PUBACK, SUBACK):
+                if kind == _PUBLISH:
+                    await self._cold("on_publish", first, n)
+                elif kind in (_PUBACK, _SUBACK):
                     data = await self._read_exact(n)
-                    ev = self._acks.get(struct.unpack("!H", data[:2])[0])
-                    if kind == SUBACK and len(data) > 2 and data[2] == 0x80:
-                        await self.close("subscription refused")
+                    if kind == _SUBACK and len(data) > 2 and data[2] == 0x80:
+                        await self.close("subscription refused")   # wakes the waiter
                         return
+                    ev = self._acks.pop(struct.unpack("!H", data[:2])[0], None)
                     if ev is not None:
                         ev.set()
-                elif kind == PINGRESP:
-                    if n:
-                        await self._read_exact(n)
+                elif kind == _PINGRESP and not n:
+                    pass
                 else:
-                    await self._discard(n)
+                    await self._cold("discard", n)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             await self.close(str(e) or "connection lost")
-
-    async def _discard(self, n):
-        while n > 0:
-            k = n if n < 512 else 512
-            await self._read_exact(k)
-            n -= k
-
-    async def _on_publish(self, first, n):
-        qos = (first >> 1) & 3
-        tlen = struct.unpack("!H", await self._read_exact(2))[0]
-        if tlen > 256 or tlen + 2 > n:
-            raise MQTTError("topic too long")
-        topic = (await self._read_exact(tlen)).decode()
-        n -= 2 + tlen
-        pid = None
-        if qos:
-            pid = struct.unpack("!H", await self._read_exact(2))[0]
-            n -= 2
-        if n > self.max_packet:
-            # Refuse without allocating it: a box has little RAM.
-            await self._discard(n)
-            if self.on_oversized:
-                self.on_oversized(topic, n)
-        else:
-            payload = await self._read_exact(n) if n else b""
-            if self.on_message:
-                self.on_message(topic, payload)
-        if qos == 1:
-            await self._send(bytes((PUBACK, 2)) + struct.pack("!H", pid))

@@ -1,78 +1,65 @@
-# The agent's main loop: one asyncio task each for the connection, telemetry,
-# the outbox (and reported documents) and updates.
+# The agent's main loop: one asyncio task for the connection (which drains the
+# outbox and publishes the reported documents while connected), one for
+# telemetry, one per enabled feature, and one for the effects of the applied
+# documents while they need a tick every minute. Updates arrive through the
+# connection. What runs once or rarely is in agent/runtime_cold.py.
 import asyncio
 import json
 
-from agent import VERSION, backoff, fsutil
+from agent import VERSION, backoff
+from agent import twin as _twin  # noqa: F401  (long-lived: loaded before the cold code)
 from agent.compat import forget, mem
 from agent.log import log
 from agent.mqtt import Client, ConnectRefused
-from agent.outbox import PRIO_HIGH, PRIO_LOW, Outbox
-from agent.twin import Twin
-
-SECTIONS = ("parental", "channels", "options")
-
-
-def _validate_lazily(section):
-    def check(doc):
-        from agent import sections
-        try:
-            sections.VALIDATORS[section](doc)
-        finally:
-            forget("agent.sections")
-    return check
+from agent.outbox import PRIO_HIGH, PRIO_LOW
 
 
 class Box:
     def __init__(self, cfg, hal, validators=None):
-        self.cfg = cfg
-        self.hal = hal
-        self.id = cfg["box_id"]
-        # Topic strings are built once here (the layout is agent/topics.py, which
-        # the backend uses); the box does not keep that module in RAM.
-        self.t_base = "homebox/v1/" + self.id
-        self.t_status = self.t_base + "/status"
-        self.t_desired = self.t_base + "/desired/"
-        self.t_reported = self.t_base + "/reported/"
-        sd = cfg["state_dir"]
-        fsutil.makedirs(sd)
-        self.outbox = Outbox(sd + "/outbox", cfg["outbox_max_bytes"], cfg["outbox_seg_bytes"])
-        self.boot = self._next_boot(sd)
-        self.seq = 0
-        if validators is None:
-            # Validators are imported when a document must be checked and
-            # released after: updates are rare, RAM is the scarcest resource.
-            validators = {}
-            for s in cfg.get("sections") or SECTIONS:
-                validators[s] = _validate_lazily(s)
-        self.twin = Twin(sd + "/docs", validators, on_apply=hal.enforce, now=self._ts)
-        self.client = None
-        self.connected = asyncio.Event()
-        self.wake = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.cycles = 0
-        self.cycle_ts = None         # end of the current telemetry interval (sim time)
-        self.reconnects = 0
-        self.producers = []          # fn(box) -> None, called each telemetry cycle
-        self._boot_ts = hal.now()
-        self.failed = None
-        # Section rules: signatures, cross-section checks, and the effects task
-        # that keeps parental enforcement and the lineup in force.
-        from agent import sections
-        self.sections = sections.attach(self)
+        # Boot-time set-up is cold code (agent/runtime_cold.py): identity, the
+        # outbox, the boot counter, the twin and a first pass of the effects.
+        self._cold("init", cfg, hal, validators)
+
+    def _cold(self, name, *args):
+        # Run a function of agent/runtime_cold.py (code that runs once per boot,
+        # per connection or per desired document), then release the module. A
+        # plain function: no coroutine frame keeps a stale reference to it.
+        from agent import runtime_cold
+        try:
+            return getattr(runtime_cold, name)(self, *args)
+        finally:
+            forget("agent.runtime_cold")
+
+    # ---- the section rules and their effects (cold code) ------------------------
+    def _validator(self, section):
+        return lambda doc: self._cold("check", section, doc)
+
+    def _verify(self, section, doc):
+        self._cold("verify", section, doc)
+
+    def _applied(self, section, doc):
+        self.hal.enforce(section, doc)
+        if hasattr(self, "twin"):    # not during the boot load: init runs a pass after
+            self._cold("effects", True)
+
+    async def effects_task(self):
+        # Each minute of box time while it is needed: the tick of a parental
+        # schedule, or, while the clock is unknown, a pass when it becomes known
+        # (the enforcement state reports it). Otherwise there is no such task:
+        # an apply runs its pass at once, and starts the task if a schedule needs it.
+        while not self.stop.is_set() and (self.sections is not None or self.hal.now() is None):
+            now = self.hal.now()
+            await self.hal.sleep(60 if now is None else 60 - now % 60)
+            try:
+                if self.sections is not None:
+                    self.sections.tick()
+                elif self.hal.now() is not None:
+                    self._cold("effects", False)
+            except Exception as e:
+                log("effects_failed", "reason", e)
+        self.fx_task = None
 
     # ---- identity of messages -------------------------------------------------
-    def _next_boot(self, sd):
-        # The boot counter is persisted before anything of this boot is stored,
-        # and is always above any boot still in the outbox: sequence numbers of
-        # an earlier boot are never reused, even if the counter file was lost.
-        path = sd + "/boot.json"
-        saved = fsutil.read_json(path, {}) or {}
-        last = saved.get("boot", 0) if isinstance(saved, dict) else 0
-        boot = max(last, self.outbox.max_boot()) + 1
-        fsutil.write_json(path, {"boot": boot})
-        return boot
-
     def _ts(self):
         t = self.hal.now()
         return None if t is None else int(t)
@@ -135,25 +122,16 @@ class Box:
                 self.stop.set()
 
     # ---- connection -------------------------------------------------------------
-    def _ssl(self):
-        if not self.cfg.get("tls"):
-            return None
-        import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ca = self.cfg.get("tls_ca")
-        if ca:
-            ctx.load_verify_locations(cafile=ca)
-        return ctx
-
     async def connection_task(self):
         attempt = 0
         cfg = self.cfg
         while not self.stop.is_set():
             c = Client(self.id, cfg["broker_host"], cfg["broker_port"],
                        cfg.get("mqtt_user"), cfg.get("mqtt_password"),
-                       cfg["keepalive"], self._ssl())
+                       cfg["keepalive"], self._cold("ssl_context") if cfg.get("tls") else None)
             c.on_message = self._on_message
             c.on_oversized = self._on_oversized
+            c.on_close = self.wake.set      # the drain below wakes when the session ends
             offline = json.dumps({"state": "offline", "box": self.id, "boot": self.boot})
             try:
                 await c.connect(self.t_status, offline)
@@ -161,11 +139,10 @@ class Box:
                 await c.subscribe(self.t_desired + "+")
                 self.client = c
                 self.connected.set()
-                self.wake.set()
                 log("connected", "broker", "%s:%s" % (cfg["broker_host"], cfg["broker_port"]),
                     "boot", self.boot, "attempt", attempt)
                 attempt = 0
-                await c.wait_closed()
+                await self._drain(c)
                 log("disconnected", "reason", c.error)
             except ConnectRefused as e:
                 log("refused", "reason", e)
@@ -186,71 +163,48 @@ class Box:
         return json.dumps({"state": state, "box": self.id, "boot": self.boot, "fw": VERSION,
                            "ts": self._ts()})
 
-    def _section(self, topic):
-        p = self.t_desired
-        if topic.startswith(p) and len(topic) > len(p) and "/" not in topic[len(p):]:
-            return topic[len(p):]
-        return None
-
     def _on_message(self, topic, payload):
-        s = self._section(topic)
-        if s is None:
-            return
-        result = self.twin.handle(s, payload)
-        log("desired", "section", s, "result", result, "version", self.twin.version(s))
-        self.wake.set()
+        self._cold("on_desired", topic, payload)
 
     def _on_oversized(self, topic, length):
-        s = self._section(topic)
-        if s is not None:
-            self.twin.reject_oversized(s, length)
-            log("desired", "section", s, "result", "rejected", "oversized", length)
-            self.wake.set()
+        self._cold("on_desired", topic, None, length)
 
     # ---- outbox and reported documents ------------------------------------------
-    async def outbox_task(self):
+    async def _drain(self, c):
+        # Publish the reported documents, then the outbox oldest first at
+        # drain_rate, for as long as the session lasts: also after stop, so that
+        # the shutdown drains. A record leaves the outbox only after its PUBACK.
         gap = 1.0 / self.cfg["drain_rate"]
-        while True:   # runs until cancelled, so the shutdown can still drain
-            await self.connected.wait()
-            c = self.client
-            if c is None:
-                continue
-            try:
-                while self.twin.dirty:
-                    s = self.twin.dirty[0]
-                    cur = self.twin.reported[s]
+        tw = self.twin
+        try:
+            while c.connected:
+                while tw.dirty:
+                    s = tw.dirty[0]
+                    cur = tw.reported[s]
                     rep = dict(cur)
                     rep["box"] = self.id
                     await c.publish(self.t_reported + s, json.dumps(rep), retain=True)
                     # Replaced while we published? Then the newer one goes next.
-                    if self.twin.dirty and self.twin.dirty[0] == s and self.twin.reported[s] is cur:
-                        self.twin.dirty.pop(0)
+                    if tw.dirty and tw.dirty[0] == s and tw.reported[s] is cur:
+                        tw.dirty.pop(0)
                 rec = self.outbox.peek()
                 if rec is None:
                     self.wake.clear()
-                    await self.wake.wait()
+                    if c.connected:
+                        await self.wake.wait()
                     continue
                 await c.publish(self.t_base + "/" + rec[0], rec[1])
                 self.outbox.ack()
                 await asyncio.sleep(gap)
-            except Exception as e:
-                log("publish_failed", "reason", e)
-                # The connection task notices and reconnects; the record stays.
-                await asyncio.sleep(0.2)
+        except Exception as e:
+            # The session broke while publishing: the record stays, we reconnect.
+            c.error = c.error or "publish failed: %s" % e
 
     # ---- main -------------------------------------------------------------------
     async def run(self):
-        log("boot", "box", self.id, "boot", self.boot, "fw", VERSION, "hal", self.hal.name,
-            "backlog", self.outbox.count)
-        tasks = [asyncio.create_task(self._guard("connection", self.connection_task)),
-                 asyncio.create_task(self._guard("telemetry", self.telemetry_task)),
-                 asyncio.create_task(self._guard("outbox", self.outbox_task)),
-                 asyncio.create_task(self._guard("sections", self.sections.run))]
-        dur = self.cfg["duration"]
-        if dur:
-            tasks.append(asyncio.create_task(self._timer(dur)))
+        tasks = self._cold("start")
         await self.stop.wait()
-        await self._shutdown(tasks)
+        await self._cold("shutdown", tasks)
 
     async def _guard(self, name, fn):
         # A task that dies must not leave a half-working box: stop, so that the
@@ -267,25 +221,3 @@ class Box:
     async def _timer(self, seconds):
         await asyncio.sleep(seconds)
         self.stop.set()
-
-    async def _shutdown(self, tasks):
-        # Give the outbox a moment to drain, then leave cleanly (status offline).
-        for _ in range(int(self.cfg.get("shutdown_drain", 2) * 10)):
-            if self.outbox.count == 0 and not self.twin.dirty:
-                break
-            self.wake.set()
-            await asyncio.sleep(0.1)
-        c = self.client
-        if c is not None and c.connected:
-            try:
-                await c.publish(self.t_status, self._status("offline"), retain=True, timeout=2)
-            except Exception:
-                pass
-            await c.disconnect()
-        for t in tasks:
-            t.cancel()
-        if hasattr(self.hal, "clock"):
-            self.hal.clock.save()
-        free, alloc, peak = mem()
-        log("stopped", "cycles", self.cycles, "seq", self.seq, "backlog", self.outbox.count,
-            "heap_alloc", alloc, "heap_free", free, "heap_peak", peak)

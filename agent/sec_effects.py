@@ -1,80 +1,42 @@
-# The effects of the applied documents, kept in force by one task:
-# - parental: the enforcement state (agent/parental.py) is recomputed every
-#   minute of box time and whenever a document is applied; each change goes to
-#   the HAL's enforce_parental(state) and into the parental reported document.
+# The effects of the applied documents:
+# - parental: the enforcement state (agent/parental.py), recomputed every minute
+#   of box time and whenever a document is applied; each change goes to the
+#   HAL's enforce_parental(state) and into the parental reported document.
 # - channels/options: the effective lineup goes to the HAL's enforce_lineup(list)
 #   and into the channels reported document ("effective": bouquets and LCNs).
-# It runs from the stored documents only, so it keeps enforcing the last
+# It works from the stored documents only, so it keeps enforcing the last
 # applied schedule while the broker or the backend is unreachable.
-import asyncio
+#
+# The runtime (agent/runtime_cold.py effects) loads this module for one pass at
+# boot, on each apply and when the clock becomes known, and keeps it in RAM only
+# while a parental schedule needs its tick every minute.
+# The rule modules are dropped after use (agent/compat.py release): updates are
+# rare, enforcement runs once a minute, and RAM is the box's scarcest resource.
+import json
 
-from agent.compat import forget
+from agent.compat import release
 
-_RULES = ("agent.sections", "agent.sec_channels", "agent.sec_options", "agent.sec_parental",
-          "agent.sign", "agent.parental", "agent.tz")
-
-
-def release():
-    # Drop the rule modules after use: updates are rare, enforcement runs once
-    # a minute, and RAM is the box's scarcest resource.
-    for m in _RULES:
-        forget(m)
+FREE_BOUQUETS = ("tnt",)
 
 
-def verifier(box_id, key_hex):
-    """The twin's verify hook, loading agent/sign.py only while a document is checked."""
-    def verify(section, doc):
-        from agent import sign
-        try:
-            sign.Verifier(box_id, key_hex)(section, doc)
-        finally:
-            release()
-    return verify
-
-
-class Bound:
-    """The twin's validators, checking with the applied documents as context
-    (options name bouquets of the lineup in force); rules released after use."""
-
-    def __init__(self, names, applied):
-        self.names = names
-        self.applied = applied
-
-    def __contains__(self, s):
-        return s in self.names
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __getitem__(self, s):
-        if s not in self.names:
-            raise KeyError(s)
-        applied = self.applied
-
-        def check(doc):
-            from agent import sections
-            try:
-                sections.check(s, doc, ctx=applied)
-            finally:
-                release()
-        return check
+def default_lineup():
+    """The 27 free TNT channels (agent/channels_tnt.json): the lineup until a
+    channels document is applied. Parsed from the file as a stream."""
+    d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent"
+    try:
+        with open(d + "/channels_tnt.json") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return doc["channels"] if isinstance(doc, dict) else []
 
 
 class Effects:
-    def __init__(self, box):
+    def __init__(self, box, state=None):
+        # state: (parental, lineup) of an earlier pass, so that only changes are
+        # handed to the HAL.
         self.box = box
-        self.ev = asyncio.Event()
-        self.parental = None
-        self.lineup = None
-        inner = box.twin.on_apply
-
-        def on_apply(section, doc):
-            if inner:
-                inner(section, doc)
-            self.ev.set()
-        box.twin.on_apply = on_apply
-        self.tick(True)
-        release()    # agent.sections, which attached us, is not needed in RAM
+        self.parental, self.lineup = state or (None, None)
 
     def _report(self, section, key, value):
         t = self.box.twin
@@ -110,10 +72,16 @@ class Effects:
                 fn(st)
         self._report("parental", "enforced", st)
         if applied_changed:
-            from agent import sections
-            eff = sections.effective(applied)
-            ids = {"bouquets": sections.bouquets(applied), "lcns": [c["lcn"] for c in eff]}
-            release()
+            if "channels" in applied or "options" in applied:
+                from agent import sections
+                eff = sections.effective(applied)
+                b = sections.bouquets(applied)
+                release()
+            else:
+                # The default lineup, free bouquets only: without loading the rules.
+                b = list(FREE_BOUQUETS)
+                eff = [c for c in default_lineup() if c.get("bouquet") in b]
+            ids = {"bouquets": b, "lcns": [c["lcn"] for c in eff]}
             if ids != self.lineup:
                 self.lineup = ids
                 fn = getattr(box.hal, "enforce_lineup", None)
@@ -121,20 +89,3 @@ class Effects:
                     fn(eff)
         if self.lineup is not None:
             self._report("channels", "effective", self.lineup)
-
-    async def run(self):
-        speed = self.box.cfg.get("speedup") or 1
-        while not self.box.stop.is_set():
-            now = self.box.hal.now()
-            wait = 60 if now is None else 60 - now % 60
-            try:
-                await asyncio.wait_for(self.ev.wait(), wait / speed)
-            except asyncio.TimeoutError:
-                pass
-            changed = self.ev.is_set()
-            self.ev.clear()
-            try:
-                self.tick(changed)
-            except Exception as e:
-                from agent.log import log
-                log("effects_failed", "reason", e)

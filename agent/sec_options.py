@@ -1,13 +1,14 @@
 # Rules of the options document (docs/contract/schemas/desired-options.json):
-# the speed tier, the subscribed bouquets and the phone line. A bouquet must
-# exist in the lineup in force (the applied channels, else the TNT default).
+# the speed tier, the subscribed bouquets, the phone line and the tenant's
+# consents. A bouquet must exist in the lineup in force (the applied channels,
+# else the TNT default).
 from agent.sections import digits, ident, listof, only
 
 MAX_BOUQUETS = 16
 
 
 def validate(doc, err, ctx=None):
-    only(doc, ("speed_tier", "bouquets", "phone"), "", err)
+    only(doc, ("speed_tier", "bouquets", "phone", "consent"), "", err)
     t = doc.get("speed_tier")
     if not isinstance(t, str) or not 2 <= len(t) <= 5 or t[-1] != "M" or not digits(t[:-1]) \
             or t[0] == "0":
@@ -31,6 +32,14 @@ def validate(doc, err, ctx=None):
             err(at, "unknown bouquet %s (the lineup has: %s)" % (b, ", ".join(known)))
         else:
             seen.append(b)
+    if "consent" in doc:
+        c = doc["consent"]
+        if not isinstance(c, dict):
+            err("consent", "must be an object")
+        else:
+            if "detailed_consumption" in c and not isinstance(c["detailed_consumption"], bool):
+                err("consent.detailed_consumption", "must be true or false")
+            only(c, ("detailed_consumption",), "consent.", err)
     ph = doc.get("phone")
     if ph is not None:
         if not isinstance(ph, dict):

@@ -13,8 +13,6 @@ import sys
 
 from agent.twin import Invalid
 
-FREE_BOUQUETS = ("tnt",)
-
 
 def _raise(field, rule):
     raise Invalid(field, rule)
@@ -104,10 +102,8 @@ VALIDATORS = {
 # ---- effects -------------------------------------------------------------------
 
 def default_lineup():
-    from agent import fsutil
-    d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent"
-    doc = fsutil.read_json(d + "/channels_tnt.json")
-    return doc["channels"] if isinstance(doc, dict) else []
+    from agent.sec_effects import default_lineup
+    return default_lineup()
 
 
 def lineup(applied):
@@ -117,6 +113,7 @@ def lineup(applied):
 
 def bouquets(applied):
     """The bouquets exposed: the free ones and the subscribed ones."""
+    from agent.sec_effects import FREE_BOUQUETS
     b = list(FREE_BOUQUETS)
     for x in (applied.get("options") or {}).get("bouquets") or ():
         if x not in b:
@@ -130,11 +127,65 @@ def effective(applied):
     return [c for c in lineup(applied) if c.get("bouquet") in ok]
 
 
+def verifier(box_id, key_hex):
+    """A twin verify hook that loads agent/sign.py only while a document is checked."""
+    def verify(section, doc):
+        from agent import sign
+        from agent.compat import release
+        try:
+            sign.Verifier(box_id, key_hex)(section, doc)
+        finally:
+            release()
+    return verify
+
+
+class Bound:
+    """A twin's validators, checking with the applied documents as context
+    (options name bouquets of the lineup in force); rules released after use."""
+
+    def __init__(self, names, applied):
+        self.names = names
+        self.applied = applied
+
+    def __contains__(self, s):
+        return s in self.names
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __getitem__(self, s):
+        if s not in self.names:
+            raise KeyError(s)
+        applied = self.applied
+
+        def check(doc):
+            from agent import sections
+            from agent.compat import release
+            try:
+                sections.check(s, doc, ctx=applied)
+            finally:
+                release()
+        return check
+
+
 def attach(box):
-    """Wire sections into a Box: signature check, cross-section rules, and the
-    effects task (effective lineup, parental enforcement). Returns the object
-    whose run() the runtime starts as a task."""
-    from agent.sec_effects import Bound, Effects, verifier
+    """Wire the section rules into an object with a twin, a HAL and an id (the
+    runtime's Box does the same with lazy hooks of its own): signature check,
+    cross-section rules and the effects. Returns the Effects after a first
+    pass; its `ev` is set on each apply."""
+    import asyncio
+
+    from agent.sec_effects import Effects
     box.twin.verify = verifier(box.id, box.cfg.get("hmac_key"))
     box.twin.validators = Bound(box.twin.validators, box.twin.applied)
-    return Effects(box)   # its first tick releases this module too
+    fx = Effects(box)
+    fx.ev = asyncio.Event()
+    inner = box.twin.on_apply
+
+    def on_apply(section, doc):
+        if inner:
+            inner(section, doc)
+        fx.ev.set()
+    box.twin.on_apply = on_apply
+    fx.tick(True)
+    return fx

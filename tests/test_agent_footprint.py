@@ -1,24 +1,35 @@
-"""The agent's heap bound on the real MicroPython interpreter (figures: make bench)."""
+"""The agent's heap bound on the real MicroPython interpreter (figures: make bench,
+docs/performance.md)."""
 import json
 
 from boxproc import BoxProcess
 from helpers import Capture
 
-# The core runtime lives in ~55 KB; with the update rules' effects task and the
-# default lineup it needs ~63 KB live, so the bound tested today is 80k, not the
-# 64k target (docs/performance.md says what is left to get there).
-HEAP = "80k"
+# The issue's bound: 1,000 telemetry cycles in a 64 KiB heap, default config.
+# Live heap of the default box on the 64-bit unix port: ~55 KB (it was ~63 KB,
+# which needed 80k). Rarely run code is loaded when it runs and released
+# (agent/*_cold.py, the section rules); see docs/performance.md.
+HEAP = "64k"
 
 
 def test_1000_cycles_in_bounded_heap(broker, tmp_path):
     cap = Capture(broker.port)
+    # shutdown_drain: on a loaded host the last records may still be in the outbox
+    # when the 1,000th cycle ends; the box drains them before it stops.
     box = BoxProcess(tmp_path, "box-heap", broker.port, "micropython", heap=HEAP,
-                     max_cycles=1000, speedup=60000, drain_rate=5000).start()
+                     max_cycles=1000, speedup=60000, drain_rate=5000, shutdown_drain=20).start()
     assert box.wait(120) == 0, box.output()
     out = "\n".join(box.lines)
-    assert "MemoryError" not in out
+    assert "MemoryError" not in out and "failed" not in out, box.output()
     assert box.log_values("stopped", "cycles") == ["1000"]
+    assert box.log_values("stopped", "backlog") == ["0"]
     assert cap.wait_for(lambda c: len(c.telemetry()) >= 1000, 20)
     cap.close()
-    seqs = sorted(json.loads(p)["seq"] for t, p, _ in cap.messages if "/telemetry/" in t)
+    health = [json.loads(p) for t, p, _ in cap.messages if t.endswith("/telemetry/health")]
+    seqs = sorted(m["seq"] for m in health)
     assert seqs == list(range(1, 1001))
+    # the live heap (after a collection, in every health report) stays bounded:
+    # no leak over 1,000 cycles, and room left for the transient allocations
+    alloc = [m["data"]["heap_alloc"] for m in health]
+    assert max(alloc) < 60 * 1024, max(alloc)
+    assert alloc[-1] - alloc[10] < 2048, (alloc[10], alloc[-1])

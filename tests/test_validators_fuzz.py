@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import sections, sign
-from agent.sec_effects import Bound
+from agent.sections import Bound
 from agent.twin import Invalid, Twin
 from homebox import contract
 

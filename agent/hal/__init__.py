@@ -5,8 +5,18 @@
 #   mac()                     the box's base MAC, "aa:bb:cc:dd:ee:ff"
 #   health()                  dict of cheap hardware facts for the health report
 #   enforce(section, doc)     take an applied desired document into effect
-# Later modules add their own methods (coverage, meters); each is optional and
-# the agent reports "unsupported" where a HAL lacks one.
+# Optional methods; the agent reports "unsupported" (or leaves the section out)
+# where a HAL lacks one:
+#   stations()                [(mac, rssi dBm or None, seconds associated)]  coverage
+#   scan()                    [(ssid, bssid, channel, rssi, ...)]            coverage
+#   channel()                 our AP's channel                               coverage
+#   line_idle()               True/False: little traffic in the last minute  speedtest
+#   data_bytes()              (rx, tx) byte counters                         consumption
+#   tic_read(buf)             bytes from the Linky TIC UART, no blocking     consumption
+#   tic_set_mode(mode)        switch the UART to "historic"/"standard" baud  consumption
+#   water_edges()             (now ms, [pulse edge ms, ...]) since the last call
+# The sim HAL has them when its scenario and config enable the part
+# (agent/hal/sim_homes.py).
 
 
 def load(name, config):

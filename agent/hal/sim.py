@@ -1,29 +1,12 @@
-# A deterministic simulated home. Same seed, same home, on CPython and MicroPython:
-# it uses its own PRNG (xorshift32) because the two `random` modules differ.
+# A deterministic simulated home. Same seed, same home, on CPython and MicroPython.
+# The core (clock, identity, enforcers) is always in RAM. The parts a scenario or
+# the config enables (Wi-Fi stations and neighbours, a Linky meter, a water meter)
+# are wired in at boot by agent/hal/sim_homes.py and give this HAL the optional
+# methods of agent/hal/__init__.py; a plain box loads none of them.
 import asyncio
 import time
 
 from agent import fsutil
-
-
-class XorShift:
-    def __init__(self, seed):
-        self.s = (seed & 0xFFFFFFFF) or 0x9E3779B9
-
-    def next(self):
-        x = self.s
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self.s = x
-        return x
-
-    def random(self):
-        return self.next() / 4294967296.0
-
-    def randint(self, a, b):
-        return a + self.next() % (b - a + 1)
-
 
 # 2026-01-01T00:00:00Z: where a fresh sim clock starts unless told otherwise.
 DEFAULT_SIM_EPOCH = 1767225600
@@ -36,14 +19,13 @@ class SimClock:
         self.speedup = float(speedup) if speedup else 1.0
         path = state_dir + "/simclock.json"
         saved = fsutil.read_json(path)
-        real = time.time()
         if isinstance(saved, dict) and "sim" in saved:
             # Resume from the last persisted sim time: a power cut costs the
             # time since the last save, never a jump backwards.
             self.origin_sim = saved["sim"]
         else:
             self.origin_sim = start if start is not None else DEFAULT_SIM_EPOCH
-        self.origin_real = real
+        self.origin_real = time.time()
         self.path = path
         self.save()
 
@@ -62,13 +44,20 @@ class SimHal:
     name = "sim"
 
     def __init__(self, config):
+        # config["scenario"]: a home's name (agent/hal/sim_homes.py) or a dict
+        # with any of start, mac, stations, wifi, linky, water.
         self.config = config
-        self.rng = XorShift(config.get("seed", 1))
         sc = config.get("scenario") or {}
-        self.scenario = sc
         fsutil.makedirs(config["state_dir"])
-        self.clock = SimClock(config["state_dir"], config.get("speedup", 1), sc.get("start"))
         self.enforced = {}
+        if isinstance(sc, str) or "wifi" in sc or config.get("tic_mode") or config.get("water_enabled"):
+            from agent.hal import sim_homes
+            sc = sim_homes.attach(self, config, sc)
+            from agent.compat import forget
+            forget("agent.hal.sim_homes")
+        else:
+            self.clock = SimClock(config["state_dir"], config.get("speedup", 1), sc.get("start"))
+        self.scenario = sc
         self._mac = sc.get("mac") or self._mac_from_id(config["box_id"])
 
     @staticmethod
@@ -88,8 +77,8 @@ class SimHal:
         return self._mac
 
     def health(self):
-        stations = self.scenario.get("stations") or []
-        return {"wifi_clients": len(stations), "flash_ok": True}
+        f = getattr(self, "stations", None)
+        return {"wifi_clients": len(f() if f else self.scenario.get("stations") or ()), "flash_ok": True}
 
     def enforce(self, section, doc):
         self.enforced[section] = doc.get("version")

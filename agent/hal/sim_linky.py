@@ -2,7 +2,7 @@
 # standard, single or three phase) at the line's byte rate, a UART rx buffer
 # that overflows like the real one, and injectable faults per frame: dropped
 # bytes, flipped bits, truncated frames. Deterministic for a seed.
-from agent.hal.sim import XorShift
+from agent.hal.sim_rng import XorShift
 
 
 def _ck(b):
@@ -25,8 +25,13 @@ class SimLinky:
     """hal.tic_read(buf) -> n: the bytes the UART has received since the last call."""
 
     def __init__(self, now, mode="standard", seed=7, faults=0.0, three_phase=False,
-                 rxbuf=2048, base_w=350, meter="031664001115"):
+                 rxbuf=2048, base_w=350, meter="031664001115", line=None):
+        # line: the clock the bytes flow on, when not the sim clock. A sim home
+        # passes real time (agent/hal/sim_homes.py): the meter then sends its
+        # frames at 1200/9600 baud of real time, with the sim clock's values in
+        # them, so that a fast sim clock does not overflow the UART by itself.
         self.now = now
+        self.line = line
         self.mode = mode
         self.rng = XorShift(seed)
         self.frng = XorShift(seed * 7 + 1)
@@ -169,7 +174,7 @@ class SimLinky:
 
     # ---- the UART -------------------------------------------------------------
     def tic_read(self, buf):
-        now = self.now()
+        now = self.line() if self.line else self.now()
         if self.t is None:
             self.t = now
         due = int((now - self.t) * self.cps)
@@ -184,7 +189,7 @@ class SimLinky:
         room = len(buf)
         while n < room and due > 0:
             if self.pos >= len(self.cur):
-                self.cur = self.corrupt(self.frame(self.t))
+                self.cur = self.corrupt(self.frame(self.now() if self.line else self.t))
                 self.pos = 0
             k = min(room - n, due, len(self.cur) - self.pos)
             buf[n:n + k] = self.cur[self.pos:self.pos + k]

@@ -2,14 +2,18 @@
 # flushes, taps) chosen per sim minute by a seeded hash, an optional leaking tap
 # (a steady flow in litres per hour), and contact bounce on every pulse.
 # Edge times are sim milliseconds masked to 30 bits, like ticks_ms on an ESP32.
+# quiet=(from_h, to_h): UTC hours when the household sleeps (no draws; a leak
+# still flows).
 _M = (1 << 30) - 1
 
 
 class SimWater:
     """hal.water_edges() -> [ms, ...] of every edge since the last call."""
 
-    def __init__(self, now, seed=3, l_per_pulse=1.0, leak_lph=0.0, use=True, bounce=True):
+    def __init__(self, now, seed=3, l_per_pulse=1.0, leak_lph=0.0, use=True, bounce=True,
+                 quiet=None):
         self.now = now
+        self.quiet = quiet
         self.seed = (seed * 2654435761) & 0xFFFFFFFF
         self.lpp = float(l_per_pulse)
         self.leak = leak_lph / 3600.0      # litres per second
@@ -29,7 +33,8 @@ class SimWater:
     def flow(self, t):
         """Litres per second at sim time t."""
         f = self.leak
-        if self.use:
+        q = self.quiet
+        if self.use and not (q and q[0] <= int(t // 3600) % 24 < q[1]):
             h = self._hash(int(t // 60))
             if h % 29 == 0:
                 f += (6 + h % 7) / 60.0     # a shower or a tap: 6-12 l/min
@@ -59,3 +64,8 @@ class SimWater:
             self.t = end
         self.edges += len(out)
         return out
+
+    def hal_edges(self):
+        """The HAL's water_edges(): (now in ms, [edge ms, ...]), as on the ESP32."""
+        out = self.water_edges()
+        return int(self.now() * 1000) & _M, out

@@ -11,8 +11,13 @@
 #   stations     [{"mac", "rooms": [room, ...], "dwell": s per room, "since": assoc
 #                  start (sim epoch s), "until": leaves at (optional)}]
 #   neighbours   [{"ssid", "bssid", "channel", "rssi"}]
+#   busy_bps     [down, up] bytes/s of a station in one of its "busy" UTC hours
+#                ([[from_h, to_h], ...], streaming); idle_bps otherwise
+#   idle_bps     [down, up] (default [2000, 500])
 # A station visits its rooms in order, `dwell` seconds each, from `since`.
-from agent.hal.sim import XorShift
+# As a HAL part (agent/hal/sim_homes.py), `now` gives the sim time: stations(),
+# scan(), channel(), line_idle() and data_bytes() then need no argument.
+from agent.hal.sim_rng import XorShift
 
 SCENARIOS = {
     # The brief's tenant: the daughter's phone spends its evenings in a bedroom the
@@ -21,7 +26,8 @@ SCENARIOS = {
         "channel": 6, "jitter": 0, "slot": 10,
         "rooms": {"living": -48, "kitchen": -62, "bedroom": -80},
         "stations": [
-            {"mac": "a4:5e:60:11:22:33", "rooms": ["living", "bedroom"], "dwell": 120, "since": 0},
+            {"mac": "a4:5e:60:11:22:33", "rooms": ["living", "bedroom"], "dwell": 120, "since": 0,
+             "busy": [[18, 23]]},
             {"mac": "3c:22:fb:44:55:66", "rooms": ["kitchen"], "dwell": 600, "since": 0},
         ],
         "neighbours": [
@@ -36,12 +42,14 @@ SCENARIOS = {
 
 
 class SimWifi:
-    def __init__(self, sc, seed=1, epoch=0):
+    def __init__(self, sc, seed=1, epoch=0, now=None):
         if isinstance(sc, str):
             sc = SCENARIOS[sc]
         self.sc = sc
         self.seed = seed
         self.epoch = epoch      # scenario times are relative to this sim epoch
+        self.now = now          # the sim clock, when t is not given
+        self.net = None         # [t, rx, tx]: the data counters, integrated up to t
 
     def channel(self):
         return self.sc.get("channel", 6)
@@ -54,8 +62,10 @@ class SimWifi:
         r.next()
         return r.randint(-j, j)
 
-    def stations(self, t):
+    def stations(self, t=None):
         """[(mac, rssi dBm or None, seconds associated)] at sim time t."""
+        if t is None:
+            t = self.now()
         out = []
         rooms = self.sc.get("rooms") or {}
         ok = self.sc.get("rssi", True)
@@ -80,3 +90,51 @@ class SimWifi:
             out.append((n.get("ssid", ""), n["bssid"], n["channel"],
                         n["rssi"] + (self._noise(100 + i, t) if t is not None else 0)))
         return out
+
+    # ---- the line: traffic of the stations ----------------------------------------
+    def _rates(self, t):
+        """(down, up) bytes/s of all stations present at sim time t, and whether
+        one of them is busy (streaming)."""
+        sc = self.sc
+        hr = int(t // 3600) % 24
+        t = t - self.epoch
+        bd, bu = sc.get("busy_bps") or (250000, 12500)
+        idd, idu = sc.get("idle_bps") or (2000, 500)
+        down = up = 0
+        busy = False
+        for st in sc.get("stations") or ():
+            until = st.get("until")
+            if t < st.get("since", 0) or (until is not None and t >= until):
+                continue
+            b = False
+            for w in st.get("busy") or ():
+                if w[0] <= hr < w[1]:
+                    b = True
+            down += bd if b else idd
+            up += bu if b else idu
+            busy = busy or b
+        return down, up, busy
+
+    def line_idle(self, t=None):
+        """True when no station streams (little traffic in the last minute)."""
+        return not self._rates(self.now() if t is None else t)[2]
+
+    def data_bytes(self, t=None):
+        """(rx, tx) bytes since the first call, like an interface's counters."""
+        if t is None:
+            t = self.now()
+        n = self.net
+        if n is None:
+            # [t, rx, tx, rx fraction, tx fraction]: integer counters (a float32
+            # on an ESP32 could not count past 16 MB), the fractions carried
+            n = self.net = [t, 0, 0, 0.0, 0.0]
+        while n[0] < t:
+            end = min(t, (n[0] // 3600 + 1) * 3600)   # rates change on the hour
+            d, u, _b = self._rates(n[0])
+            for i, r in ((1, d), (2, u)):
+                x = r * (end - n[0]) + n[i + 2]
+                k = int(x)
+                n[i] += k
+                n[i + 2] = x - k
+            n[0] = end
+        return n[1], n[2]

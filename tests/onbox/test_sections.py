@@ -110,6 +110,13 @@ def test_options_rules_and_unknown_bouquet(tmp):
         f = _first("options", _with(OPTIONS, path, value), ctx)
         assert f == ".".join(str(p) for p in path).replace(".0", "[0]"), (path, value, f)
     assert _first("options", _with(OPTIONS, ("bouquets",), ["cinema", "cinema"]), ctx) == "bouquets[1]"
+    # the tenant's consent to the detailed consumption curve: a boolean, nothing else
+    assert _first("options", _with(OPTIONS, ("consent",), {"detailed_consumption": True}), ctx) is None
+    assert _first("options", _with(OPTIONS, ("consent",), {}), ctx) is None
+    for value, field in (("yes", "consent"), (None, "consent"), ({"detailed_consumption": "yes"},
+                         "consent.detailed_consumption"), ({"detailed_consumption": None},
+                         "consent.detailed_consumption"), ({"curve": True}, "consent.curve")):
+        assert _first("options", _with(OPTIONS, ("consent",), value), ctx) == field, (value, field)
 
 
 def test_default_lineup_is_the_27_tnt_channels(tmp):
@@ -130,7 +137,7 @@ def test_options_gate_the_lineup(tmp):
 
 
 def test_all_or_nothing_through_the_twin(tmp):
-    from agent.sec_effects import Bound
+    from agent.sections import Bound
     t = Twin(tmp + "/docs", sections.VALIDATORS)
     t.validators = Bound(t.validators, t.applied)
     assert t.handle("channels", json.dumps(CHANNELS)) == "applied"

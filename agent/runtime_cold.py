@@ -1,0 +1,196 @@
+# The runtime's cold code (agent/runtime.py): what runs once per boot (the
+# set-up of a Box, the start of its tasks), once per connection (TLS), at the
+# end (the shutdown), and for a desired document (rules, signature, effects).
+# Loaded when it runs, then released. The optional features are imported here
+# only when the config enables them (on the unix port, speedtest costs ~18 KB of
+# heap, the TIC decoder ~12 KB; docs/performance.md).
+import asyncio
+
+from agent import VERSION, fsutil
+from agent.compat import mem, release
+from agent.log import log
+from agent.outbox import Outbox
+from agent.twin import Twin
+
+SECTIONS = ("parental", "channels", "options")
+
+
+def init(box, cfg, hal, validators):
+    box.cfg = cfg
+    box.hal = hal
+    box.id = cfg["box_id"]
+    # Topic strings are built once here (the layout is agent/topics.py, which
+    # the backend uses); the box does not keep that module in RAM.
+    box.t_base = "homebox/v1/" + box.id
+    box.t_status = box.t_base + "/status"
+    box.t_desired = box.t_base + "/desired/"
+    box.t_reported = box.t_base + "/reported/"
+    sd = cfg["state_dir"]
+    fsutil.makedirs(sd)
+    box.outbox = Outbox(sd + "/outbox", cfg["outbox_max_bytes"], cfg["outbox_seg_bytes"])
+    box.boot = next_boot(box, sd)
+    box.seq = 0
+    if validators is None:
+        # Rules are imported when a document must be checked and released
+        # after: updates are rare, RAM is the scarcest resource.
+        validators = {}
+        for sec in cfg.get("sections") or SECTIONS:
+            validators[sec] = box._validator(sec)
+    box.sections = None          # the effects, while a parental schedule keeps them in RAM
+    box.fx_task = None           # their task, while they need a tick every minute
+    box.running = False          # set by start()
+    box._fx = None               # (parental state, lineup) handed to the HAL so far
+    box.twin = Twin(sd + "/docs", validators, on_apply=box._applied, now=box._ts,
+                    verify=box._verify)
+    box.client = None
+    box.connected = asyncio.Event()
+    box.wake = asyncio.Event()
+    box.stop = asyncio.Event()
+    box.cycles = 0
+    box.cycle_ts = None          # end of the current telemetry interval (sim time)
+    box.reconnects = 0
+    box.producers = []           # fn(box) -> None, called each telemetry cycle
+    box.consumption = None       # agent/consumption.py, when a meter is enabled
+    box._boot_ts = hal.now()
+    box.failed = None
+    effects(box, True)
+
+
+def next_boot(box, sd):
+    # The boot counter is persisted before anything of this boot is stored,
+    # and is always above any boot still in the outbox: sequence numbers of
+    # an earlier boot are never reused, even if the counter file was lost.
+    path = sd + "/boot.json"
+    saved = fsutil.read_json(path, {}) or {}
+    last = saved.get("boot", 0) if isinstance(saved, dict) else 0
+    boot = max(last, box.outbox.max_boot()) + 1
+    fsutil.write_json(path, {"boot": boot})
+    return boot
+
+
+def _task(box, name, fn):
+    return asyncio.create_task(box._guard(name, fn))
+
+
+def effects_task(box):
+    # The effects' minute tick runs only while it is needed (Box.effects_task),
+    # and only in a running box: start() begins it after the boot pass.
+    if box.running and box.fx_task is None and (box.sections is not None or box.hal.now() is None):
+        box.fx_task = _task(box, "effects", box.effects_task)
+
+
+def start(box):
+    """Start the box's tasks; returns them."""
+    log("boot", "box", box.id, "boot", box.boot, "fw", VERSION, "hal", box.hal.name,
+        "backlog", box.outbox.count)
+    box.running = True
+    tasks = [_task(box, "connection", box.connection_task),
+             _task(box, "telemetry", box.telemetry_task)]
+    effects_task(box)
+    c = box.cfg
+    # The optional features, each imported only when enabled.
+    if c.get("coverage"):
+        from agent import coverage
+        tasks.append(_task(box, "coverage", lambda: coverage.task(box)))
+    if c.get("speed_url"):
+        from agent import speedtest
+        tasks.append(_task(box, "speedtest", lambda: speedtest.task(box)))
+    if c.get("tic_mode") or c.get("water_enabled"):
+        from agent import consumption
+        cons = consumption.start(box)
+        if cons.task is not None:
+            tasks.append(cons.task)
+    dur = c["duration"]
+    if dur:
+        tasks.append(asyncio.create_task(box._timer(dur)))
+    return tasks
+
+
+async def shutdown(box, tasks):
+    # Give the outbox a moment to drain, then leave cleanly (status offline).
+    for _ in range(int(box.cfg.get("shutdown_drain", 2) * 10)):
+        if box.outbox.count == 0 and not box.twin.dirty:
+            break
+        box.wake.set()
+        await asyncio.sleep(0.1)
+    c = box.client
+    if c is not None and c.connected:
+        try:
+            await asyncio.wait_for(c.publish(box.t_status, box._status("offline"), retain=True), 2)
+        except Exception:
+            pass
+        await c.disconnect()
+    for t in tasks:
+        t.cancel()
+    if box.fx_task is not None:
+        box.fx_task.cancel()
+    cons = box.consumption
+    if cons is not None and cons.wm is not None:
+        cons.wm.save()           # the water index (the poll task may not run again)
+    if hasattr(box.hal, "clock"):
+        box.hal.clock.save()
+    free, alloc, peak = mem()
+    log("stopped", "cycles", box.cycles, "seq", box.seq, "backlog", box.outbox.count,
+        "heap_alloc", alloc, "heap_free", free, "heap_peak", peak)
+
+
+def ssl_context(box):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca = box.cfg.get("tls_ca")
+    if ca:
+        ctx.load_verify_locations(cafile=ca)
+    return ctx
+
+
+# ---- desired documents ------------------------------------------------------------
+
+def on_desired(box, topic, payload, oversized=None):
+    p = box.t_desired
+    if not (topic.startswith(p) and len(topic) > len(p) and "/" not in topic[len(p):]):
+        return
+    s = topic[len(p):]
+    if oversized is None:
+        result = box.twin.handle(s, payload)
+        log("desired", "section", s, "result", result, "version", box.twin.version(s))
+    else:
+        box.twin.reject_oversized(s, oversized)
+        log("desired", "section", s, "result", "rejected", "oversized", oversized)
+    box.wake.set()
+
+
+def check(box, section, doc):
+    # The section's rules, with the applied documents as context (options name
+    # bouquets of the lineup in force), except for the re-check of stored
+    # documents at boot (the twin does not exist yet).
+    t = getattr(box, "twin", None)
+    from agent import sections
+    try:
+        sections.check(section, doc, ctx=t.applied if t else None)
+    finally:
+        release()
+
+
+def verify(box, section, doc):
+    from agent import sign
+    try:
+        sign.Verifier(box.id, box.cfg.get("hmac_key"))(section, doc)
+    finally:
+        release()
+
+
+def effects(box, changed):
+    # One pass of agent/sec_effects.py: enforcement handed to the HAL and
+    # reported. It stays in RAM (box.sections) only while a parental schedule
+    # is applied, to tick every minute; otherwise it is released.
+    fx = box.sections
+    if fx is None:
+        from agent.sec_effects import Effects
+        fx = Effects(box, box._fx)
+    fx.tick(changed)
+    if "parental" in box.twin.applied:
+        box.sections = fx
+        effects_task(box)
+    else:
+        box._fx = (fx.parental, fx.lineup)
+    release()
