@@ -78,6 +78,21 @@ def run():
         asyncio.run(console.serve(box, fw))
     else:
         asyncio.run(box.run())
+    if box.failed:
+        # A dead task (already logged) would leave a box that reports nothing for
+        # years: restart, as the task watchdog of a real deployment would.
+        print("homebox: an agent task failed; restarting")
+        _restart()
+
+
+def _restart():
+    if sys.platform == "esp32":
+        import time
+
+        import machine
+        time.sleep(5)
+        machine.reset()
+    raise SystemExit(3)          # the virtual box reboots on this code
 
 
 try:
@@ -87,9 +102,5 @@ except KeyboardInterrupt:
 except Exception as e:
     sys.print_exception(e)
     if sys.platform == "esp32":
-        import time
-
-        import machine
-        time.sleep(5)
-        machine.reset()
+        _restart()
     raise

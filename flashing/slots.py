@@ -29,6 +29,7 @@ class Slot:
     port: str                     # what esptool and pytest-embedded open
     location: str = ""            # the by-path name, or the URL
     vbox: object | None = field(default=None, repr=False)   # vbox.BoxProcess for --virtual
+    config: dict = field(default_factory=dict)   # extra config.json keys for this slot's box only
 
     @property
     def name(self) -> str:
@@ -98,14 +99,14 @@ def select(slots: list[Slot], wanted: list[int] | None) -> list[Slot]:
 
 
 def start_virtual(count: int, root: Path, baud_limit: bool = False, flash_size: str = "4MB",
-                  scenario: Path | None = None) -> list[Slot]:
+                  scenario: Path | None = None, heap: str = "128k") -> list[Slot]:
     """N virtual boxes under root/slot-N (their flash and MAC persist there)."""
     import vbox
     slots = []
     try:
         for i in range(1, count + 1):
             b = vbox.spawn(Path(root) / f"slot-{i}", flash_size=flash_size, name=f"vbox-{i}",
-                           baud_limit=baud_limit, scenario=scenario)
+                           baud_limit=baud_limit, scenario=scenario, heap=heap)
             slots.append(Slot(i, b.url, f"vbox-{i} {b.url}", b))
     except vbox.VboxError as e:
         stop_virtual(slots)

@@ -109,7 +109,7 @@ class Station:
         return [pipeline.Job(run_id=run_id, slot=s.name, port=s.port, ledger=c.ledger, master=c.master,
                              firmware=c.firmware, out_dir=c.out_dir, broker=c.broker, broker_user=c.broker_user,
                              prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
-                             tools=tools, support=c.support, operator=c.operator, box_config=c.box_config,
+                             tools=tools, support=c.support, operator=c.operator, box_config={**c.box_config, **s.config},
                              test_timeout=c.test_timeout, run_tests=c.run_tests) for s in slots]
 
     def check_broker(self, timeout: float = 3.0) -> None:

@@ -1,32 +1,40 @@
-"""`homebox demo`: one simulated box, the real agent, a real broker, on this machine.
+"""`homebox demo`: the whole system on this machine, in one command.
 
-It starts a broker (Debian's Mosquitto if installed, otherwise the pure-Python amqtt
-broker in-process), runs one box with the real agent (under the real MicroPython
-interpreter when it is installed), prints every message the broker delivers, and
-stops everything it started.
+It starts a broker (Debian's Mosquitto if installed, otherwise the pure-Python
+amqtt broker in-process) and three virtual ESP32 boxes, each a different sim
+home: a good home, weak Wi-Fi in one bedroom, a leaking tap. The real bench
+pipeline flashes, provisions, tests and labels them; they boot the real agent
+under the real MicroPython interpreter and publish. Ingest stores what they send
+in SQLite, a live view shows the fleet, the operator pushes a parental schedule
+and an option change, and at the end a report (plots, HTML, labels) is written.
+Every process it started is stopped.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
-from homebox import boxrun, contract
+HOMES = [("good_home", "a good home"),
+         ("weak_bedroom", "weak Wi-Fi in one bedroom"),
+         ("leaking_tap", "a leaking tap")]
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
 
 
 def configure(p) -> None:
-    p.add_argument("--duration", type=float, default=40, help="seconds to run (default 40)")
-    p.add_argument("--speedup", type=float, default=300, help="sim clock speed (default 300x)")
-    p.add_argument("--cpython", action="store_true", help="run the agent under CPython, not MicroPython")
+    p.add_argument("--duration", type=float, default=60,
+                   help="seconds the fleet runs after the bench (default 60); Ctrl-C ends it early")
+    p.add_argument("--speedup", type=float, default=2000,
+                   help="sim clock speed (default 2000x: one sim hour in 1.8 s)")
+    p.add_argument("--out", type=Path, default=None, help="work and report directory (default: a new temp dir)")
+    p.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     p.set_defaults(func=run)
 
 
@@ -92,82 +100,197 @@ class Broker:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _describe(topic: str, payload: bytes) -> str:
-    try:
-        contract.validate(topic, payload)
-        ok = "valid"
-    except contract.ContractError as e:
-        ok = f"INVALID ({e.errors[0]})"
-    try:
-        m = json.loads(payload)
-    except ValueError:
-        return f"{topic}: {payload[:60]!r}"
-    kind = topic.split("/", 3)[-1]
-    if "seq" in m:
-        d = m.get("data", {})
-        extra = ", ".join(f"{k}={d[k]}" for k in ("uptime_s", "heap_alloc", "outbox_backlog") if k in d)
-        return f"{kind:<22} boot={m['boot']} seq={m['seq']:<3} ts={m['ts']}  {extra}  [{ok}]"
-    if "state" in m:
-        return f"{kind:<22} {m['state']}  [{ok}]"
-    return f"{kind:<22} version={m.get('version')} status={m.get('status')}  [{ok}]"
+class _Say:
+    """Numbered steps in plain words, and the fleet view."""
+
+    def __init__(self, live: bool):
+        self.live = live
+        self.n = 0
+
+    def step(self, text: str) -> None:
+        self.n += 1
+        print(f"\n{self.n}. {text}", flush=True)
+
+    def line(self, text: str) -> None:
+        print(f"   {text}", flush=True)
+
+
+def _fleet_table(rows: list[dict], names: dict[str, str]):
+    from rich.table import Table
+    t = Table(title="the fleet, as the operator sees it", expand=False)
+    for col in ("box", "home", "state", "messages", "updates", "alarms"):
+        t.add_column(col)
+    for r in rows:
+        alarms = ", ".join(a["code"] for a in r["alarms"]) or "none"
+        ups = " ".join(f"{k}=v{v}" for k, v in sorted(r["versions"].items())) or "-"
+        if r["pending"]:
+            ups += " (pending: " + ",".join(r["pending"]) + ")"
+        t.add_row(r["box"], names.get(r["box"], "?"), r["state"], str(r.get("messages", "")), ups,
+                  f"[red]{alarms}[/red]" if r["alarms"] else "[green]none[/green]")
+    return t
+
+
+def _plain_fleet(rows: list[dict], names: dict[str, str]) -> str:
+    out = []
+    for r in rows:
+        alarms = ", ".join(a["code"] for a in r["alarms"]) or "no alarm"
+        ups = " ".join(f"{k}=v{v}" for k, v in sorted(r["versions"].items()))
+        out.append(f"{r['box']:<10} {names.get(r['box'], '?'):<26} {r['state']:<8} {ups}  {alarms}")
+    return "\n   ".join(out)
+
+
+def _push(section: str, doc: dict, box: str, work: Path, broker: str, key: Path, db: str) -> str:
+    """`homebox ops push`, as an operator would type it; returns what it printed."""
+    import contextlib
+    import io
+
+    from homebox import cli
+    f = work / f"push-{section}-{box}.json"
+    f.write_text(json.dumps(doc))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = cli.main(["ops", "push", section, str(f), "--box", box, "--broker", broker,
+                       "--master-secret-file", str(key), "--db", db, "--timeout", "30"])
+    return f"{buf.getvalue().strip()}" + ("" if rc == 0 else f" (exit {rc})")
+
+
+def _add_labels(index: Path, labels: list[tuple[str, dict]]) -> None:
+    out = index.parent / "labels"
+    out.mkdir(exist_ok=True)
+    parts = ["<h2>Labels (stickers for the tenants)</h2>"]
+    for serial, lab in labels:
+        for kind in ("png", "pdf"):
+            if lab.get(kind) and Path(lab[kind]).exists():
+                shutil.copy(lab[kind], out / Path(lab[kind]).name)
+        png = Path(lab.get("png", "")).name
+        parts.append(f"<h3>{serial}</h3><img src='labels/{png}' alt='label {serial}' style='max-width:400px'>"
+                     f" <a href='labels/{Path(lab.get('pdf', '')).name}'>PDF</a>")
+    html = index.read_text()
+    index.write_text(html.replace("</body>", "".join(parts) + "</body>") if "</body>" in html
+                     else html + "".join(parts))
 
 
 def run(args) -> int:
-    work = Path(tempfile.mkdtemp(prefix="homebox-demo-"))
-    print(f"homebox demo: one simulated home, the real agent, a real broker (work dir {work})")
-    broker = Broker(work)
-    print(f"1. broker: {broker.kind} on 127.0.0.1:{broker.port}")
-    use_mpy = not args.cpython
-    if use_mpy:
-        try:
-            boxrun.micropython_exe()
-        except boxrun.BoxRunError:
-            use_mpy = False
-    received: list[str] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="homebox-demo-viewer")
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("homebox/#", qos=1)
+    from backend import report, status
+    from backend.ingest import Ingest
+    from backend.store import Store
+    from flashing import credentials, image, slots, station
+    from flashing.errors import BenchError
+    from homebox.cli_bench import PlainView
 
-    def on_message(c, u, msg):
-        line = _describe(msg.topic, msg.payload)
-        received.append(line)
-        print("   <- " + line, flush=True)
-
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", broker.port)
-    sub.loop_start()
-    cfg = boxrun.write_config(work / "box", box_id="demo-box-1", broker_host="127.0.0.1",
-                              broker_port=broker.port, speedup=args.speedup, duration=args.duration,
-                              telemetry_interval=300)
-    cmd, env = boxrun.box_command(cfg, micropython=use_mpy, heap="128k")
-    interp = "the real MicroPython interpreter (128 KB heap)" if use_mpy else "CPython"
-    print(f"2. box demo-box-1: the real agent under {interp}; sim clock {args.speedup:g}x, "
-          f"a health report every 5 sim minutes")
-    print("3. what the broker delivers (each checked against docs/contract):")
-    box = subprocess.Popen(cmd, env=env, cwd=boxrun.neutral_cwd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = Path(args.out or tempfile.mkdtemp(prefix="homebox-demo-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    live = not args.plain and sys.stdout.isatty()
+    say = _Say(live)
+    print(f"homebox demo: three homes, the bench, the broker and the operator side, on this machine.\n"
+          f"Work directory: {work}")
+    broker = vslots = ingest = None
+    ingest_thread = None
+    names: dict[str, str] = {}
     rc = 0
     try:
-        box.wait(args.duration + 30)
+        say.step("Starting the broker")
+        broker = Broker(work)
+        url = f"127.0.0.1:{broker.port}"
+        say.line(f"{broker.kind} on {url}")
+
+        say.step("Starting the operator's ingest (MQTT -> SQLite)")
+        db = f"sqlite:///{work / 'backend.db'}"
+        store = Store(db)
+        ingest = Ingest(f"mqtt://{url}", store, client_id="homebox-demo-ingest", log=lambda *a: None)
+        ingest_thread = threading.Thread(target=ingest.run, kwargs={"stats_every": 0}, daemon=True)
+        ingest_thread.start()
+        say.line(f"storing every message in {work / 'backend.db'}")
+
+        say.step("Plugging three virtual ESP32 boxes into the bench")
+        master = credentials.throwaway_master()
+        key = work / "master.key"
+        key.touch(mode=0o600)
+        key.write_bytes(master)
+        say.line("a throwaway operator master secret for this demo (kept in master.key, never printed)")
+        # A whole sim home (Wi-Fi, Linky, water simulators in the box's own heap)
+        # needs ~115-145 KB on this 64-bit port (and the vbox flash driver shares it);
+        # a real box runs only the agent.
+        vslots = slots.start_virtual(len(HOMES), work / "vbox", heap="256k")
+        for sl, (home, words) in zip(vslots, HOMES):
+            sl.config = {"scenario": home, "speedup": args.speedup}
+            say.line(f"slot {sl.number}: {sl.port}  sim home: {words}")
+
+        say.step("Running the bench: flash, provision, test, label (the real esptool and pytest-embedded)")
+        fw = image.load_firmware(None, virtual=True)
+        cfg = station.Config(out_dir=work / "bench", ledger=work / "bench" / "ledger.sqlite", master=master,
+                             master_source="throwaway", firmware=fw, broker=url,
+                             support="Assistance homebox : 01 23 45 67 89", technician="demo")
+        view = PlainView()
+        rep = station.Station(cfg).run(vslots, lambda ev: view.event(ev) if ev["event"] != "log" else None)
+        passed = [r for r in rep["boxes"] if r["verdict"] == "PASS"]
+        for r in rep["boxes"]:
+            home = dict(HOMES)[vslots[int(r["slot"]) - 1].config["scenario"]]
+            if r.get("serial"):
+                names[r["serial"]] = home
+            why = "" if r["verdict"] == "PASS" else f": {(r.get('failure') or {}).get('detail', '')}"
+            say.line(f"{r['verdict']}  slot {r['slot']}  {r.get('serial') or '-'}  ({home}){why}")
+        if not passed:
+            print("FAIL: no box passed the bench; nothing to show. See the lines above.")
+            return 1
+
+        say.step(f"The boxes run the real agent under MicroPython and publish; watching for {args.duration:g} s")
+        push_at = time.time() + min(15.0, args.duration / 3)
+        end = time.time() + args.duration
+        pushed = False
+        parental = json.loads((EXAMPLES / "desired-parental.json").read_text())
+        options = json.loads((EXAMPLES / "desired-options.json").read_text())
+        options["bouquets"] = []                       # the boxes carry the free TNT lineup only
+        options.setdefault("consent", {})["detailed_consumption"] = True
+        try:
+            while time.time() < end:
+                if not pushed and time.time() >= push_at:
+                    pushed = True
+                    say.step("The operator pushes a parental schedule and an option change (signed)")
+                    for r in passed:
+                        say.line(f"parental -> {r['serial']}: " + _push("parental", parental, r["serial"], work,
+                                                                        url, key, db))
+                    leak_box = next((s for s, h in names.items() if h == dict(HOMES)["leaking_tap"]), None)
+                    if leak_box:
+                        say.line(f"options (consent to detailed consumption) -> {leak_box}: "
+                                 + _push("options", options, leak_box, work, url, key, db))
+                    say.step("Still watching")
+                rows = status.fleet(store, interval=30)
+                say.line(f"[{time.strftime('%H:%M:%S')}] " + _plain_fleet(rows, names))
+                if live:
+                    from rich.console import Console
+                    Console().print(_fleet_table(rows, names))
+                time.sleep(min(10.0, max(0.0, end - time.time())))
+        except KeyboardInterrupt:
+            say.line("Ctrl-C: writing the report now")
+
+        say.step("Writing the report (plots, HTML, labels)")
+        index = report.write_report(store, work / "report", interval=30)
+        _add_labels(index, [(r["serial"], r["label"]) for r in passed if r.get("label")])
+        rows = status.fleet(store, interval=30)
+        for r in rows:
+            alarms = "; ".join(f"{a['code']} ({a['detail']})" for a in r["alarms"]) or "no alarm"
+            say.line(f"{r['box']} ({names.get(r['box'], '?')}): {alarms}")
+        totals = dict(ingest.totals)
+        say.line(f"ingest: {totals['stored']} messages stored, {totals['invalid']} outside the contract")
+        print(f"\nReport: {index}")
+        if totals["invalid"] or len(passed) < len(HOMES):
+            rc = 1
+    except BenchError as e:
+        print(f"FAIL: {e}")
+        rc = 1
     except KeyboardInterrupt:
-        print("\nstopping (Ctrl-C)")
-        box.send_signal(signal.SIGINT)
-    except subprocess.TimeoutExpired:
-        box.kill()
+        print("\nstopped (Ctrl-C)")
+        rc = 130
     finally:
-        if box.poll() is None:
-            box.kill()
-            box.wait()
-        time.sleep(0.5)
-        sub.loop_stop()
-        sub.disconnect()
-        broker.stop()
-    telemetry = [r for r in received if "seq=" in r]
-    bad = [r for r in received if "INVALID" in r]
-    if box.returncode not in (0, None) and box.returncode != -signal.SIGKILL:
-        err = box.stderr.read().decode(errors="replace")[-2000:] if box.stderr else ""
-        print(f"FAIL: the box exited with code {box.returncode}\n{err}")
-        rc = 1
-    print(f"4. done: {len(telemetry)} telemetry messages received, {len(bad)} outside the contract; "
-          "broker and box stopped.")
-    if not telemetry or bad:
-        rc = 1
+        print("Stopping everything this demo started ...", flush=True)
+        if vslots:
+            slots.stop_virtual(vslots)
+        if ingest is not None:
+            ingest.stop()
+            if ingest_thread is not None:
+                ingest_thread.join(10)
+        if broker is not None:
+            broker.stop()
+        print("done: nothing left running.")
     return rc

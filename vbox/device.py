@@ -329,6 +329,9 @@ class Device:
             with self.lock:
                 if proc is self.app:
                     self.emit(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+        # firmware/main.py exits with 3 where a real board would machine.reset()
+        if proc.wait() == 3 and proc is self.app:
+            threading.Thread(target=self._deferred_boot, args=(False, "0xc (SW_CPU_RESET)"), daemon=True).start()
 
     def _stop_app(self) -> None:
         proc, self.app = self.app, None
