@@ -107,7 +107,8 @@ def test_power_cuts_never_lose_or_reuse_a_sequence_number(interp, broker, tmp_pa
         for f in [sd / "boot.json", sd / "outbox" / "head", sd / "docs" / "options.json"]:
             if f.exists():
                 json.loads(f.read_text())              # every state file always parses
-    box = BoxProcess(tmp_path, "box-cut", broker.port, interp, duration=3).start()
+    # Long enough to drain every boot's backlog even on a loaded machine.
+    box = BoxProcess(tmp_path, "box-cut", broker.port, interp, duration=3, shutdown_drain=20).start()
     assert box.wait(60) == 0, box.output()
     assert box.log_values("stopped", "backlog") == ["0"]
     cap.close()
