@@ -8,7 +8,7 @@ PYTHON ?= python3
 # Regenerating the locks needs uv; installing from them needs only pip.
 UV_VERSION := 0.13.8
 
-.PHONY: setup system-deps test demo check bench lock clean
+.PHONY: setup system-deps test demo check bench chaos lock clean
 
 setup: system-deps $(STAMP)
 
@@ -44,6 +44,15 @@ check: setup
 
 bench: setup
 	$(PY) -m bench.run --out bench/results.json
+
+# System-level fault runs (tests/chaos.py): 200 power cuts across 8 boxes, a broker
+# crash, network partitions (root), and every fuzz target at 1000 examples; prints
+# the tallies. `make test` runs a reduced version (tests/test_chaos.py).
+CHAOS_KILLS ?= 200
+CHAOS_BOXES ?= 8
+FUZZ_EXAMPLES ?= 1000
+chaos: setup
+	$(PY) -m tests.chaos --kills $(CHAOS_KILLS) --boxes $(CHAOS_BOXES) --fuzz-examples $(FUZZ_EXAMPLES)
 
 lock:
 	$(PYTHON) -m pip install -q "uv==$(UV_VERSION)"

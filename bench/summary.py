@@ -1,0 +1,229 @@
+"""The one-page summary of bench/results.json (bench/summary.md), and the
+description of the machine the figures come from."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _first(cmd: list[str]) -> str | None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = (r.stdout or r.stderr).strip().splitlines()
+    return out[0] if out else None
+
+
+def machine() -> dict:
+    cpu = None
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem_gb = round(kb / 1024 / 1024, 1)
+    except (OSError, AttributeError):
+        pass
+    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    mp = Path(sys.executable).parent / "micropython"
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+        "cpu_model": cpu, "memory_gb": mem_gb,
+        "mosquitto": _first([mosq, "-h"]) if os.path.exists(mosq) else None,
+        "micropython": _first([str(mp), "-c", "import sys; print(sys.version)"]) if mp.exists() else None,
+    }
+
+
+def _g(d, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _n(x, unit: str = "", digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        x = round(x, digits)
+    if isinstance(x, int) and abs(x) >= 10000:
+        return f"{x:,}".replace(",", " ") + unit
+    return f"{x}{unit}"
+
+
+def _kib(b) -> str:
+    return "-" if b is None else f"{b / 1024:.1f} KiB"
+
+
+def _problem(r) -> str | None:
+    if not isinstance(r, dict):
+        return "no figures"
+    if "error" in r:
+        return "error: " + str(r["error"])[:200]
+    if "skipped" in r:
+        return "skipped: " + str(r["skipped"])[:200]
+    return None
+
+
+def render(res: dict) -> str:
+    m = res.get("machine", {})
+    L = ["# Benchmark summary", "",
+         f"{res.get('when', '?')} on {m.get('cpu_model') or '?'} ({m.get('cpus')} CPUs, {m.get('memory_gb')} GB), "
+         f"{m.get('platform')}; {m.get('mosquitto') or 'mosquitto ?'}; micropython `sys.version`: {m.get('micropython') or '?'}. "
+         "Full figures: bench/results.json; method and discussion: docs/performance.md.", ""]
+
+    fp = res.get("footprint")
+    if fp is not None:
+        L += ["## Agent footprint (real MicroPython, unix port)", ""]
+    if fp is None:
+        pass
+    elif _problem(fp):
+        L += [f"- {_problem(fp)}", ""]
+    else:
+        day, gr, cpu = fp.get("day", {}), fp.get("growth", {}), fp.get("cpu", {})
+        live = gr.get("live_heap_bytes", {})
+        L += ["| figure | value |", "|---|---|",
+              f"| smallest `-X heapsize` for a full sim day (288 reports) | {_n(day.get('smallest_kb'), ' KiB')} |",
+              f"| live heap after GC: steady (median) / peak (max) | {_kib(live.get('median'))} / {_kib(live.get('max'))} |",
+              f"| heap over {_n(gr.get('cycles'))} cycles: first tenth / last tenth (median) | "
+              f"{_kib(gr.get('first_tenth_median'))} / {_kib(gr.get('last_tenth_median'))} |",
+              f"| slope, second half (bytes per 1,000 cycles) vs noise (stdev) | "
+              f"{_n(gr.get('slope_bytes_per_1000_cycles_second_half'))} vs {_n(gr.get('noise_stdev_bytes'))} |",
+              f"| CPU per telemetry cycle | {_n(cpu.get('ms_per_cycle'), ' ms', 3)} |",
+              f"| CPU to start the agent | {_n(cpu.get('startup_cpu_ms'), ' ms')} |", ""]
+
+    w = res.get("wire")
+    if w is not None:
+        L += ["## Wire cost (one box, one day, default cadence: a report every 300 s, keepalive 30 s)", ""]
+    profiles = {"default": w} if isinstance(w, dict) and "mqtt_bytes_per_day" in w else (w or {})
+    if w is not None and _problem(w):
+        L += [f"- {_problem(w)}", ""]
+    elif profiles:
+        names = list(profiles)
+        L += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+        def row(label, fn):
+            cells = []
+            for n in names:
+                p = profiles[n]
+                cells.append(_problem(p) or fn(p))
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        row("telemetry kinds", lambda p: ", ".join(k.split("/")[1] for k in p.get("by_topic_up", {})
+                                                   if k.startswith("telemetry/")) or "-")
+        row("MQTT bytes/day up / down", lambda p: f"{_n(_g(p, 'mqtt_bytes_per_day', 'up'))} / "
+                                                  f"{_n(_g(p, 'mqtt_bytes_per_day', 'down'))}")
+        row("IP bytes/day (estimate)", lambda p: f"{_n(_g(p, 'ip_bytes_per_day_estimate', 'total'))} "
+                                                 f"({_n(p.get('mean_bps'), ' bit/s')} mean)")
+        row("share of that from keepalive pings", lambda p: _n((p.get("ping_bytes_share_ip") or 0) * 100, " %"))
+        row("TLS extra (estimate), bytes/day", lambda p: _n(p.get("tls_extra_bytes_per_day_estimate")))
+        row("share of a 2 / 10 Mbps line", lambda p: " / ".join(
+            f"{v * 100:.4f} %" for v in (p.get("share_of_line") or {}).values()))
+        L.append("")
+
+    f = res.get("fleet")
+    if f is not None:
+        L += [f"## Fleet on one machine ({_n(_g(f, 'boxes'))} MicroPython agents, one Mosquitto, one ingest)", ""]
+    if f is None:
+        pass
+    elif _problem(f):
+        L += [f"- {_problem(f)}", ""]
+    else:
+        st, fo, sm, dv = f.get("steady", {}), f.get("fanout", {}), f.get("storm", {}), f.get("delivery", {})
+        L += ["| figure | value |", "|---|---|",
+              f"| agents online / alive at the end | {_n(f.get('online_after_spawn'))} / {_n(dv.get('agents_alive_at_end'))} |",
+              f"| memory per agent: RSS / PSS | {_n(_g(st, 'rss_kb_per_agent', 'mean'), ' KiB')} / "
+              f"{_n(_g(st, 'pss_kb_per_agent', 'mean'), ' KiB')} |",
+              f"| CPU (cores): agents / broker / ingest | {_n(_g(st, 'cpu_cores', 'agents'), '', 3)} / "
+              f"{_n(_g(st, 'cpu_cores', 'broker'), '', 3)} / {_n(_g(st, 'cpu_cores', 'ingest'), '', 3)} |",
+              f"| ingest rate (expected) | {_n(st.get('ingest_msgs_per_s'), ' msg/s')} "
+              f"({_n(st.get('expected_msgs_per_s'), ' msg/s')}, one report per box every "
+              f"{_n(f.get('telemetry_interval_s'), ' s')}) |",
+              f"| end-to-end delivery | {_n(dv.get('messages'))} messages, {_n(dv.get('gaps'))} gaps, "
+              f"slot-to-database p50 {_n(_g(dv, 'slot_to_db_latency_s', 'p50'), ' s', 3)}, "
+              f"p99 {_n(_g(dv, 'slot_to_db_latency_s', 'p99'), ' s', 3)} |",
+              f"| update fan-out: acked, ack latency p50 / p99 | {_n(fo.get('acked'))} of {_n(fo.get('pushed'))}, "
+              f"{_n(_g(fo, 'ack_latency_s', 'p50'), ' s', 3)} / {_n(_g(fo, 'ack_latency_s', 'p99'), ' s', 3)} |",
+              f"| reconnect storm: peak per second vs lock-step worst case | {_n(sm.get('peak_per_s'))} vs "
+              f"{_n(sm.get('lockstep_worst_case_per_s'))} (all back after {_n(sm.get('all_back_after_s'), ' s')}, "
+              f"broker down {_n(sm.get('broker_down_s'), ' s')}) |", ""]
+        h = sm.get("histogram_per_s") or []
+        if h:
+            L += ["Reconnects per second after the broker came back: " + " ".join(str(x) for x in h), ""]
+
+    if any(k in res for k in ("tic", "speed", "ingest", "flash", "station")):
+        L += ["## Previous figures", ""]
+    t = res.get("tic")
+    if t is not None:
+        if _problem(t):
+            L.append(f"- TIC: {_problem(t)}")
+        else:
+            for mode in ("historic", "standard", "standard_three_phase"):
+                r = t.get(mode) or {}
+                L.append(f"- TIC {mode}: {_n(r.get('frames'))} frames, {_n(r.get('frames_ok'))} good, "
+                         f"{_n(r.get('wrong_values'))} wrong values, {_n(r.get('decode_bytes_per_s'), ' B/s')} decoded (CPython)")
+            mp = t.get("micropython") or {}
+            if "heap_reader" in mp:
+                L.append(f"- TIC under MicroPython: reader {_n(mp.get('heap_reader'))} bytes of heap")
+    s = res.get("speed")
+    if s is not None:
+        if _problem(s) or "rows" not in s:
+            L.append(f"- speed test accuracy: {_problem(s) or 'no rows'}")
+        else:
+            errs = [abs(r.get("down_err_pct") or 0) for r in s["rows"]] + [abs(r.get("up_err_pct") or 0) for r in s["rows"]]
+            L.append(f"- speed test accuracy: {len(s['rows'])} shaped links, worst goodput error "
+                     f"{max(errs):.1f} % (target +-3 %)")
+    ing = res.get("ingest")
+    if ing is not None:
+        if _problem(ing):
+            L.append(f"- ingest: {_problem(ing)}")
+        else:
+            for k, v in ing.items():
+                if isinstance(v, dict) and "ingest_msgs_per_s" in v:
+                    L.append(f"- ingest {k}: {_n(v['ingest_msgs_per_s'], ' msg/s')} "
+                             f"({_n(v.get('ratio_to_mosquitto_sub'), '', 3)} x mosquitto_sub)")
+                elif isinstance(v, dict) and "lag_p50_ms" in v:
+                    L.append(f"- ingest {k}: lag p50 {_n(v['lag_p50_ms'], ' ms')}, p99 {_n(v.get('lag_p99_ms'), ' ms')} "
+                             f"at {_n(v.get('rate_msgs_per_s'), ' msg/s')}")
+    fl = res.get("flash")
+    if fl is not None:
+        if _problem(fl):
+            L.append(f"- flash: {_problem(fl)}")
+        else:
+            L.append(f"- flash at {_n(fl.get('baud'))} baud: full image {_n(fl.get('full_flash_s'), ' s')}, "
+                     f"re-flash after one file {_n(fl.get('reflash_one_file_s'), ' s')} "
+                     f"(payload ratio {_n(fl.get('reflash_payload_ratio'), '', 3)})")
+    stn = res.get("station")
+    if stn is not None:
+        if _problem(stn):
+            L.append(f"- bench station: {_problem(stn)}")
+        else:
+            for r in stn.get("runs", []):
+                L.append(f"- bench station, {r.get('boxes')} boxes: {_n(r.get('boxes_per_hour'))} boxes/hour, "
+                         f"{r.get('passed')} passed, parallel efficiency {_n(r.get('parallel_efficiency'), '', 2)}")
+    secs = res.get("seconds") or {}
+    if secs:
+        L += ["", "Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())
+              + f" (total {sum(secs.values()) / 60:.1f} min)."]
+    return "\n".join(L) + "\n"
+
+
+def write(res: dict, path: Path) -> None:
+    path.write_text(render(res))
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    print(render(json.loads(src.read_text())))
