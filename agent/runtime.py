@@ -15,6 +15,8 @@ from agent.outbox import PRIO_HIGH, PRIO_LOW
 
 
 class Box:
+    _reporting_drop = False
+
     def __init__(self, cfg, hal, validators=None):
         # Boot-time set-up is cold code (agent/runtime_cold.py): identity, the
         # outbox, the boot counter, the twin and a first pass of the effects.
@@ -72,10 +74,17 @@ class Box:
                "seq": self.seq, "ts": self._ts() if ts is None else ts, "kind": kind, "data": data}
         self.outbox.put(self.boot, self.seq, suffix or ("telemetry/" + kind),
                         json.dumps(env), prio)
-        drop = self.outbox.take_drop_report()
-        if drop:
-            self.event("outbox_dropped", {"count": drop[0], "ranges": drop[1],
-                                          "dropped_total": self.outbox.dropped_total})
+        # Not while reporting a drop: that report may itself displace a record, and
+        # reporting that at once would recurse; it waits for the next emit.
+        if not self._reporting_drop:
+            drop = self.outbox.take_drop_report()
+            if drop:
+                self._reporting_drop = True
+                try:
+                    self.event("outbox_dropped", {"count": drop[0], "ranges": drop[1],
+                                                  "dropped_total": self.outbox.dropped_total})
+                finally:
+                    self._reporting_drop = False
         self.wake.set()
 
     def event(self, etype, detail):

@@ -151,7 +151,13 @@ def on_desired(box, topic, payload, oversized=None):
         return
     s = topic[len(p):]
     if oversized is None:
-        result = box.twin.handle(s, payload)
+        try:
+            result = box.twin.handle(s, payload)
+        except Exception as e:
+            # Never let one document kill the MQTT reader: it would stay retained
+            # and the box would reconnect, fail again, forever.
+            log("desired_failed", "section", s, "error", repr(e))
+            return
         log("desired", "section", s, "result", result, "version", box.twin.version(s))
     else:
         box.twin.reject_oversized(s, oversized)

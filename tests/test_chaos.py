@@ -39,10 +39,6 @@ def test_partition_offline_detection_and_ordered_drain(tmp_path):
     _report(t)
 
 
-@pytest.mark.xfail(strict=True, reason="agent bug (issue 9 report): when an outbox's sealed segments "
-                   "hold only high-priority records, each outbox_dropped event displaces another one and "
-                   "Box.emit recurses until RecursionError (CPython) or MemoryError (MicroPython); the "
-                   "telemetry task dies and the box restarts, again and again")
 def test_long_outage_with_a_small_outbox_keeps_running(tmp_path):
     # No broker at all: every report stays in a 3000-byte outbox. (CPython fails
     # the same way, after ~15 s more: its recursion limit is deeper.)
