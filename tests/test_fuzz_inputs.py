@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+import docfuzz
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -87,36 +88,8 @@ values = st.recursive(scalars, lambda ch: st.one_of(st.lists(ch, max_size=4),
                       max_leaves=10)
 
 
-def _paths(v, prefix=()):
-    yield prefix
-    if isinstance(v, dict):
-        for k in list(v):
-            yield from _paths(v[k], prefix + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from _paths(x, prefix + (i,))
-
-
-@st.composite
-def mutate(draw, doc):
-    """A document with 1-3 random edits: a value replaced or removed, an item added."""
-    doc = json.loads(json.dumps(doc))
-    for _ in range(draw(st.integers(1, 3))):
-        ps = [p for p in _paths(doc) if p]
-        if not ps:
-            break
-        p = draw(st.sampled_from(ps))
-        parent = doc
-        for k in p[:-1]:
-            parent = parent[k]
-        how = draw(st.integers(0, 2))
-        if how == 0 and isinstance(parent, dict):
-            del parent[p[-1]]
-        elif how == 1 and isinstance(parent, list):
-            parent.append(draw(values))
-        else:
-            parent[p[-1]] = draw(values)
-    return doc
+def mutate(doc):
+    return docfuzz.mutate(doc, values)
 
 
 def _dumps(v) -> bytes:

@@ -16,6 +16,7 @@ import hmac as std_hmac
 import json
 from pathlib import Path
 
+import docfuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,36 +39,9 @@ values = st.recursive(scalars, lambda ch: st.one_of(st.lists(ch, max_size=5),
                       max_leaves=12)
 
 
-def paths(v, prefix=()):
-    yield prefix
-    if isinstance(v, dict):
-        for k in v:
-            yield from paths(v[k], prefix + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from paths(x, prefix + (i,))
-
-
 @st.composite
 def mutated(draw, section):
-    doc = copy.deepcopy(BASE[section])
-    for _ in range(draw(st.integers(1, 3))):
-        ps = [p for p in paths(doc) if p]
-        if not ps:
-            break
-        p = draw(st.sampled_from(ps))
-        parent = doc
-        for k in p[:-1]:
-            parent = parent[k]
-        action = draw(st.integers(0, 3))
-        if action == 0 and isinstance(parent, dict):
-            del parent[p[-1]]
-        elif action == 1 and isinstance(parent, list):
-            parent.append(draw(values))
-        elif action == 2 and isinstance(parent, list) and parent:
-            parent.append(copy.deepcopy(parent[0]))          # duplicates
-        else:
-            parent[p[-1]] = draw(values)
+    doc = draw(docfuzz.mutate(BASE[section], values))
     if draw(st.booleans()):
         doc["version"] = draw(st.one_of(st.integers(-3, 10**6), values))
     return doc
