@@ -139,8 +139,22 @@ def ssl_context(box):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca = box.cfg.get("tls_ca")
     if ca:
-        ctx.load_verify_locations(cafile=ca)
+        ctx.load_verify_locations(cadata=ca_der(ca))
     return ctx
+
+
+def ca_der(path):
+    # The CA certificate as DER: MicroPython's mbedTLS build may not parse PEM
+    # (ValueError 'invalid cert'), and CPython takes DER bytes as cadata too.
+    # A PEM file gives its first certificate (the fleet CA).
+    with open(path, "rb") as f:
+        data = f.read()
+    i = data.find(b"-----BEGIN CERTIFICATE-----")
+    if i < 0:
+        return data
+    j = data.find(b"-----END", i + 27)
+    import binascii
+    return binascii.a2b_base64(b"".join(data[i + 27:j].split()))
 
 
 # ---- desired documents ------------------------------------------------------------

@@ -905,7 +905,9 @@ def broker_crash(workdir: Path, boxes: int = 4, down: float = 3.0, log=print) ->
             delays += vals
             if any(not 0 <= d <= BOX_CFG["backoff_cap"] for d in vals):
                 tally.fail(f"{b.box_id}: a reconnect delay outside [0, cap]: {vals}")
-        if len(set(delays)) != len(delays):
+        # Logged to the millisecond in [0, cap]: two boxes may share a value by
+        # chance (~10% for 20 draws); a fixed ladder repeats most of them.
+        if len(delays) - len(set(delays)) > max(1, len(delays) // 10):
             tally.fail(f"reconnect delays repeat (no jitter?): {delays}")
         tally.extra["reconnect attempts"] = len(delays)
         tally.extra["outage s"] = round(t_up - t_kill, 1)

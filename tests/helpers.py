@@ -86,46 +86,119 @@ class Mosquitto:
         return conf
 
     def start(self, timeout: float = 10) -> Mosquitto:
-        conf = self.write_config()
-        self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text() if self.log.exists() else ''}") from None
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        self.proc = start_mosquitto(self.write_config(), self.port, self.log, timeout)
+        return self
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
+
+
+def start_mosquitto(conf: Path, port: int, log: Path, timeout: float = 10) -> subprocess.Popen:
+    """Start Mosquitto on `conf` and wait until `port` accepts connections."""
+    proc = subprocess.Popen([mosquitto_exe(), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}") from None
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("mosquitto did not start")
+
+
+def stop_process(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
+    if proc and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class FleetBroker:
+    """A real Mosquitto started from the configuration `homebox ops broker-config`
+    generates: TLS listener (and a plain loopback one), the boxes' passwords, the
+    ACL, and the backend accounts homebox-ingest-N and homebox-push."""
+
+    def __init__(self, workdir: Path, boxes: dict[str, str], fleet_size: int = 100,
+                 ingest_accounts: int = 2, plain: bool = True):
+        from backend import broker_config
+        self.out = Path(workdir) / "cfg"
+        self.plain, self.tls = (free_port() if plain else 0), free_port()
+        self.passwords = dict(boxes)
+        broker_config.generate(self.out, boxes, port=self.tls, plain_port=self.plain,
+                               hosts=["localhost", "127.0.0.1"], fleet_size=fleet_size,
+                               ingest_accounts=ingest_accounts, run_as=getpass.getuser())
+        self.accounts = json.loads((self.out / "backend-accounts.json").read_text())
+        self.passwords.update(self.accounts)
+        self.ca = self.out / "ca.crt"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10) -> FleetBroker:
+        self.proc = start_mosquitto(self.out / "mosquitto.conf", self.tls, self.out / "mosquitto.log", timeout)
+        return self
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        stop_process(self.proc, sig)
+        self.proc = None
+
+    def url(self, user: str) -> str:
+        """The mqtts:// URL of an account (its password goes in $HOMEBOX_MQTT_PASSWORD)."""
+        return f"mqtts://{user}@localhost:{self.tls}"
+
+    def cli_env(self, user: str) -> dict:
+        """The environment of a `homebox ops ...` process logging in as `user`."""
+        return dict(os.environ, PYTHONPATH=str(ROOT), HOMEBOX_MQTT_PASSWORD=self.passwords[user])
+
+    def box_settings(self, box: str) -> tuple[dict, dict]:
+        """(config keys, secrets) of a box agent logging in with its own account over TLS."""
+        return ({"broker_host": "localhost", "broker_port": self.tls, "tls": True, "tls_ca": str(self.ca)},
+                {"mqtt_user": box, "mqtt_password": self.passwords[box]})
+
+    def login(self, user: str) -> dict:
+        """Keyword arguments for Capture/publish/mqtt_client: `user` over TLS."""
+        return {"port": self.tls, "user": user, "password": self.passwords[user], "tls_ca": self.ca}
+
+
+def mqtt_client(port: int, user: str | None = None, password: str | None = None,
+                tls_ca: Path | str | None = None, client_id: str = "", host: str = "127.0.0.1",
+                max_inflight: int | None = None, **kw) -> mqtt.Client:
+    """A paho-mqtt (callback API v2) client, connecting (the loop is not started); TLS
+    when tls_ca is given (to localhost: the name of the generated server certificate)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
+    if user is not None:
+        c.username_pw_set(user, password)
+    if tls_ca:
+        import ssl
+        c.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+    if max_inflight:                        # a fast publisher: no client-side queue limit either
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+    c.connect("localhost" if tls_ca else host, port)
+    return c
 
 
 class Capture:
     """A paho-mqtt (callback API v2) subscriber that records every message."""
 
     def __init__(self, port: int, topic: str = "homebox/#", host: str = "127.0.0.1",
-                 persistent: bool = False):
+                 persistent: bool = False, user: str | None = None, password: str | None = None,
+                 tls_ca: Path | str | None = None):
         # persistent: a fixed client id and clean_session=False, so a broker with
         # persistence queues QoS 1 messages for us while we reconnect.
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cap-{os.getpid()}-{id(self)}",
-                                  clean_session=not persistent)
+        self.client = mqtt_client(port, user, password, tls_ca, client_id=f"cap-{os.getpid()}-{id(self)}",
+                                  host=host, clean_session=not persistent)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect(host, port)
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg):
@@ -160,9 +233,9 @@ class Capture:
         self.client.disconnect()
 
 
-def publish(port: int, topic: str, payload, retain: bool = True, qos: int = 1) -> None:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{os.getpid()}-{time.time_ns()}")
-    c.connect("127.0.0.1", port)
+def publish(port: int, topic: str, payload, retain: bool = True, qos: int = 1, user: str | None = None,
+            password: str | None = None, tls_ca: Path | str | None = None) -> None:
+    c = mqtt_client(port, user, password, tls_ca, client_id=f"pub-{os.getpid()}-{time.time_ns()}")
     c.loop_start()
     if not isinstance(payload, (bytes, str)):
         payload = json.dumps(payload)

@@ -2,7 +2,6 @@
 delivery (what a client actually receives), never by SUBACK codes."""
 from __future__ import annotations
 
-import getpass
 import json
 import ssl
 import subprocess
@@ -11,36 +10,12 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import free_port, mosquitto_exe
+from helpers import FleetBroker
 
 from backend import broker_config
 
 A, B, C = "box-a", "box-b", "box-c"
 PW = {A: "pw-a-9f8e7d6c5b4a", B: "pw-b-1a2b3c4d5e6f", C: "pw-c-0011223344556677"}
-
-
-class Broker:
-    def __init__(self, out, plain, tls, accounts):
-        self.out, self.plain, self.tls, self.accounts = out, plain, tls, accounts
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen([mosquitto_exe(), "-c", str(self.out / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import socket
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.plain), 0.2):
-                    return self
-            except OSError:
-                assert self.proc.poll() is None, (self.out / "mosquitto.log").read_text()
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +27,7 @@ def fleet(tmp_path_factory):
     c_hash = pwfile.read_text().strip().split(":", 1)[1]
     creds = out / "boxes.json"
     creds.write_text(json.dumps({A: PW[A], B: {"password": PW[B]}, C: {"hash": c_hash}}))
-    plain, tls = free_port(), free_port()
-    broker_config.generate(out / "cfg", broker_config.load_credentials(creds), port=tls,
-                           plain_port=plain, hosts=["localhost", "127.0.0.1"], fleet_size=100,
-                           ingest_accounts=2, run_as=getpass.getuser())
-    accounts = json.loads((out / "cfg" / "backend-accounts.json").read_text())
-    b = Broker(out / "cfg", plain, tls, accounts).start()
+    b = FleetBroker(out, broker_config.load_credentials(creds)).start()
     yield b
     b.stop()
 

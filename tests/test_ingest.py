@@ -10,9 +10,8 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from helpers import ROOT, Capture, publish
+from helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 from backend.ingest import BrokerURL, Ingest, classify
 from backend.store import Store, _split_ranges
@@ -195,21 +194,40 @@ NOMINAL_RATE = 200      # msgs/s: 60,000 boxes at one message per 300 s, for one
 N_BOXES = 40
 
 
-def _ingest_proc(port, db, cid, log):
-    cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", f"mqtt://127.0.0.1:{port}",
-           "--db", db, "--client-id", cid, "--batch", "200", "--batch-wait", "0.1"]
-    e = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT)
+BOXES = [f"box{b:03d}" for b in range(N_BOXES)]
 
 
-def _publisher(port, rate, seconds, stop_at, out):
-    """Publish health telemetry for N_BOXES boxes at `rate` msgs/s, QoS 1; some
-    messages twice (at-least-once redelivery from a box)."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"boxes-{uuid.uuid4().hex[:6]}")
-    c.max_inflight_messages_set(1000)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+@pytest.fixture
+def fleet(tmp_path):
+    """Mosquitto from the generated configuration: every box has its own account,
+    ingest logs in as homebox-ingest-1 over TLS."""
+    boxes = {box: f"pw-{box}-{uuid.uuid4().hex}" for box in BOXES + ["warm"]}
+    b = FleetBroker(tmp_path / "broker", boxes, fleet_size=1000).start()
+    yield b
+    b.stop()
+
+
+def _ingest_proc(fleet, db, cid, log):
+    # the generated config uses the username as client id: the persistent session
+    # the restarted process resumes is the account's, whatever --client-id says
+    user = "homebox-ingest-1"
+    cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", fleet.url(user), "--tls-ca",
+           str(fleet.ca), "--db", db, "--client-id", cid, "--batch", "200", "--batch-wait", "0.1"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _publisher(fleet, rate, seconds, stop_at, out):
+    """Publish health telemetry for N_BOXES boxes at `rate` msgs/s, QoS 1, each box
+    with its own account over TLS; some messages twice (at-least-once redelivery)."""
+    clients = []
+    for box in BOXES:
+        c = mqtt_client(**fleet.login(box), client_id=box, max_inflight=1000)
+        c.loop_start()
+        clients.append(c)
+    deadline = time.time() + 15
+    while time.time() < deadline and not all(c.is_connected() for c in clients):
+        time.sleep(0.05)
+    assert all(c.is_connected() for c in clients), "a box could not log in"
     seqs = dict.fromkeys(range(N_BOXES), 0)
     start = time.time()
     n = 0
@@ -219,17 +237,18 @@ def _publisher(port, rate, seconds, stop_at, out):
         while n < due:
             b = n % N_BOXES
             seqs[b] += 1
-            box = f"box{b:03d}"
+            box = BOXES[b]
             payload = json.dumps(env(box, 1, seqs[b]))
-            infos.append(c.publish(f"homebox/v1/{box}/telemetry/health", payload, qos=1))
+            infos.append(clients[b].publish(f"homebox/v1/{box}/telemetry/health", payload, qos=1))
             if n % 25 == 0:
-                infos.append(c.publish(f"homebox/v1/{box}/telemetry/health", payload, qos=1))
+                infos.append(clients[b].publish(f"homebox/v1/{box}/telemetry/health", payload, qos=1))
             n += 1
         time.sleep(0.002)
     for i in infos:
         i.wait_for_publish(30)
-    c.loop_stop()
-    c.disconnect()
+    for c in clients:
+        c.loop_stop()
+        c.disconnect()
     out["seqs"] = seqs
     out["sent"] = n
 
@@ -244,29 +263,31 @@ def procs():
             p.wait(10)
 
 
-def test_kill9_mid_run_at_3x_rate_every_seq_exactly_once(broker, db_url, tmp_path, procs):
+def test_kill9_mid_run_at_3x_rate_every_seq_exactly_once(fleet, db_url, tmp_path, procs):
     rate, seconds = 3 * NOMINAL_RATE, 8.0
     log = open(tmp_path / "ingest.log", "wb")
     Store(db_url).close()                       # create the schema once, before two writers race
-    p = _ingest_proc(broker.port, db_url, "ing-kill9", log)
+    p = _ingest_proc(fleet, db_url, "ing-kill9", log)
     procs.append(p)
-    cap = Capture(broker.port, "homebox/v1/+/telemetry/#")   # proves the load reached the broker
+    # proves the load reached the broker
+    cap = Capture(topic="homebox/v1/+/telemetry/#", **fleet.login("homebox-ingest-2"))
     # wait until the ingest session is subscribed: a retained status lands in the store
-    publish(broker.port, "homebox/v1/warm/status", {"state": "online", "box": "warm", "boot": 1})
+    publish(topic="homebox/v1/warm/status", payload={"state": "online", "box": "warm", "boot": 1},
+            **fleet.login("warm"))
     s = Store(db_url)
     deadline = time.time() + 20
     while time.time() < deadline and s.counters()["status"] < 1:
         time.sleep(0.05)
     assert s.counters()["status"] == 1, (tmp_path / "ingest.log").read_text()
     out: dict = {}
-    pub = threading.Thread(target=_publisher, args=(broker.port, rate, seconds, None, out))
+    pub = threading.Thread(target=_publisher, args=(fleet, rate, seconds, None, out))
     pub.start()
     time.sleep(3.0)
     before_kill = s.counters()["stored"]
     p.send_signal(signal.SIGKILL)               # mid-run, mid-batch
     p.wait(10)
     time.sleep(1.0)                             # the broker queues for the persistent session
-    p2 = _ingest_proc(broker.port, db_url, "ing-kill9", log)
+    p2 = _ingest_proc(fleet, db_url, "ing-kill9", log)
     procs.append(p2)
     pub.join(60)
     expected = sum(out["seqs"].values())

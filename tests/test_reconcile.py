@@ -1,6 +1,8 @@
 """Reconcile: after a broker kill -9 loses retained desired documents, `homebox ops
-reconcile` restores them from the backend's store; a running agent then reports
-the versions the backend wants."""
+reconcile` restores them from the backend's store; running agents then report the
+versions the backend wants. The broker runs from `homebox ops broker-config`'s
+configuration: reconcile logs in as homebox-push over TLS, each box with its own
+account and the generated CA."""
 from __future__ import annotations
 
 import json
@@ -8,31 +10,34 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
-from helpers import ROOT, Capture, Mosquitto, publish
+import pytest
+from helpers import INTERPRETERS, ROOT, Capture, FleetBroker, publish
 
 from agent.sections import errors
 from backend.store import Store
 from homebox import boxrun
 
-
-def persistent_broker(workdir, port=None):
-    # Mosquitto's default autosave (1800 s): what was retained since the last save
-    # is lost by a kill -9.
-    return Mosquitto(workdir, port=port, extra=f"persistence true\npersistence_location {workdir}/\n"
-                                                 "autosave_interval 1800\n").start()
+PUSH, INGEST = "homebox-push", "homebox-ingest-1"
 
 
-def reconcile_cli(port, db):
+def fleet_broker(workdir, boxes):
+    # the generated autosave_interval (60 s) is longer than these tests: what was
+    # retained since the broker started is lost by a kill -9
+    return FleetBroker(workdir, {b: f"pw-{b}-{uuid.uuid4().hex}" for b in boxes}).start()
+
+
+def reconcile_cli(fleet, db):
     r = subprocess.run([sys.executable, "-m", "homebox.cli", "ops", "reconcile", "--broker",
-                        f"mqtt://127.0.0.1:{port}", "--db", db], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+                        fleet.url(PUSH), "--tls-ca", str(fleet.ca), "--db", db], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=fleet.cli_env(PUSH))
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
-def retained_desired(port, wait=1.0):
-    cap = Capture(port, "homebox/v1/+/desired/+")
+def retained_desired(fleet, wait=1.0):
+    cap = Capture(topic="homebox/v1/+/desired/+", **fleet.login(INGEST))
     time.sleep(wait)
     cap.close()
     return {t: p for t, p, retained in cap.messages if retained}
@@ -41,7 +46,7 @@ def retained_desired(port, wait=1.0):
 def test_reconcile_restores_retained_desired_after_kill9(tmp_path):
     db = f"sqlite:///{tmp_path}/backend.db"
     store = Store(db)
-    broker = persistent_broker(tmp_path / "broker")
+    broker = fleet_broker(tmp_path / "broker", [f"rc{i}" for i in range(5)])
     want = {}
     for i in range(5):
         for section, doc in (("options", {"version": 3 + i, "speed_tier": "10M"}),
@@ -50,73 +55,85 @@ def test_reconcile_restores_retained_desired_after_kill9(tmp_path):
             box = f"rc{i}"
             payload = json.dumps(doc, separators=(",", ":")).encode()
             store.put_desired(box, section, payload)          # what `ops push` records
-            publish(broker.port, f"homebox/v1/{box}/desired/{section}", payload)
+            publish(topic=f"homebox/v1/{box}/desired/{section}", payload=payload, **broker.login(PUSH))
             want[f"homebox/v1/{box}/desired/{section}"] = payload
-    assert retained_desired(broker.port) == want
+    assert retained_desired(broker) == want
     broker.stop(signal.SIGKILL)
-    broker = persistent_broker(tmp_path / "broker", port=broker.port)
-    assert retained_desired(broker.port, 0.5) == {}, "the kill -9 should have lost them"
-    out = reconcile_cli(broker.port, db)
+    broker.start()
+    assert retained_desired(broker, 0.5) == {}, "the kill -9 should have lost them"
+    out = reconcile_cli(broker, db)
     assert "re-published 10" in out
-    assert retained_desired(broker.port) == want               # byte for byte
+    assert retained_desired(broker) == want               # byte for byte
     # idempotent: a second run changes nothing
-    reconcile_cli(broker.port, db)
-    assert retained_desired(broker.port) == want
+    reconcile_cli(broker, db)
+    assert retained_desired(broker) == want
     broker.stop()
     store.close()
 
 
-def _agent(tmp_path, port, box_id):
-    cfg = boxrun.write_config(tmp_path / box_id, box_id=box_id, broker_host="127.0.0.1",
-                              broker_port=port, telemetry_interval=60, speedup=600, keepalive=5,
-                              backoff_base=0.2, backoff_cap=1.0, drain_rate=200)
-    cmd, env = boxrun.box_command(cfg)
+def _agent(tmp_path, fleet, box_id, interp):
+    d = tmp_path / box_id
+    net, creds = fleet.box_settings(box_id)
+    cfg = boxrun.write_config(d, box_id=box_id, telemetry_interval=60, speedup=600, keepalive=5,
+                              backoff_base=0.2, backoff_cap=1.0, drain_rate=200, **net)
+    secrets = d / "secrets.json"
+    secrets.write_text(json.dumps(creds))
+    cmd, env = boxrun.box_command(cfg, micropython=interp == "micropython", heap="256k",
+                                  secrets_path=secrets)
     log = open(tmp_path / f"{box_id}.log", "w")
-    return subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT), log
+    return subprocess.Popen(cmd, env=env, cwd=boxrun.neutral_cwd(), stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _reported(cap, section):
-    out = []
+def _applied(cap, box, section, version):
     for t, p, _r in list(cap.messages):
-        if t.endswith("/reported/" + section):
+        if t == f"homebox/v1/{box}/reported/{section}":
             try:
-                out.append(json.loads(p))
+                r = json.loads(p)
             except ValueError:
-                pass
-    return out
+                continue
+            if r.get("version") == version and r.get("status") == "applied":
+                return True
+    return False
 
 
-def test_agent_reaches_desired_versions_after_broker_kill9_and_reconcile(tmp_path):
-    box = "rc-agent"
+def _logs(tmp_path, boxes):
+    return "\n".join(f"--- {b}\n" + (tmp_path / f"{b}.log").read_text()[-1500:] for b in boxes)
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_agents_reach_desired_versions_after_broker_kill9_and_reconcile(tmp_path, interp):
+    boxes = [f"rc-agent-{interp[:2]}-{i}" for i in range(2)]
     doc1 = {"version": 1, "speed_tier": "10M"}
     doc2 = {"version": 2, "speed_tier": "2M"}
     assert errors("options", doc1) == [] and errors("options", doc2) == []
     db = f"sqlite:///{tmp_path}/backend.db"
     store = Store(db)
-    broker = persistent_broker(tmp_path / "broker")
-    proc, log = _agent(tmp_path, broker.port, box)
+    broker = fleet_broker(tmp_path / "broker", boxes)
+    agents = [_agent(tmp_path, broker, b, interp) for b in boxes]
     try:
-        cap = Capture(broker.port, f"homebox/v1/{box}/reported/+")
-        store.put_desired(box, "options", doc1)
-        reconcile_cli(broker.port, db)
-        assert cap.wait_for(lambda c: any(r.get("version") == 1 and r.get("status") == "applied"
-                                          for r in _reported(c, "options")), 30), \
-            (tmp_path / f"{box}.log").read_text()[-2000:]
+        # every box, through its own reported document, read with the push account
+        cap = Capture(topic="homebox/v1/+/reported/+", **broker.login(PUSH))
+        for b in boxes:
+            store.put_desired(b, "options", doc1)
+        reconcile_cli(broker, db)
+        assert cap.wait_for(lambda c: all(_applied(c, b, "options", 1) for b in boxes), 30), \
+            _logs(tmp_path, boxes)
         cap.close()
         # the broker dies; while it is down the operator's store moves to version 2
         broker.stop(signal.SIGKILL)
-        store.put_desired(box, "options", doc2)
-        broker = persistent_broker(tmp_path / "broker", port=broker.port)
-        assert retained_desired(broker.port, 0.5) == {}
-        cap = Capture(broker.port, f"homebox/v1/{box}/reported/+")
-        reconcile_cli(broker.port, db)
-        assert cap.wait_for(lambda c: any(r.get("version") == 2 and r.get("status") == "applied"
-                                          for r in _reported(c, "options")), 30), \
-            (tmp_path / f"{box}.log").read_text()[-2000:]
+        for b in boxes:
+            store.put_desired(b, "options", doc2)
+        broker.start()
+        assert retained_desired(broker, 0.5) == {}
+        cap = Capture(topic="homebox/v1/+/reported/+", **broker.login(PUSH))
+        reconcile_cli(broker, db)
+        assert cap.wait_for(lambda c: all(_applied(c, b, "options", 2) for b in boxes), 30), \
+            _logs(tmp_path, boxes)
         cap.close()
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        for proc, log in agents:
+            proc.kill()
+            proc.wait()
+            log.close()
         broker.stop()
         store.close()
