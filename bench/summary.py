@@ -163,61 +163,68 @@ def render(res: dict) -> str:
         if h:
             L += ["Reconnects per second after the broker came back: " + " ".join(str(x) for x in h), ""]
 
-    if any(k in res for k in ("tic", "speed", "ingest", "flash", "station")):
+    if any(k in res for k in PREVIOUS):
         L += ["## Previous figures", ""]
-    t = res.get("tic")
-    if t is not None:
-        if _problem(t):
-            L.append(f"- TIC: {_problem(t)}")
-        else:
-            for mode in ("historic", "standard", "standard_three_phase"):
-                r = t.get(mode) or {}
-                L.append(f"- TIC {mode}: {_n(r.get('frames'))} frames, {_n(r.get('frames_ok'))} good, "
-                         f"{_n(r.get('wrong_values'))} wrong values, {_n(r.get('decode_bytes_per_s'), ' B/s')} decoded (CPython)")
-            mp = t.get("micropython") or {}
-            if "heap_reader" in mp:
-                L.append(f"- TIC under MicroPython: reader {_n(mp.get('heap_reader'))} bytes of heap")
-    s = res.get("speed")
-    if s is not None:
-        if _problem(s) or "rows" not in s:
-            L.append(f"- speed test accuracy: {_problem(s) or 'no rows'}")
-        else:
-            errs = [abs(r.get("down_err_pct") or 0) for r in s["rows"]] + [abs(r.get("up_err_pct") or 0) for r in s["rows"]]
-            L.append(f"- speed test accuracy: {len(s['rows'])} shaped links, worst goodput error "
-                     f"{max(errs):.1f} % (target +-3 %)")
-    ing = res.get("ingest")
-    if ing is not None:
-        if _problem(ing):
-            L.append(f"- ingest: {_problem(ing)}")
-        else:
-            for k, v in ing.items():
-                if isinstance(v, dict) and "ingest_msgs_per_s" in v:
-                    L.append(f"- ingest {k}: {_n(v['ingest_msgs_per_s'], ' msg/s')} "
-                             f"({_n(v.get('ratio_to_mosquitto_sub'), '', 3)} x mosquitto_sub)")
-                elif isinstance(v, dict) and "lag_p50_ms" in v:
-                    L.append(f"- ingest {k}: lag p50 {_n(v['lag_p50_ms'], ' ms')}, p99 {_n(v.get('lag_p99_ms'), ' ms')} "
-                             f"at {_n(v.get('rate_msgs_per_s'), ' msg/s')}")
-    fl = res.get("flash")
-    if fl is not None:
-        if _problem(fl):
-            L.append(f"- flash: {_problem(fl)}")
-        else:
-            L.append(f"- flash at {_n(fl.get('baud'))} baud: full image {_n(fl.get('full_flash_s'), ' s')}, "
-                     f"re-flash after one file {_n(fl.get('reflash_one_file_s'), ' s')} "
-                     f"(payload ratio {_n(fl.get('reflash_payload_ratio'), '', 3)})")
-    stn = res.get("station")
-    if stn is not None:
-        if _problem(stn):
-            L.append(f"- bench station: {_problem(stn)}")
-        else:
-            for r in stn.get("runs", []):
-                L.append(f"- bench station, {r.get('boxes')} boxes: {_n(r.get('boxes_per_hour'))} boxes/hour, "
-                         f"{r.get('passed')} passed, parallel efficiency {_n(r.get('parallel_efficiency'), '', 2)}")
+    for key, (label, lines) in PREVIOUS.items():
+        r = res.get(key)
+        if r is not None:
+            why = _problem(r)
+            L += [f"- {label}: {why}"] if why else lines(r)
     secs = res.get("seconds") or {}
     if secs:
         L += ["", "Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())
               + f" (total {sum(secs.values()) / 60:.1f} min)."]
     return "\n".join(L) + "\n"
+
+
+def _tic_lines(t: dict) -> list[str]:
+    out = []
+    for mode in ("historic", "standard", "standard_three_phase"):
+        r = t.get(mode) or {}
+        out.append(f"- TIC {mode}: {_n(r.get('frames'))} frames, {_n(r.get('frames_ok'))} good, "
+                   f"{_n(r.get('wrong_values'))} wrong values, {_n(r.get('decode_bytes_per_s'), ' B/s')} decoded (CPython)")
+    mp = t.get("micropython") or {}
+    if "heap_reader" in mp:
+        out.append(f"- TIC under MicroPython: reader {_n(mp.get('heap_reader'))} bytes of heap")
+    return out
+
+
+def _speed_lines(s: dict) -> list[str]:
+    if "rows" not in s:
+        return ["- speed test accuracy: no rows"]
+    errs = [abs(r.get("down_err_pct") or 0) for r in s["rows"]] + [abs(r.get("up_err_pct") or 0) for r in s["rows"]]
+    return [f"- speed test accuracy: {len(s['rows'])} shaped links, worst goodput error "
+            f"{max(errs):.1f} % (target +-3 %)"]
+
+
+def _ingest_lines(ing: dict) -> list[str]:
+    out = []
+    for k, v in ing.items():
+        if isinstance(v, dict) and "ingest_msgs_per_s" in v:
+            out.append(f"- ingest {k}: {_n(v['ingest_msgs_per_s'], ' msg/s')} "
+                       f"({_n(v.get('ratio_to_mosquitto_sub'), '', 3)} x mosquitto_sub)")
+        elif isinstance(v, dict) and "lag_p50_ms" in v:
+            out.append(f"- ingest {k}: lag p50 {_n(v['lag_p50_ms'], ' ms')}, p99 {_n(v.get('lag_p99_ms'), ' ms')} "
+                       f"at {_n(v.get('rate_msgs_per_s'), ' msg/s')}")
+    return out
+
+
+def _flash_lines(fl: dict) -> list[str]:
+    return [f"- flash at {_n(fl.get('baud'))} baud: full image {_n(fl.get('full_flash_s'), ' s')}, "
+            f"re-flash after one file {_n(fl.get('reflash_one_file_s'), ' s')} "
+            f"(payload ratio {_n(fl.get('reflash_payload_ratio'), '', 3)})"]
+
+
+def _station_lines(stn: dict) -> list[str]:
+    return [f"- bench station, {r.get('boxes')} boxes: {_n(r.get('boxes_per_hour'))} boxes/hour, "
+            f"{r.get('passed')} passed, parallel efficiency {_n(r.get('parallel_efficiency'), '', 2)}"
+            for r in stn.get("runs", [])]
+
+
+# The other issues' benchmarks: results key -> (label on a problem, lines when fine).
+PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
+            "ingest": ("ingest", _ingest_lines), "flash": ("flash", _flash_lines),
+            "station": ("bench station", _station_lines)}
 
 
 def write(res: dict, path: Path) -> None:

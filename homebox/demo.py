@@ -101,10 +101,9 @@ class Broker:
 
 
 class _Say:
-    """Numbered steps in plain words, and the fleet view."""
+    """Numbered steps in plain words."""
 
-    def __init__(self, live: bool):
-        self.live = live
+    def __init__(self):
         self.n = 0
 
     def step(self, text: str) -> None:
@@ -181,7 +180,7 @@ def run(args) -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="homebox-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     live = not args.plain and sys.stdout.isatty()
-    say = _Say(live)
+    say = _Say()
     print(f"homebox demo: three homes, the bench, the broker and the operator side, on this machine.\n"
           f"Work directory: {work}")
     broker = vslots = ingest = None

@@ -840,11 +840,7 @@ def power_cuts(workdir: Path, kills: int = 200, boxes: int = 8, vboxes: int = 1,
             for p in b.problems():
                 tally.fail(f"{b.box_id}: {p}")
     finally:
-        for b in fleet:
-            b.kill()
-        op.close()
-        cap.close()
-        backend.close()
+        _teardown(fleet, op, cap, backend)
     return tally
 
 
@@ -922,12 +918,16 @@ def broker_crash(workdir: Path, boxes: int = 4, down: float = 3.0, log=print) ->
         if not tally.declared_dropped:
             tally.fail("the small-outbox box dropped nothing: the outage was too short to test the bound")
     finally:
-        for b in fleet:
-            b.kill()
-        op.close()
-        cap.close()
-        backend.close()
+        _teardown(fleet, op, cap, backend)
     return tally
+
+
+def _teardown(fleet, op, cap, backend) -> None:
+    for b in fleet:
+        b.kill()
+    op.close()
+    cap.close()
+    backend.close()
 
 
 def _applied(store: Store, boxes: list[str], version: int) -> bool:

@@ -53,5 +53,6 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     assert re.search(r"\(a leaking tap\): .*water_leak", log)
     assert "0 outside the contract" in log
     # The master secret never shows, and no process the demo started survives it.
-    assert (out / "master.key").read_bytes().hex() not in log
+    master = (out / "master.key").read_text()
+    assert len(master) >= 32 and master not in log
     assert _processes_mentioning(str(out)) == []
