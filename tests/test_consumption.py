@@ -207,10 +207,10 @@ def test_10000_frames_with_1pct_faults_energy_matches_truth():
     """Acceptance: 10,000 sim frames, faults at 1%; decoded energy equals the
     simulated truth, less only what the lost frames at the very end carried."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_tic", ROOT / "bench" / "tic.py")
+    spec = importlib.util.spec_from_file_location("bench_tic", ROOT / "benchmarks" / "tic.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    # historic frames keep this fast; bench/tic.py runs 10,000 of each mode
+    # historic frames keep this fast; benchmarks/tic.py runs 10,000 of each mode
     r = bench.run_frames(10000, mode="historic", faults=0.01, seed=1)
     assert r["frames"] == 10000
     assert 60 <= r["faulty_frames"] <= 140

@@ -1,6 +1,6 @@
 """Speed-test accuracy against ground truth: network namespaces, a veth pair shaped
 with tc tbf, and a fixed RTT (netem where the kernel has it is not needed: the
-harness in bench/speed.py delays packets with a tun relay). Root only.
+harness in benchmarks/speed.py delays packets with a tun relay). Root only.
 
 By default every rate (2, 5, 10, 50 Mbps) and both RTTs (20, 100 ms) are exercised
 once; HB_SPEED_FULL=1 runs the full 4 x 2 matrix."""
@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT))
-from bench import speed  # noqa: E402
+from benchmarks import speed  # noqa: E402
 
 why = speed.available()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"speed-test netns harness: {why}")

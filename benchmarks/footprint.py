@@ -10,7 +10,7 @@
 - CPU time per telemetry cycle (kernel rusage of the process, start-up removed by
   the difference of a long and a short run).
 
-    python -m bench.footprint [--cycles 10000]
+    python -m benchmarks.footprint [--cycles 10000]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from bench.agentrun import Broker, num, run_box, workdir
+from benchmarks.agentrun import Broker, num, run_box, workdir
 
 DAY = 86400
 DEFAULT_INTERVAL = 300          # agent/config.py's telemetry_interval

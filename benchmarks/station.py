@@ -3,7 +3,7 @@ link throttled to 921600 baud (--baud-limit), through the whole pipeline
 (connect, identify, serial, credentials, image, flash, reset, the hw-tests
 acceptance suite on pytest-embedded, label, ledger) against a real Mosquitto.
 
-    python -m bench.station [--counts 1,4,8]
+    python -m benchmarks.station [--counts 1,4,8]
 
 Parallel efficiency = throughput at N / (N x throughput at 1). Every box is
 blank, as a box fresh from the factory: the full image goes over the link.

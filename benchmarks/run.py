@@ -1,9 +1,9 @@
 """`make bench`: every benchmark, side by side in one run, into one results file.
 
-Usage: python -m bench.run --out bench/results.json [--only footprint,tic,...]
-           [--summary bench/summary.md]
+Usage: python -m benchmarks.run --out benchmarks/results.json [--only footprint,tic,...]
+           [--summary benchmarks/summary.md]
 
-Each benchmark is a module bench/<name>.py with run() -> dict of figures.
+Each benchmark is a module benchmarks/<name>.py with run() -> dict of figures.
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import summary  # noqa: E402
+from benchmarks import summary  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--only", default="")
-    ap.add_argument("--summary", default="bench/summary.md", help="the one-page summary (Markdown)")
+    ap.add_argument("--summary", default="benchmarks/summary.md", help="the one-page summary (Markdown)")
     a = ap.parse_args(argv)
     only = set(filter(None, a.only.split(",")))
     out = {}
@@ -40,10 +40,10 @@ def main(argv=None) -> int:
     benches = {}
     # The agent under MicroPython, what it costs on the line, and a fleet on this machine.
     for name in ("footprint", "wire", "fleet"):
-        benches[name] = importlib.import_module(f"bench.{name}").run
+        benches[name] = importlib.import_module(f"benchmarks.{name}").run
     for name in ("tic", "speed", "ingest", "flash", "station"):
         try:
-            benches[name] = importlib.import_module(f"bench.{name}").run
+            benches[name] = importlib.import_module(f"benchmarks.{name}").run
         except (ImportError, AttributeError):
             pass
     for name, fn in benches.items():

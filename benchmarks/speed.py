@@ -11,7 +11,7 @@ tbf shapes the veth in each direction. This kernel may lack netem, so the delay
 comes from a packet relay between two tun devices (this file, `relay`): it works
 on IP packets, so TCP runs end to end and the connect time is the real RTT.
 
-    python -m bench.speed            # the full table (needs root)
+    python -m benchmarks.speed            # the full table (needs root)
     run() -> dict                    # for `make bench`
 """
 from __future__ import annotations
@@ -152,7 +152,7 @@ class Link:
         _sh(f"ip -n {r} link set r0 up")
         _sh(f"ip -n {c} route add default via 10.9.0.1")
         _sh(f"ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1")
-        relay = subprocess.Popen(_RT + [sys.executable, "-m", "bench.speed", "relay", r, s, str(self.rtt / 2)],
+        relay = subprocess.Popen(_RT + [sys.executable, "-m", "benchmarks.speed", "relay", r, s, str(self.rtt / 2)],
                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)
         self.procs.append(relay)
         if relay.stdout.readline().strip() != "ready":

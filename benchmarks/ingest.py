@@ -2,7 +2,7 @@
 each as a ratio to `mosquitto_sub` reading the same stream in the same run, and the
 ingest lag (publish -> written to the store) at p50/p99 under a steady load.
 
-    python -m bench.ingest [--n 20000] [--db sqlite|postgresql|both]
+    python -m benchmarks.ingest [--n 20000] [--db sqlite|postgresql|both]
 
 `run()` returns a dict of figures (used by `make bench`).
 """

@@ -2,7 +2,7 @@
 (esptool's diff_with), at 921600 baud against a virtual box whose link is
 throttled to the negotiated baud rate (--baud-limit).
 
-    python -m bench.flash
+    python -m benchmarks.flash
 
 `run()` returns a dict of figures (used by `make bench`). Uses the stand-in base
 firmware (vbox/standin.py): the bytes differ from the real MicroPython .bin, but

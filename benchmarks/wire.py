@@ -10,7 +10,7 @@ segment per MQTT packet plus one bare ACK per packet received, 52 bytes of IPv4 
 TCP (with timestamps) headers each; TLS adds ~29 bytes per record (AES-GCM) and
 one handshake per connection.
 
-    python -m bench.wire
+    python -m benchmarks.wire
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from bench.agentrun import Broker, num, run_box, workdir
+from benchmarks.agentrun import Broker, num, run_box, workdir
 
 DAY = 86400
 HDR = 52                    # IPv4 20 + TCP 20 + timestamps 12

@@ -1,4 +1,4 @@
-"""The one-page summary of bench/results.json (bench/summary.md), and the
+"""The one-page summary of benchmarks/results.json (benchmarks/summary.md), and the
 description of the machine the figures come from."""
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def render(res: dict) -> str:
     L = ["# Benchmark summary", "",
          f"{res.get('when', '?')} on {m.get('cpu_model') or '?'} ({m.get('cpus')} CPUs, {m.get('memory_gb')} GB), "
          f"{m.get('platform')}; {m.get('mosquitto') or 'mosquitto ?'}; micropython `sys.version`: {m.get('micropython') or '?'}. "
-         "Full figures: bench/results.json; method and discussion: docs/performance.md.", ""]
+         "Full figures: benchmarks/results.json; method and discussion: docs/performance.md.", ""]
 
     fp = res.get("footprint")
     if fp is not None:
@@ -232,5 +232,5 @@ def write(res: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    src = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json")
     print(render(json.loads(src.read_text())))

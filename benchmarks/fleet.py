@@ -14,7 +14,7 @@ Figures:
   (from the broker's log) and its peak against the lock-step worst case (every
   box in the same second, as a client without jitter does).
 
-    python -m bench.fleet [--boxes 1000] [--interval 10] [--window 60]
+    python -m benchmarks.fleet [--boxes 1000] [--interval 10] [--window 60]
 
 The count is configurable (HB_FLEET_BOXES for `make bench`). Needs about 6 MB of
 private memory and 3 file descriptors per agent (the broker holds one socket
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from agent import topics
 from backend.store import Store
-from bench.agentrun import ROOT, Mosquitto, publish, workdir
+from benchmarks.agentrun import ROOT, Mosquitto, publish, workdir
 from homebox import boxrun
 
 OPTIONS = {"speed_tier": "10M", "bouquets": [], "phone": {"enabled": True, "number": "+33299000000"}}

@@ -1,4 +1,4 @@
-"""TIC and meter figures: `run() -> dict` (wired into `make bench` by bench/run.py).
+"""TIC and meter figures: `run() -> dict` (wired into `make bench` by benchmarks/run.py).
 
 - 10,000 simulated frames per mode with faults at 1% (dropped bytes, flipped bits,
   truncated frames), fed to the reader in random chunk sizes: frames decoded,
