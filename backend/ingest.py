@@ -3,7 +3,7 @@
 - Subscribes with QoS 1 over MQTT 5 with a persistent session (clean_start false,
   a session expiry), so what arrives while ingest is down waits in the broker.
 - With `share`, subscribes through `$share/GROUP/...`: N processes split the load.
-- Validates every payload against the contract (homebox.contract); an invalid one is
+- Validates every payload against the contract (backend.contract); an invalid one is
   counted and stored in the quarantine table, never dropped silently.
 - Batches inserts (size or age, whichever comes first) and acknowledges each message
   (paho-mqtt manual acks) only after its batch has committed. A process killed
@@ -28,8 +28,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import topics
+from backend import contract
 from backend.store import Rec, Store
-from homebox import contract
 
 FILTERS = (
     "homebox/v1/+/telemetry/#",

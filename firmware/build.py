@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware import partitions as pt
-from homebox import boxrun
+from firmware import toolchain
 
-ROOT = Path(__file__).resolve().parent.parent
-AGENT_DIR = ROOT / "agent"
+AGENT_DIR = toolchain.AGENT_DIR
 BOARD_DIR = Path(__file__).resolve().parent
 BOARD_FILES = ("boot.py", "main.py")
 LOCK_PATH = BOARD_DIR / "base-firmware.lock.json"
@@ -64,8 +63,8 @@ def load_lock(path: Path | None = None) -> dict:
 
 def mpy_cross_exe() -> str:
     try:
-        return boxrun.mpy_cross_exe()
-    except boxrun.BoxRunError as e:
+        return toolchain.mpy_cross_exe()
+    except toolchain.BoxRunError as e:
         raise FirmwareError(str(e)) from None
 
 
@@ -124,8 +123,8 @@ def compile_tree(dest: Path, exe: str | None = None, opt: int = 3,
     for src in srcs:
         rel = src.relative_to(top).as_posix()
         try:
-            data = boxrun.mpy_compile(exe, src, rel, dest / Path(rel).with_suffix(".mpy"), opt, arch)
-        except boxrun.BoxRunError as e:
+            data = toolchain.mpy_compile(exe, src, rel, dest / Path(rel).with_suffix(".mpy"), opt, arch)
+        except toolchain.BoxRunError as e:
             raise FirmwareError(str(e)) from None
         out.append((Path(rel).with_suffix(".mpy").as_posix(), data))
     for data in sorted(agent.rglob("*.json")):

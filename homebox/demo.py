@@ -22,10 +22,12 @@ import threading
 import time
 from pathlib import Path
 
+from backend import contract
+
 HOMES = [("good_home", "a good home"),
          ("weak_bedroom", "weak Wi-Fi in one bedroom"),
          ("leaking_tap", "a leaking tap")]
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
+EXAMPLES = contract.EXAMPLES_DIR
 
 
 def configure(p) -> None:

@@ -11,7 +11,7 @@ import pytest
 from boxproc import BoxProcess
 from helpers import INTERPRETERS, ROOT, Capture, Mosquitto, publish
 
-from homebox import contract
+from backend import contract
 
 pytestmark = pytest.mark.parametrize("interp", INTERPRETERS)
 

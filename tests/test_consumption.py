@@ -17,7 +17,7 @@ from agent import consumption
 from agent.hal.sim_linky import SimLinky
 from agent.hal.sim_water import SimWater
 from agent.runtime import Box
-from homebox import contract
+from backend import contract
 
 T0 = 1767225600.0 + 1800      # 2026-01-01 00:30 UTC
 

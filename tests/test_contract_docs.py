@@ -4,7 +4,7 @@ import json
 import yaml
 from jsonschema import Draft202012Validator
 
-from homebox import contract
+from backend import contract
 
 
 def test_every_schema_is_valid_and_referenced():

@@ -8,7 +8,7 @@ import pytest
 from agent import coverage, speedtest
 from agent.hal.sim_wifi import SCENARIOS, SimWifi
 from backend import speedtest_server
-from homebox.contract import ContractError, validate
+from backend.contract import ContractError, validate
 
 BOX = "box-1"
 

@@ -189,7 +189,7 @@ def test_validate_command(tmp_path, capsys):
 
 
 def test_examples_follow_the_schemas():
-    from homebox import contract
+    from backend import contract
     for s in ("parental", "channels", "options"):
         doc = json.loads((EX / f"desired-{s}.json").read_text())
         key = sign.box_key(MASTER, "hb-1")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from agent import sections, sign
 from agent.sections import Bound
 from agent.twin import Invalid, Twin
-from homebox import contract
+from backend import contract
 
 EX = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
 BASE = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in ("parental", "channels", "options")}

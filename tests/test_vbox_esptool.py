@@ -20,9 +20,9 @@ if str(ROOT) not in sys.path:      # vbox/ may be newer than the editable instal
 from esptool import cmds  # noqa: E402
 
 import vbox  # noqa: E402
+from backend import contract  # noqa: E402
 from firmware import build as fb  # noqa: E402
 from firmware import partitions as pt  # noqa: E402
-from homebox import contract  # noqa: E402
 from vbox import standin  # noqa: E402
 
 ESPTOOL = [sys.executable, "-m", "esptool"]
