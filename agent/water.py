@@ -43,13 +43,18 @@ class WaterMeter:
         return self.pulses * self.lpp
 
     def feed(self, edges, now=None):
-        """Count debounced pulses from edge times; returns a leak detail dict or None."""
+        """Count debounced pulses from edge times; returns a leak detail dict or None.
+        Call it (or tick) at least every few days with `now`: the 30-bit tick
+        counter wraps every 12.4 days, so a pulse older than a flow gap is forgotten
+        while its age can still be told (see age_out)."""
         leak = None
+        if now is not None:
+            self.age_out(now)
         for t in edges:
             if self.last is not None and tdiff(t, self.last) < self.debounce:
                 self.bounces += 1
                 continue
-            if self.run_start is None or tdiff(t, self.last) > self.gap_ms:
+            if self.run_start is None or self.last is None or tdiff(t, self.last) > self.gap_ms:
                 self.run_start = t
                 self.run_pulses = 0
                 self.leaking = False
@@ -71,10 +76,20 @@ class WaterMeter:
 
     def tick(self, now):
         # Save on a pause in the flow, or at the latest save_max after the last save.
-        if self.pulses == self.saved or self.last is None:
-            return
-        if tdiff(now, self.last) >= self.save_idle or tdiff(now, self.saved_at) >= self.save_max:
-            self.save(now)
+        if self.pulses != self.saved and self.last is not None:
+            if tdiff(now, self.last) >= self.save_idle or tdiff(now, self.saved_at) >= self.save_max:
+                self.save(now)
+        self.age_out(now)
+
+    def age_out(self, now):
+        # Without this, after 6.2 days without water the wrapped tick difference to
+        # the last pulse turns negative and every new pulse looks like a bounce.
+        if self.last is not None and not 0 <= tdiff(now, self.last) <= self.gap_ms:
+            if self.pulses != self.saved:
+                self.save(now)
+            self.last = None
+            self.run_start = None
+            self.leaking = False
 
     def flowing(self, now):
         return self.last is not None and tdiff(now, self.last) <= self.gap_ms
@@ -90,28 +105,29 @@ class WaterMeter:
 
 class NightWatch:
     """Continuous overnight flow: at least one pulse in every hour of the night
-    window [start_h, end_h) (UTC hours of the sim/box clock). One alert a night."""
+    window [start_h, end_h) (UTC hours of the sim/box clock). One alert a night.
+    A window may run past midnight (22-6); start == end watches nothing."""
 
     def __init__(self, start_h=1, end_h=5):
-        self.a = start_h
-        self.b = end_h
+        self.a = int(start_h) % 24
+        self.hours = (int(end_h) - self.a) % 24
         self.mask = 0
         self.night = None
 
     def update(self, now_s, pulses_seen):
-        if now_s is None:
+        if now_s is None or not self.hours:
             return None
-        day = int(now_s // 86400)
-        hr = int(now_s // 3600) % 24
-        if self.a <= hr < self.b:
-            if self.night != day:
-                self.night = day
+        # a night is named by the day on which its window opened
+        night = int((now_s - self.a * 3600) // 86400)
+        k = (int(now_s // 3600) - self.a) % 24
+        if k < self.hours:
+            if self.night != night:
+                self.night = night
                 self.mask = 0
             if pulses_seen:
-                self.mask |= 1 << (hr - self.a)
+                self.mask |= 1 << k
             return None
-        full = (1 << (self.b - self.a)) - 1
-        if self.night == day and hr >= self.b and self.mask == full:
+        if self.night == night and self.mask == (1 << self.hours) - 1:
             self.mask = 0
-            return {"rule": "night", "duration_s": (self.b - self.a) * 3600}
+            return {"rule": "night", "duration_s": self.hours * 3600}
         return None

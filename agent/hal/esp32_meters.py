@@ -7,11 +7,12 @@
 import machine
 import micropython
 
-from agent.compat import ticks_diff, ticks_ms
+from agent.compat import ticks_add, ticks_diff, ticks_ms
 
 RXBUF = 2048          # a three-phase standard frame is over 1,300 bytes; 256 is the default
 _M = (1 << 30) - 1
 RING = 32             # pulse times the ISR can hold between two polls
+STALE_MS = 60000      # older than any debounce: the ISR's reference is kept this recent
 
 
 class TicUart:
@@ -73,6 +74,11 @@ class WaterPulses:
         out = []
         irq = machine.disable_irq()
         try:
+            # Keep the debounce reference recent: after 6.2 days without water the
+            # wrapped difference to it would go negative and read as a bounce.
+            now = ticks_ms()
+            if not 0 <= ticks_diff(now, self.last) <= STALE_MS:
+                self.last = ticks_add(now, -STALE_MS)  # type: ignore[assignment]
             while self.tail != self.head:
                 out.append(self.ring[self.tail])
                 self.tail = (self.tail + 1) % RING

@@ -34,7 +34,8 @@ class SimWater:
         """Litres per second at sim time t."""
         f = self.leak
         q = self.quiet
-        if self.use and not (q and q[0] <= int(t // 3600) % 24 < q[1]):
+        # a quiet window may run past midnight (23-6)
+        if self.use and not (q and (int(t // 3600) - q[0]) % 24 < (q[1] - q[0]) % 24):
             h = self._hash(int(t // 60))
             if h % 29 == 0:
                 f += (6 + h % 7) / 60.0     # a shower or a tap: 6-12 l/min

@@ -191,3 +191,46 @@ def test_consumption_producer_on_both_interpreters(tmp):
     c.produce(box)
     last = [d for k, d in box.sent if k == "consumption"][-1]
     assert last["detailed"] is False and "curve" not in last
+
+
+def _wrapped(ms):
+    return ms & ((1 << 30) - 1)
+
+
+def test_pulses_after_long_gaps_are_all_counted(tmp):
+    # ticks_ms wraps every 2**30 ms (12.4 days); the box polls every second or so
+    day = 86400 * 1000
+    for gap_days in (5, 7, 10, 30):
+        w = WaterMeter(tmp + "/g%d.json" % gap_days, debounce_ms=80)
+        t = 1000
+        w.feed([_wrapped(t)], _wrapped(t + 10))
+        # quiet for gap_days: polls (every minute here) with no edges
+        end = t + gap_days * day
+        while t < end:
+            t += 60000
+            w.feed([], _wrapped(t))
+        edges = []
+        for i in range(20):
+            edges.append(_wrapped(t + 1000 * i))
+        w.feed(edges, _wrapped(t + 20000))
+        assert w.pulses == 21, (gap_days, w.pulses, w.bounces)
+        assert w.bounces == 0
+        # the index was saved on the pause, and the flow is one new run
+        assert w.run_pulses == 20
+
+
+def test_night_window_across_midnight(tmp):
+    nw = NightWatch(22, 6)
+    base = 1767225600           # midnight UTC
+    alerts = []
+    for m in range(0, 3 * 24 * 60, 10):
+        hr = (m // 60) % 24
+        seen = (hr >= 22 or hr < 6) and m % 60 == 20    # flow every night hour
+        a = nw.update(base + m * 60, seen)
+        if a:
+            alerts.append((m, a))
+    # night 1 starts at 22:00 on day 0 (the first 0-6 is a partial night: no alert)
+    assert [m for m, _ in alerts] == [30 * 60, 54 * 60]
+    assert alerts[0][1]["duration_s"] == 8 * 3600
+    # an empty window watches nothing and never fails
+    assert NightWatch(3, 3).update(base, True) is None
