@@ -2,8 +2,8 @@
 # water pulse input on a GPIO interrupt. Type-checked against
 # micropython-esp32-stubs; it cannot run on a host.
 #
-# Config keys: tic_uart (1), tic_rx_pin (16), tic_mode ("auto", "historic",
-# "standard"), water_pin (27), water_debounce_ms (80).
+# Config keys: tic_uart (1), tic_rx_pin (16), tic_tx_pin (17), tic_mode ("auto",
+# "historic", "standard"), water_pin (27), water_debounce_ms (80).
 import machine
 import micropython
 
@@ -15,19 +15,27 @@ RING = 32             # pulse times the ISR can hold between two polls
 STALE_MS = 60000      # older than any debounce: the ISR's reference is kept this recent
 
 
+# GPIO6-11 are the SPI flash on a WROOM-32: UART1's default TX (GPIO10) is one of
+# them, so the TX pin is always given, even though the TIC is receive-only.
+FLASH_PINS = (6, 7, 8, 9, 10, 11)
+
+
 class TicUart:
     """hal.tic_read(buf) -> n: what the UART has received, without blocking."""
 
-    def __init__(self, uart_id: int, rx_pin: int, mode: str) -> None:
+    def __init__(self, uart_id: int, rx_pin: int, mode: str, tx_pin: int = 17) -> None:
+        if rx_pin in FLASH_PINS or tx_pin in FLASH_PINS:
+            raise ValueError("tic pins: GPIO6-11 are the flash chip")
         self.uart_id = uart_id
         self.rx_pin = rx_pin
+        self.tx_pin = tx_pin
         self.baud = 1200 if mode == "historic" else 9600
         self.uart = self._open(self.baud)
 
     def _open(self, baud: int) -> machine.UART:
         # bits=7, parity=0 (even), stop=1: the TIC's 7E1. The UART hands us 7-bit data.
         return machine.UART(self.uart_id, baudrate=baud, bits=7, parity=0, stop=1,
-                            rx=self.rx_pin, rxbuf=RXBUF, timeout=0)
+                            tx=self.tx_pin, rx=self.rx_pin, rxbuf=RXBUF, timeout=0)
 
     def set_mode(self, mode: str) -> None:
         # Auto-detection: the consumption layer switches the baud rate while no
@@ -95,6 +103,7 @@ class Meters:
         self.water = None
         mode = config.get("tic_mode")
         if mode:
-            self.tic = TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode)
+            self.tic = TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode,
+                               config.get("tic_tx_pin", 17))
         if config.get("water_enabled"):
             self.water = WaterPulses(config.get("water_pin", 27), config.get("water_debounce_ms", 80))
