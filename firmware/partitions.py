@@ -85,12 +85,12 @@ def size_name(size: int) -> str:
 
 
 def micropython_table(flash_size: int) -> list[Partition]:
-    """The partition table MicroPython's ESP32_GENERIC build carries for this flash."""
+    """The partition table MicroPython's ESP32_GENERIC build (1.26+) carries for this flash."""
     base = [Partition("nvs", TYPE_DATA, SUBTYPE_NVS, 0x9000, 0x6000),
             Partition("phy_init", TYPE_DATA, SUBTYPE_PHY, 0xF000, 0x1000)]
     if flash_size == 2 * MB:
-        return base + [Partition("factory", TYPE_APP, SUBTYPE_FACTORY, 0x10000, 0x110000),
-                       Partition("vfs", TYPE_DATA, SUBTYPE_FAT, 0x120000, 0xA0000)]
+        return base + [Partition("factory", TYPE_APP, SUBTYPE_FACTORY, 0x10000, 0x160000),
+                       Partition("vfs", TYPE_DATA, SUBTYPE_FAT, 0x170000, 0x90000)]
     return base + [Partition("factory", TYPE_APP, SUBTYPE_FACTORY, 0x10000, 0x1F0000)]
 
 

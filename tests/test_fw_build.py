@@ -81,7 +81,7 @@ def test_same_inputs_give_byte_identical_outputs(built, tmp_path):
     assert (other.out_dir / "vfs.bin").read_bytes() != (built.out_dir / "vfs.bin").read_bytes()
 
 
-@pytest.mark.parametrize("size,offset,length", [("2MB", 0x120000, 0xA0000), ("8MB", 0x200000, 0x600000),
+@pytest.mark.parametrize("size,offset,length", [("2MB", 0x170000, 0x90000), ("8MB", 0x200000, 0x600000),
                                                 ("16MB", 0x200000, 0xE00000)])
 def test_image_fits_the_vfs_of_each_flash_size(tmp_path, size, offset, length):
     r = fb.build(tmp_path, size, overlay=OVERLAY)
@@ -106,7 +106,7 @@ def test_partition_table_round_trips_and_rejects_corruption():
 
 
 def test_wrong_size_fs_image_is_refused(tmp_path):
-    small = fb.make_fs_image([("boot.py", b"# hi\n")], 0xA0000)       # a 2MB-flash vfs
+    small = fb.make_fs_image([("boot.py", b"# hi\n")], 0x90000)       # a 2MB-flash vfs
     (tmp_path / "small.bin").write_bytes(small)
     with pytest.raises(fb.ImageSizeError, match="vfs partition of a 4MB flash is 2097152 bytes"):
         fb.build(tmp_path / "out", "4MB", fs_image=tmp_path / "small.bin")
