@@ -2,25 +2,43 @@
 
 - By USB location: /dev/serial/by-path names a port by the hub port it is
   plugged into, so the same hub port keeps its name when the kernel
-  re-enumerates (ttyUSB3 may become ttyUSB0; by-path does not change). The
-  numbering lives in a small slots file (default bench-slots.json): the first
-  run numbers the locations it sees in order, and later runs keep those numbers
-  and give new locations the next ones. Slot 3 stays slot 3, whether or not
-  slots 1 and 2 hold a box today.
+  re-enumerates (ttyUSB3 may become ttyUSB0; by-path does not change). Only the
+  USB-serial bridges of ESP32 boards become slots (KNOWN_BRIDGES, by USB vendor
+  and product id; `extra_ids` adds more): a phone or a GPS dongle on the hub is
+  left alone. The numbering lives in a small slots file (default
+  bench-slots.json): the first run numbers the locations it sees in USB port
+  order (hub port 3.10 after 3.9), and later runs keep those numbers and give new
+  locations the next ones. Slot 3 stays slot 3, whether or not slots 1 and 2
+  hold a box today.
 - An explicit list (`--port`): device paths or pyserial URLs (rfc2217://,
   socket://), numbered in the order given.
 - Virtual boxes (`--virtual N`): N vbox processes (vbox.spawn), slots 1..N.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flashing.errors import SetupError
 
 BY_PATH = Path("/dev/serial/by-path")
+
+# (vendor id, product id) of the USB-serial bridges on ESP32 boards.
+KNOWN_BRIDGES = {
+    (0x10C4, 0xEA60): "Silicon Labs CP210x",
+    (0x1A86, 0x7523): "WCH CH340",
+    (0x1A86, 0x55D4): "WCH CH9102",
+    (0x1A86, 0x55D3): "WCH CH343",
+    (0x0403, 0x6001): "FTDI FT232R",
+    (0x0403, 0x6010): "FTDI FT2232",
+    (0x0403, 0x6014): "FTDI FT232H",
+    (0x0403, 0x6015): "FTDI FT231X",
+    (0x303A, 0x1001): "Espressif USB-Serial/JTAG",
+}
 
 
 @dataclass
@@ -36,11 +54,40 @@ class Slot:
         return str(self.number)
 
 
-def by_path_ports(root: Path = BY_PATH) -> dict[str, str]:
-    """{by-path name: /dev/serial/by-path/NAME} of the USB serial ports present."""
+def parse_ids(items: list[str]) -> set[tuple[int, int]]:
+    """["VID:PID", ...] in hex (as lsusb prints them) -> {(vid, pid)}."""
+    out = set()
+    for item in items:
+        m = re.fullmatch(r"\s*([0-9a-fA-F]{1,4}):([0-9a-fA-F]{1,4})\s*", item)
+        if not m:
+            raise SetupError(f"not a USB id: {item!r} (expected VID:PID in hex, as lsusb shows, e.g. 10c4:ea60)")
+        out.add((int(m.group(1), 16), int(m.group(2), 16)))
+    return out
+
+
+def usb_ids() -> dict[str, tuple[int, int]]:
+    """{real device path: (vid, pid)} of the USB serial ports, from pyserial."""
+    from serial.tools import list_ports
+    return {os.path.realpath(p.device): (p.vid, p.pid) for p in list_ports.comports()
+            if p.vid is not None and p.pid is not None}
+
+
+def port_order(name: str) -> list:
+    # Numbers compare as numbers: hub port 3.10 comes after 3.9.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def by_path_ports(root: Path = BY_PATH, extra_ids: set | None = None,
+                  ids: dict[str, tuple[int, int]] | None = None) -> dict[str, str]:
+    """{by-path name: /dev/serial/by-path/NAME} of the ESP32 bridges present, in
+    USB port order. `ids` maps a real device path to its (vid, pid) (default:
+    pyserial's list of ports)."""
     if not root.is_dir():
         return {}
-    return {p.name: str(p) for p in sorted(root.iterdir()) if "usb" in p.name}
+    known = set(KNOWN_BRIDGES) | set(extra_ids or ())
+    ids = usb_ids() if ids is None else ids
+    found = [p for p in root.iterdir() if "usb" in p.name and ids.get(os.path.realpath(p)) in known]
+    return {p.name: str(p) for p in sorted(found, key=lambda p: port_order(p.name))}
 
 
 def load_numbers(path: Path) -> dict[str, int]:
@@ -60,10 +107,11 @@ def save_numbers(path: Path, numbers: dict[str, int]) -> None:
     os.replace(tmp, path)
 
 
-def discover(slots_file: Path, root: Path = BY_PATH, save: bool = True) -> list[Slot]:
-    """The by-path ports present, numbered by the slots file (new locations get
-    the next numbers and are saved)."""
-    present = by_path_ports(root)
+def discover(slots_file: Path, root: Path = BY_PATH, save: bool = True, extra_ids: set | None = None,
+             ids: dict[str, tuple[int, int]] | None = None) -> list[Slot]:
+    """The by-path ports of ESP32 bridges present, numbered by the slots file (new
+    locations get the next numbers, in USB port order, and are saved)."""
+    present = by_path_ports(root, extra_ids, ids)
     numbers = load_numbers(slots_file)
     changed = False
     for name in present:
@@ -118,3 +166,41 @@ def stop_virtual(slots: list[Slot]) -> None:
     for s in slots:
         if s.vbox is not None:
             s.vbox.stop()
+
+
+class PortLock:
+    """An exclusive claim on a local serial port for one box's run: a second bench
+    process (or a second station on the same PC) gets a clear error instead of
+    sharing the port with us. URLs (rfc2217://, socket://) are not local: no lock."""
+
+    def __init__(self, port: str) -> None:
+        self.port = port
+        self.fd: int | None = None
+
+    def __enter__(self) -> PortLock:
+        if "://" in self.port or os.name != "posix":
+            return self
+        import fcntl
+        try:
+            fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except PermissionError:
+            raise SetupError(f"permission denied on {self.port}: add your account to the dialout group "
+                             "(sudo usermod -aG dialout $USER), log out and in again, then re-run") from None
+        except FileNotFoundError:
+            raise SetupError(f"{self.port} is gone: the box was unplugged or the cable is loose. "
+                             "Plug it back in and re-run this slot") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SetupError(f"{self.port} is in use by another program (another bench run, a serial "
+                                 "monitor?): close it, then re-run") from None
+            raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -12,6 +12,7 @@ password; the Wi-Fi key appears only on the labels.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import multiprocessing
@@ -28,7 +29,7 @@ from pathlib import Path
 from flashing import esp, image, pipeline
 from flashing.errors import FAIL, PASS, QUARANTINE, SetupError
 from flashing.ledger import Ledger
-from flashing.slots import Slot
+from flashing.slots import PortLock, Slot
 
 
 @dataclass
@@ -124,6 +125,14 @@ class Station:
                              "network and that the broker is running, then run again") from None
 
     def run(self, slots: list[Slot], on_event: Callable[[dict], None] | None = None) -> dict:
+        # Every local port is ours alone for the run: a second bench process, or a
+        # serial monitor left open, is a SetupError before anything is flashed.
+        with contextlib.ExitStack() as locks:
+            for s in slots:
+                locks.enter_context(PortLock(s.port))
+            return self._run(slots, on_event)
+
+    def _run(self, slots: list[Slot], on_event: Callable[[dict], None] | None) -> dict:
         c = self.cfg
         if c.run_tests:
             self.check_broker()

@@ -38,6 +38,9 @@ def register(sub) -> None:
                    help=f"the SQLite ledger (default ${ENV_LEDGER}, else OUT/ledger.sqlite); benches may share it")
     p.add_argument("--slots-file", type=Path, default=Path("bench-slots.json"),
                    help="slot numbers of the hub's USB locations (default bench-slots.json)")
+    p.add_argument("--usb-id", action="append", default=[], metavar="VID:PID",
+                   help="also take ports of this USB bridge (hex, as lsusb shows; repeatable); "
+                        "CP210x, CH340/CH9102/CH343, FTDI and Espressif's own are known")
     p.add_argument("--box-config", type=Path, default=None, help="JSON of extra config.json keys for every box")
     p.add_argument("--support", default=None, help="support contact printed on the label")
     p.add_argument("--operator", default="homebox", help="operator name printed on the label")
@@ -62,6 +65,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("slots", help="the USB serial ports on this bench, by slot number")
     p.add_argument("--slots-file", type=Path, default=Path("bench-slots.json"))
+    p.add_argument("--usb-id", action="append", default=[], metavar="VID:PID",
+                   help="also take ports of this USB bridge (hex, as lsusb shows; repeatable); "
+                        "CP210x, CH340/CH9102/CH343, FTDI and Espressif's own are known")
     p.set_defaults(func=cmd_slots)
 
     p = sub.add_parser("export-broker", help="the boxes' broker password hashes, for `homebox ops broker-config`")
@@ -120,10 +126,10 @@ def cmd_run(args) -> int:
         elif args.port:
             found = slots.explicit(args.port)
         else:
-            found = slots.discover(args.slots_file)
+            found = slots.discover(args.slots_file, extra_ids=slots.parse_ids(args.usb_id))
             if not found:
-                return _err("no box found: no USB serial port under /dev/serial/by-path. Plug the hub in "
-                            "(or give --port).")
+                return _err("no box found: no ESP32 USB-serial bridge under /dev/serial/by-path. Plug the hub "
+                            "in (or give --port, or --usb-id for another bridge chip).")
         chosen = slots.select(found, wanted)
         cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), master=master, master_source=source,
                              firmware=fw, broker=args.broker, broker_user=args.broker_user, prefix=args.prefix,
@@ -323,9 +329,14 @@ def cmd_history(args) -> int:
 
 def cmd_slots(args) -> int:
     from flashing import slots
-    found = slots.discover(args.slots_file)
+    from flashing.errors import SetupError
+    try:
+        found = slots.discover(args.slots_file, extra_ids=slots.parse_ids(args.usb_id))
+    except SetupError as e:
+        print(f"FAIL: {e}")
+        return 2
     if not found:
-        print("no USB serial port under /dev/serial/by-path")
+        print("no ESP32 USB-serial bridge under /dev/serial/by-path (another chip? add --usb-id VID:PID)")
         return 1
     for s in found:
         print(f"slot {s.number:>2}  {s.location}")

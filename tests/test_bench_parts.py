@@ -120,6 +120,10 @@ def test_master_secret_file(tmp_path):
         credentials.load_master(tmp_path / "missing")
 
 
+# every /dev/ttyUSBn of these tests is a CP2102 bridge
+CP2102 = {f"/dev/ttyUSB{i}": (0x10C4, 0xEA60) for i in range(8)}
+
+
 def test_slots_keep_their_number_by_usb_location(tmp_path):
     root = tmp_path / "by-path"
     root.mkdir()
@@ -133,17 +137,17 @@ def test_slots_keep_their_number_by_usb_location(tmp_path):
 
     sf = tmp_path / "slots.json"
     plug({names[0]: "/dev/ttyUSB0", names[1]: "/dev/ttyUSB1", names[2]: "/dev/ttyUSB2"})
-    first = slots.discover(sf, root)
+    first = slots.discover(sf, root, ids=CP2102)
     assert [(s.number, s.location) for s in first] == [(1, names[0]), (2, names[1]), (3, names[2])]
     # re-enumeration (ttyUSB numbers change) and slot 1 empty: slot 3 stays slot 3
     plug({names[1]: "/dev/ttyUSB0", names[2]: "/dev/ttyUSB1"})
-    second = slots.discover(sf, root)
+    second = slots.discover(sf, root, ids=CP2102)
     assert [(s.number, s.location) for s in second] == [(2, names[1]), (3, names[2])]
     assert [s.port for s in second] == [str(root / names[1]), str(root / names[2])]
     # a new hub port gets the next number
     new = "pci-0000:00:14.0-usb-0:1.4:1.0-port0"
     plug({names[0]: "/dev/ttyUSB0", new: "/dev/ttyUSB3"})
-    assert [(s.number, s.location) for s in slots.discover(sf, root)] == [(1, names[0]), (4, new)]
+    assert [(s.number, s.location) for s in slots.discover(sf, root, ids=CP2102)] == [(1, names[0]), (4, new)]
     assert json.loads(sf.read_text())["slots"][new] == 4
     assert [s.number for s in slots.select(second, [3])] == [3]
     with pytest.raises(SetupError, match="slot 1"):
@@ -308,3 +312,48 @@ def test_selftest_checks_wifi_tic_pulse_and_mqtt(tmp_path):
     assert "no valid frame" in st["tic_uart"] and "channels" in st["documents"]
     assert "no connection" in st["mqtt"]
     assert not any(v in json.dumps(r) for v in (bad.cfg["mqtt_password"], bad.cfg["hmac_key"], bad.cfg["wifi_key"]))
+
+
+def test_slots_only_known_bridges_in_usb_port_order(tmp_path):
+    root = tmp_path / "by-path"
+    root.mkdir()
+    # hub ports 3.1, 3.9, 3.10, 3.2 plugged in that order; one is a phone's modem
+    names = {f"pci-0000:00:14.0-usb-0:3.{i}:1.0-port0": f"/dev/ttyUSB{k}" for k, i in enumerate((1, 9, 10, 2))}
+    for name, dev in names.items():
+        (root / name).symlink_to(dev)
+    (root / "pci-0000:00:14.0-usb-0:3.3:1.0").symlink_to("/dev/ttyACM0")
+    ids = dict(CP2102)
+    ids["/dev/ttyACM0"] = (0x22B8, 0x2E82)           # not an ESP32 bridge
+    found = slots.discover(tmp_path / "s.json", root, ids=ids)
+    assert [s.location.split("usb-0:")[1].split(":")[0] for s in found] == ["3.1", "3.2", "3.9", "3.10"]
+    assert [s.number for s in found] == [1, 2, 3, 4]
+    # the other chip becomes a slot only when asked for
+    more = slots.discover(tmp_path / "s2.json", root, ids=ids, extra_ids=slots.parse_ids(["22b8:2e82"]))
+    assert len(more) == 5 and more[2].location.endswith("3.3:1.0")
+    with pytest.raises(SetupError, match="VID:PID"):
+        slots.parse_ids(["cp2102"])
+
+
+def test_port_lock_is_exclusive_and_says_what_to_do(tmp_path, monkeypatch):
+    import os
+    import pty
+    master, follower = pty.openpty()
+    port = os.ttyname(follower)
+    try:
+        with slots.PortLock(port):
+            with pytest.raises(SetupError, match="in use by another program"):
+                slots.PortLock(port).__enter__()
+        with slots.PortLock(port):               # released: free again
+            pass
+    finally:
+        os.close(master)
+        os.close(follower)
+    with pytest.raises(SetupError, match="unplugged"):
+        slots.PortLock(str(tmp_path / "ttyUSB9")).__enter__()
+    assert slots.PortLock("rfc2217://127.0.0.1:4000").__enter__().fd is None
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(SetupError, match="dialout"):
+        slots.PortLock(port).__enter__()
