@@ -98,7 +98,12 @@ def cmd_run(args) -> int:
 
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     args.out = args.out.resolve()
-    if ":" not in args.broker or not args.broker.rpartition(":")[2].isdigit():
+    from common.broker import parse_broker
+    try:
+        if "://" in args.broker or ":" not in args.broker:
+            raise ValueError
+        parse_broker(args.broker)
+    except ValueError:
         return _err(f"--broker must be HOST:PORT, not {args.broker!r}")
     vslots: list = []
     try:
