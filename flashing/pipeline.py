@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import credentials
 from common.broker import parse_broker
-from flashing import acceptance, credentials, esp, image, label
+from flashing import acceptance, esp, image, label
 from flashing.errors import FAIL, PASS, BoxFailure, LinkLost, NoSync, PortMissing
 from flashing.ledger import Ledger
 

@@ -93,7 +93,8 @@ def _err(msg: str) -> int:
 # --- run ------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from flashing import credentials, image, slots, station
+    from common import credentials
+    from flashing import image, slots, station
     from flashing.errors import SetupError
 
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
@@ -144,7 +145,7 @@ def cmd_run(args) -> int:
         finally:
             if view:
                 view.close()
-    except SetupError as e:
+    except (SetupError, credentials.MasterSecretError) as e:
         return _err(str(e))
     except (OSError, ValueError) as e:
         return _err(str(e))

@@ -11,7 +11,6 @@ same store as `ops ingest|status|reconcile`) before publishing it, so that
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -19,10 +18,11 @@ import uuid
 from pathlib import Path
 
 from agent import sections, sign, topics
+from common import credentials
 from homebox.cli_ops_fleet import DB_HELP
 
 SECTIONS = sorted(sections.VALIDATORS)
-ENV_SECRET = "HOMEBOX_MASTER_SECRET_FILE"
+ENV_SECRET = credentials.ENV_SECRET
 
 
 def register(sub) -> None:
@@ -71,33 +71,12 @@ def violations(section: str, doc, ctx: dict | None = None) -> list[tuple[str, st
     return sections.errors(section, doc, ctx)
 
 
-def load_master(path: Path | None) -> bytes | None:
-    """The master secret (the file's bytes, surrounding whitespace stripped)."""
-    if path is None:
-        env = os.environ.get(ENV_SECRET)
-        path = Path(env) if env else None
-    if path is None:
-        return None
-    try:
-        data = path.read_bytes().strip()
-    except OSError as e:
-        raise SystemExit(f"cannot read the master secret file {path}: {e.strerror}") from None
-    if len(data) < 16:
-        raise SystemExit(f"the master secret in {path} is too short (at least 16 bytes)")
-    return data
-
-
-def box_key_hex(master: bytes, box_id: str) -> str:
-    """The per-box key as the bench writes it into the box config (`hmac_key`)."""
-    return sign.box_key(master, box_id).hex()
-
-
 def prepare(doc: dict, box_id: str, version: int, master: bytes | None) -> dict:
     d = {k: v for k, v in doc.items() if k != "sig"}
     d["version"] = version
     d["box"] = box_id
     if master is not None:
-        d["sig"] = sign.sign(d, sign.box_key(master, box_id))
+        d["sig"] = sign.sign(d, credentials.box_key(master, box_id))
     return d
 
 
@@ -216,9 +195,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from backend.ingest import BrokerURL
+    from common.broker import parse_broker
     try:
-        url = BrokerURL.parse(args.broker)
+        url = parse_broker(args.broker)
     except ValueError as e:
         raise SystemExit(f"--broker: {e}") from None
     doc = load_doc(args.file)
@@ -230,7 +209,10 @@ def cmd_push(args) -> int:
             print(f"not pushed: {len(errs)} violation(s) (use --no-check to let the box decide)",
                   file=sys.stderr)
             return 1
-    master = load_master(args.master_secret_file)
+    try:
+        master = credentials.load_master(args.master_secret_file)
+    except credentials.MasterSecretError as e:
+        raise SystemExit(str(e)) from None
     if master is None:
         print(f"warning: no master secret (--master-secret-file or ${ENV_SECRET}): pushing unsigned; "
               "a box with a key will refuse it", file=sys.stderr)

@@ -173,7 +173,8 @@ def run(args) -> int:
     from backend import report, status
     from backend.ingest import Ingest
     from backend.store import Store
-    from flashing import credentials, image, slots, station
+    from common import credentials
+    from flashing import image, slots, station
     from flashing.errors import BenchError
     from homebox.cli_bench import PlainView
 
