@@ -16,37 +16,28 @@ Writes into OUT:
   Re-running keeps existing backend passwords and the existing CA.
 
 Box passwords must be random and high-entropy (the bench generates them): the
-hash uses Mosquitto's default 101 PBKDF2 iterations so that a reconnect storm of
+hash (common/credentials.py) uses Mosquitto's default 101 PBKDF2 iterations so that a reconnect storm of
 the whole fleet does not saturate the broker's CPU.
 """
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
-import hashlib
 import json
 import os
 import re
 import secrets
 from pathlib import Path
 
+from common.credentials import mosquitto_hash
+
 BOX_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-PBKDF2_ITERATIONS = 101
 INGEST_USER = "homebox-ingest-%d"
 PUSH_USER = "homebox-push"
 # Messages per box per 5 minutes (health, plus coverage/consumption/speed/events on
 # average) and how long the backend may be away before its queue overflows.
 MSGS_PER_BOX_5MIN = 2
 OUTAGE_S = 3600
-
-
-def mosquitto_hash(password: str, salt: bytes | None = None,
-                   iterations: int = PBKDF2_ITERATIONS) -> str:
-    """A password-file hash in Mosquitto's $7$ (PBKDF2-HMAC-SHA512) format."""
-    salt = salt or os.urandom(12)
-    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return "$7$%d$%s$%s" % (iterations, base64.b64encode(salt).decode(), base64.b64encode(dk).decode())
 
 
 def is_hash(s: str) -> bool:

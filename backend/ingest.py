@@ -12,15 +12,12 @@
 """
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -30,6 +27,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import topics
 from backend import contract
 from backend.store import Rec, Store
+from common.broker import Broker, parse_broker
 
 FILTERS = (
     "homebox/v1/+/telemetry/#",
@@ -40,30 +38,7 @@ FILTERS = (
 )
 
 
-@dataclass
-class BrokerURL:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerURL:
-        """mqtt://[user[:password]@]host[:port], mqtts://... (TLS), or host[:port].
-        The password may come from $HOMEBOX_MQTT_PASSWORD instead of the URL."""
-        if "://" not in url:
-            url = "mqtt://" + url
-        p = urlsplit(url)
-        if p.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL scheme must be mqtt:// or mqtts://, got {url!r}")
-        tls = p.scheme in ("mqtts", "ssl")
-        pw = unquote(p.password) if p.password else os.environ.get("HOMEBOX_MQTT_PASSWORD")
-        return cls(p.hostname or "127.0.0.1", p.port or (8883 if tls else 1883),
-                   unquote(p.username) if p.username else None, pw, tls)
-
-
-def make_client(url: BrokerURL, client_id: str, tls_ca: str | None = None,
+def make_client(url: Broker, client_id: str, tls_ca: str | None = None,
                 manual_ack: bool = False, protocol=mqtt.MQTTv5) -> mqtt.Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
                     manual_ack=manual_ack)
@@ -112,7 +87,7 @@ class Ingest:
                  client_id: str | None = None, batch_size: int = 500, batch_wait: float = 0.2,
                  receive_max: int = 2000, session_expiry: int = 7 * 24 * 3600,
                  tls_ca: str | None = None, log=None):
-        self.url = BrokerURL.parse(broker)
+        self.url = parse_broker(broker)
         self.store = store
         self.share = share
         host = socket.gethostname()

@@ -12,8 +12,9 @@ import os
 import time
 
 from agent import topics
-from backend.ingest import BrokerURL, make_client
+from backend.ingest import make_client
 from backend.store import Store
+from common.broker import parse_broker
 
 
 def reconcile(store: Store, broker: str, tls_ca: str | None = None, boxes: list[str] | None = None,
@@ -23,7 +24,7 @@ def reconcile(store: Store, broker: str, tls_ca: str | None = None, boxes: list[
     docs = [d for d in store.desired() if not boxes or d["box"] in boxes]
     if not docs:
         return 0
-    url = BrokerURL.parse(broker)
+    url = parse_broker(broker)
     import paho.mqtt.client as mqtt
     c = make_client(url, client_id or url.username or f"homebox-reconcile-{os.getpid()}", tls_ca,
                     protocol=mqtt.MQTTv311)

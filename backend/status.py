@@ -3,8 +3,8 @@
 Fields of telemetry produced by other parts of the agent are read defensively: a
 missing or oddly shaped field means "no data", never a crash. The shapes used:
 
-- coverage: data.stations[] with per-station band shares, as `bands` (or `share`)
-  {excellent, good, fair, weak, unusable}, fractions (0..1) or percentages.
+- coverage: data.stations[] with an `id` and per-station band shares `bands`
+  {excellent, good, fair, weak, unusable}, fractions 0..1 (or "unsupported").
 - speed: data.ratio_down (goodput / plan), data.client_limited, data.plan_down_bps,
   data.down.goodput_bps; data.skipped / data.error when no test ran.
 - consumption: data.elec.frames_ok, frames_bad, errors{checksum, malformed,
@@ -47,16 +47,14 @@ def station_weak_shares(data) -> list[tuple[str, float]]:
     for i, st in enumerate(stations):
         if not isinstance(st, dict):
             continue
-        bands = st.get("bands") or st.get("share") or st.get("shares")
+        bands = st.get("bands")
         if not isinstance(bands, dict):
             continue
         vals = {k: _num(v) for k, v in bands.items()}
-        total = sum(v for v in vals.values() if v is not None)
-        if not total:
+        if not sum(v for v in vals.values() if v is not None):
             continue
-        scale = 100.0 if total > 1.5 else 1.0
-        weak = sum(vals.get(k) or 0 for k in ("weak", "unusable")) / scale
-        sid = st.get("id") or st.get("sta") or st.get("mac") or st.get("station") or f"#{i + 1}"
+        weak = sum(vals.get(k) or 0 for k in ("weak", "unusable"))
+        sid = st.get("id") or f"#{i + 1}"
         out.append((str(sid)[:12], round(weak, 3)))
     return out
 
@@ -71,15 +69,12 @@ def band_shares(data, worst: bool = True) -> dict[str, float] | None:
     n = 0
     pick, pick_weak = None, -1.0
     for st in stations:
-        bands = (st.get("bands") or st.get("share") or st.get("shares")) if isinstance(st, dict) else None
+        bands = st.get("bands") if isinstance(st, dict) else None
         if not isinstance(bands, dict):
             continue
-        vals = {k: _num(v) or 0 for k, v in bands.items()}
-        total = sum(vals.values())
-        if not total:
+        norm = {k: _num(v) or 0 for k, v in bands.items()}
+        if not sum(norm.values()):
             continue
-        scale = 100.0 if total > 1.5 else 1.0
-        norm = {k: v / scale for k, v in vals.items()}
         weak = norm.get("weak", 0) + norm.get("unusable", 0)
         if weak > pick_weak:
             pick, pick_weak = norm, weak
@@ -95,8 +90,6 @@ def speed_ratio(data) -> float | None:
     if not isinstance(data, dict):
         return None
     r = _num(data.get("ratio_down"))
-    if r is None:
-        r = _num(data.get("ratio"))
     if r is None:
         down = data.get("down") if isinstance(data.get("down"), dict) else {}
         g, p = _num(down.get("goodput_bps")), _num(data.get("plan_down_bps"))

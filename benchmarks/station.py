@@ -27,7 +27,8 @@ for p in (ROOT, ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from flashing import credentials, image, slots, station  # noqa: E402
+from common import credentials  # noqa: E402
+from flashing import image, slots, station  # noqa: E402
 
 BAUD = 921600
 

@@ -1,7 +1,8 @@
 """The bench station as a library: slots, the ten-step pipeline, the ledger,
 labels. `homebox bench ...` (homebox/cli_bench.py) is a thin layer over it.
 
-    from flashing import slots, station, image, credentials
+    from flashing import slots, station, image
+    from common import credentials
     fw = image.load_firmware(base_bin, virtual=False)
     cfg = station.Config(out_dir, ledger, master, "file", fw, broker="10.0.0.2:1883")
     report = station.Station(cfg).run(slots.discover(Path("bench-slots.json")))
@@ -10,7 +11,6 @@ Modules:
     errors       typed failures: kind, verdict (FAIL / QUARANTINE) and advice
     esp          one box over esptool's API (connect, identify, flash, reset)
     slots        ports by USB location, explicit lists, virtual boxes
-    credentials  master secret; per-box credentials derived in memory
     ledger       SQLite record of serials, attempts and verdicts (no secrets)
     image        the per-box filesystem image, built in memory
     acceptance   hw-tests/ (pytest-embedded) on the box console

@@ -20,10 +20,6 @@ class SetupError(BenchError):
     """The run cannot start: the message says what to fix."""
 
 
-class MasterSecretError(SetupError):
-    """No usable operator master secret."""
-
-
 class LedgerError(SetupError):
     """The ledger cannot be opened, or holds something inconsistent."""
 

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashing import acceptance, credentials, esp, image, label
+from common import credentials
+from common.broker import parse_broker
+from flashing import acceptance, esp, image, label
 from flashing.errors import FAIL, PASS, BoxFailure, LinkLost, NoSync, PortMissing
 from flashing.ledger import Ledger
 
@@ -197,11 +199,11 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
     st.done(detail="derived in memory; broker hash recorded")
     # 5
     st.start("image")
-    host, _, port = job.broker.rpartition(":")
+    broker = parse_broker(job.broker)
     config = {"state_dir": "/state", "telemetry_interval": 300}
     config.update(job.box_config)
     config.update({"box_id": ident.serial, "serial": ident.serial, "mac": info.mac,
-                   "broker_host": host or "127.0.0.1", "broker_port": int(port),
+                   "broker_host": broker.host, "broker_port": broker.port,
                    "wifi_ssid": creds.wifi_ssid})
     img = image.build(job.firmware, info.flash_size, config, creds.secrets_json())
     result["images"] = dict(img.images, agent_build=img.agent_build, firmware=img.firmware)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.broker import parse_broker
 from flashing import esp, image, pipeline
 from flashing.errors import FAIL, PASS, QUARANTINE, SetupError
 from flashing.ledger import Ledger
@@ -116,9 +117,9 @@ class Station:
     def check_broker(self, timeout: float = 3.0) -> None:
         """The bench broker must answer before any box is touched: otherwise
         every box would fail its tests for a reason that is not its own."""
-        host, _, port = self.cfg.broker.rpartition(":")
         try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout):
+            b = parse_broker(self.cfg.broker)
+            with socket.create_connection((b.host, b.port), timeout):
                 pass
         except (OSError, ValueError) as e:
             raise SetupError(f"the bench broker {self.cfg.broker} does not answer ({e}): check the bench "

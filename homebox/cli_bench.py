@@ -99,12 +99,18 @@ def _err(msg: str) -> int:
 # --- run ------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from flashing import credentials, image, slots, station
+    from common import credentials
+    from flashing import image, slots, station
     from flashing.errors import SetupError
 
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     args.out = args.out.resolve()
-    if ":" not in args.broker or not args.broker.rpartition(":")[2].isdigit():
+    from common.broker import parse_broker
+    try:
+        if "://" in args.broker or ":" not in args.broker:
+            raise ValueError
+        parse_broker(args.broker)
+    except ValueError:
         return _err(f"--broker must be HOST:PORT, not {args.broker!r}")
     vslots: list = []
     try:
@@ -145,7 +151,7 @@ def cmd_run(args) -> int:
         finally:
             if view:
                 view.close()
-    except SetupError as e:
+    except (SetupError, credentials.MasterSecretError) as e:
         return _err(str(e))
     except (OSError, ValueError) as e:
         return _err(str(e))

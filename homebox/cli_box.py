@@ -9,14 +9,13 @@ from pathlib import Path
 from homebox import boxrun
 
 
-def parse_hostport(s: str, default_port: int = 1883) -> tuple[str, int]:
-    host, _, port = s.rpartition(":")
-    if not host:
-        return s, default_port
+def parse_hostport(s: str) -> tuple[str, int]:
+    from common.broker import parse_broker
     try:
-        return host, int(port)
+        b = parse_broker(s)
     except ValueError:
         raise SystemExit(f"--broker: expected HOST:PORT, got {s!r}") from None
+    return b.host, b.port
 
 
 def register(sub) -> None:

@@ -140,19 +140,20 @@ def _plain_fleet(rows: list[dict], names: dict[str, str]) -> str:
     return "\n   ".join(out)
 
 
-def _push(section: str, doc: dict, box: str, work: Path, broker: str, key: Path, db: str) -> str:
-    """`homebox ops push`, as an operator would type it; returns what it printed."""
-    import contextlib
-    import io
-
-    from homebox import cli
-    f = work / f"push-{section}-{box}.json"
-    f.write_text(json.dumps(doc))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        rc = cli.main(["ops", "push", section, str(f), "--box", box, "--broker", broker,
-                       "--master-secret-file", str(key), "--db", db, "--timeout", "30"])
-    return f"{buf.getvalue().strip()}" + ("" if rc == 0 else f" (exit {rc})")
+def _push(section: str, doc: dict, box: str, broker: str, master: bytes, db: str) -> str:
+    """What `homebox ops push` does (backend.push), as one line for the demo."""
+    from backend import push
+    from backend.errors import OpsError
+    from backend.store import Store
+    from common.broker import parse_broker
+    store = Store(db)
+    try:
+        r = push.push(parse_broker(broker), box, section, doc, master, store=store, timeout=30)
+    except OpsError as e:
+        return f"{e} (not pushed)"
+    finally:
+        store.close()
+    return r.message
 
 
 def _add_labels(index: Path, labels: list[tuple[str, dict]]) -> None:
@@ -175,7 +176,8 @@ def run(args) -> int:
     from backend import report, status
     from backend.ingest import Ingest
     from backend.store import Store
-    from flashing import credentials, image, slots, station
+    from common import credentials
+    from flashing import image, slots, station
     from flashing.errors import BenchError
     from homebox.cli_bench import PlainView
 
@@ -249,12 +251,12 @@ def run(args) -> int:
                     pushed = True
                     say.step("The operator pushes a parental schedule and an option change (signed)")
                     for r in passed:
-                        say.line(f"parental -> {r['serial']}: " + _push("parental", parental, r["serial"], work,
-                                                                        url, key, db))
+                        say.line(f"parental -> {r['serial']}: " + _push("parental", parental, r["serial"], url,
+                                                                        credentials.load_master(key), db))
                     leak_box = next((s for s, h in names.items() if h == dict(HOMES)["leaking_tap"]), None)
                     if leak_box:
                         say.line(f"options (consent to detailed consumption) -> {leak_box}: "
-                                 + _push("options", options, leak_box, work, url, key, db))
+                                 + _push("options", options, leak_box, url, credentials.load_master(key), db))
                     say.step("Still watching")
                 rows = status.fleet(store, interval=30)
                 say.line(f"[{time.strftime('%H:%M:%S')}] " + _plain_fleet(rows, names))

@@ -62,7 +62,9 @@ class _Subscriber:
 
     def __init__(self, hostport: str, serial: str, user: str | None):
         import paho.mqtt.client as mqtt
-        host, _, port = hostport.rpartition(":")
+
+        from common.broker import parse_broker
+        b = parse_broker(hostport)
         self.got: list[dict] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hw-tests-{os.getpid()}-{serial}")
@@ -71,7 +73,7 @@ class _Subscriber:
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"homebox/v1/{serial}/telemetry/+", qos=1)
         self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = self._msg
-        self.c.connect(host or "127.0.0.1", int(port))
+        self.c.connect(b.host, b.port)
         self.c.loop_start()
 
     def _msg(self, c, u, msg):

@@ -1,6 +1,5 @@
 """The bench station's parts, without boxes: the ledger (serials unique across
-processes, idempotent per MAC, no secrets), the credentials (deterministic,
-the backend's HMAC key, a hash Mosquitto accepts), slot numbering by USB
+processes, idempotent per MAC, no secrets), a broker hash Mosquitto accepts, slot numbering by USB
 location, the label, and the box console's answers (never a secret)."""
 from __future__ import annotations
 
@@ -16,7 +15,8 @@ from helpers import ROOT, Mosquitto
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flashing import credentials, label, slots  # noqa: E402
+from common import credentials  # noqa: E402
+from flashing import label, slots  # noqa: E402
 from flashing.errors import LedgerError, SetupError  # noqa: E402
 from flashing.ledger import Ledger  # noqa: E402
 
@@ -57,24 +57,6 @@ def test_ledger_serials_are_unique_across_processes_and_idempotent_per_mac(tmp_p
             led.allocate("not-a-mac")
 
 
-def test_credentials_are_derived_the_way_the_backend_derives_keys():
-    from homebox.cli_ops_docs import box_key_hex
-    a = credentials.derive(MASTER, "HB-000001")
-    b = credentials.derive(MASTER, "HB-000001")
-    c = credentials.derive(MASTER, "HB-000002")
-    assert a == b and a.values() != c.values()
-    assert a.hmac_key == box_key_hex(MASTER, "HB-000001")          # `homebox ops push` signs with this
-    assert len(a.wifi_key) == 19 and set(a.wifi_key.replace("-", "")) <= set(credentials.WIFI_ALPHABET)
-    assert a.wifi_ssid == "homebox-000001"
-    text = repr(a) + str(a)
-    assert not any(v in text for v in a.values())
-    h = credentials.broker_hash(a.mqtt_password)
-    assert h.startswith("$7$") and credentials.check_hash(a.mqtt_password, h)
-    assert not credentials.check_hash(c.mqtt_password, h)
-    assert credentials.broker_hash(a.mqtt_password, previous=h) == h           # kept when it matches
-    assert credentials.broker_hash(c.mqtt_password, previous=h) != h
-
-
 def test_mosquitto_accepts_the_ledger_hash(tmp_path):
     a = credentials.derive(MASTER, "HB-000007")
     passwd = tmp_path / "passwd"
@@ -105,19 +87,6 @@ def _connack(c) -> bool:
         time.sleep(0.02)
     c.loop_stop()
     return bool(result) and not result[0].is_failure
-
-
-def test_master_secret_file(tmp_path):
-    f = tmp_path / "m.key"
-    f.write_text("  " + MASTER.decode() + "\n")
-    assert credentials.load_master(f) == MASTER
-    assert credentials.load_master(None, env={"HOMEBOX_MASTER_SECRET_FILE": str(f)}) == MASTER
-    assert credentials.load_master(None, env={}) is None
-    f.write_text("short")
-    with pytest.raises(SetupError, match="too short"):
-        credentials.load_master(f)
-    with pytest.raises(SetupError, match="cannot read"):
-        credentials.load_master(tmp_path / "missing")
 
 
 # every /dev/ttyUSBn of these tests is a CP2102 bridge

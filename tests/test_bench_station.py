@@ -26,8 +26,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import vbox  # noqa: E402
+from common import credentials  # noqa: E402
 from firmware import build as fb  # noqa: E402
-from flashing import credentials  # noqa: E402
 from vbox import standin  # noqa: E402
 
 MASTER = b"bench-test-master-secret-0123456789abcdef"

@@ -274,7 +274,8 @@ def test_shared_subscription_and_tls_listener(fleet):
 
 
 def test_password_hash_format_matches_mosquitto():
-    h = broker_config.mosquitto_hash("s3cret", salt=b"0123456789ab")
+    from common.credentials import mosquitto_hash
+    h = mosquitto_hash("s3cret", salt=b"0123456789ab")
     parts = h.split("$")
     assert parts[1] == "7" and parts[2] == "101"
     import base64

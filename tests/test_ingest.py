@@ -13,7 +13,7 @@ import uuid
 import pytest
 from helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
-from backend.ingest import BrokerURL, Ingest, classify
+from backend.ingest import Ingest, classify
 from backend.store import Store, _split_ranges
 
 PG_BASE = os.environ.get("HOMEBOX_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
@@ -153,16 +153,6 @@ def test_status_reported_desired_upserts(db_url):
     s.put_desired("S", "options", {"version": 6, "speed_tier": "10M"})
     assert s.desired()[0]["version"] == 6 and s.desired()[0]["source"] == "push"
     s.close()
-
-
-def test_broker_url_parse(monkeypatch):
-    monkeypatch.delenv("HOMEBOX_MQTT_PASSWORD", raising=False)
-    u = BrokerURL.parse("mqtts://ingest:s%40cret@broker.example:8884")
-    assert (u.host, u.port, u.username, u.password, u.tls) == ("broker.example", 8884, "ingest", "s@cret", True)
-    u = BrokerURL.parse("127.0.0.1:1999")
-    assert (u.host, u.port, u.tls, u.username) == ("127.0.0.1", 1999, False, None)
-    monkeypatch.setenv("HOMEBOX_MQTT_PASSWORD", "fromenv")
-    assert BrokerURL.parse("mqtt://ingest@h").password == "fromenv"
 
 
 # ---- against a real Mosquitto ----------------------------------------------------------

@@ -15,8 +15,8 @@ import pytest
 from helpers import Capture, publish
 
 from agent import sign
+from common.credentials import box_key
 from homebox import boxrun, cli
-from homebox.cli_ops_docs import box_key_hex
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "docs" / "contract" / "examples"
@@ -55,7 +55,7 @@ def running_box(request, broker, tmp_path):
     secrets = tmp_path / "box" / "secrets.json"
     cfg = boxrun.write_config(tmp_path / "box", box_id=box, broker_host="127.0.0.1", broker_port=broker.port,
                               telemetry_interval=300, backoff_base=0.2, backoff_cap=1.0)
-    secrets.write_text(json.dumps({"hmac_key": box_key_hex(MASTER, box)}))
+    secrets.write_text(json.dumps({"hmac_key": box_key(MASTER, box).hex()}))
     cmd, env = boxrun.box_command(cfg, micropython=interp == "micropython", heap="256k", secrets_path=secrets)
     log = open(tmp_path / "box.log", "w")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -143,7 +143,7 @@ def test_status_raises_each_alarm_on_the_right_box(tmp_path):
 
 
 def test_defensive_reading_of_odd_payloads():
-    assert status.station_weak_shares({"stations": [{"bands": {"weak": 30, "unusable": 10, "good": 60}}]}) \
+    assert status.station_weak_shares({"stations": [{"bands": {"weak": 0.3, "unusable": 0.1, "good": 0.6}}]}) \
         == [("#1", 0.4)]
     assert status.station_weak_shares({"stations": "n/a"}) == []
     assert status.station_weak_shares({"stations": [None, {"bands": {}}]}) == []

@@ -1,5 +1,5 @@
 """The operator master secret and the per-box credentials derived from it, in
-memory only. Nothing here is ever written to the ledger, a log or a report:
+memory only; one module for the bench (flashing/), the backend and the CLI. Nothing here is ever written to the ledger, a log or a report:
 
     hmac_key       = HMAC-SHA256(master, "homebox-box-key:" + box_id)   (agent/sign.py)
     mqtt_password  = base32(HMAC-SHA256(master, "homebox-mqtt-password:" + box_id))[:26]
@@ -14,6 +14,7 @@ ledger keeps only the broker's hash of the MQTT password (Mosquitto's $7$).
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac as _hmac
 import os
 import secrets
@@ -21,18 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import sign
-from backend.broker_config import mosquitto_hash
-from flashing.errors import MasterSecretError
 
 ENV_SECRET = "HOMEBOX_MASTER_SECRET_FILE"
 MIN_SECRET = 16
 # No 0/o, 1/l/i: read off a sticker and typed on a phone.
 WIFI_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+# Mosquitto's default: box passwords are random and high-entropy, and a reconnect
+# storm of the whole fleet must not saturate the broker's CPU.
+PBKDF2_ITERATIONS = 101
+
+
+class MasterSecretError(ValueError):
+    """No usable operator master secret (unreadable file, too short)."""
 
 
 def load_master(path: Path | str | None = None, env: dict | None = None) -> bytes | None:
     """The master secret: the file's bytes, surrounding whitespace stripped (as
-    `homebox ops push` reads it). None when neither the path nor
+    `homebox ops push` and `homebox bench run` read it). None when neither the path nor
     $HOMEBOX_MASTER_SECRET_FILE names a file."""
     env = os.environ if env is None else env
     if path is None and env.get(ENV_SECRET):
@@ -94,10 +100,23 @@ class Credentials:
         return [self.wifi_key, self.mqtt_password, self.hmac_key]
 
 
+def box_key(master: bytes, box_id: str) -> bytes:
+    """The per-box HMAC key that signs desired documents (agent/sign.py)."""
+    return sign.box_key(master, box_id)
+
+
 def derive(master: bytes, box_id: str) -> Credentials:
     return Credentials(box_id=box_id, wifi_ssid=wifi_ssid(box_id), wifi_key=wifi_key(master, box_id),
                        mqtt_password=mqtt_password(master, box_id),
-                       hmac_key=sign.box_key(master, box_id).hex())
+                       hmac_key=box_key(master, box_id).hex())
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None,
+                   iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A password-file hash in Mosquitto's $7$ (PBKDF2-HMAC-SHA512) format."""
+    salt = salt or os.urandom(12)
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return "$7$%d$%s$%s" % (iterations, base64.b64encode(salt).decode(), base64.b64encode(dk).decode())
 
 
 def broker_hash(password: str, previous: str | None = None) -> str:
@@ -110,7 +129,6 @@ def broker_hash(password: str, previous: str | None = None) -> str:
 
 def check_hash(password: str, h: str) -> bool:
     """Does a Mosquitto $7$ hash match this password?"""
-    import hashlib
     try:
         _, seven, iters, salt, dk = h.split("$")
         if seven != "7":
