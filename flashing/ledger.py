@@ -84,9 +84,12 @@ class Ledger:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # One write transaction taken up front: two benches creating the tables
+            # at once would otherwise race from a read snapshot to a write, which
+            # WAL refuses at once (SQLITE_BUSY_SNAPSHOT) without waiting.
+            self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
         except sqlite3.Error as e:
             raise LedgerError(f"cannot open the ledger {self.path}: {e}") from None
         self.db.row_factory = sqlite3.Row

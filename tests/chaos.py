@@ -40,7 +40,7 @@ for p in (str(TESTS), str(ROOT)):
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from boxproc import BoxProcess  # noqa: E402
-from helpers import Capture, Mosquitto, free_port  # noqa: E402
+from helpers import Capture, Mosquitto, free_port, retained  # noqa: E402
 
 from agent import topics  # noqa: E402
 from backend.store import Store  # noqa: E402
@@ -935,14 +935,11 @@ def _applied(store: Store, boxes: list[str], version: int) -> bool:
     return all((rep.get(b, {}).get(s) or {}).get("version") == version for b in boxes for s in SECTIONS)
 
 
-def _retained_versions(port: int, boxes: list[str], wait: float = 1.5) -> dict[tuple[str, str], int]:
-    cap = Capture(port, "homebox/v1/+/desired/+")
-    time.sleep(wait)
-    cap.close()
+def _retained_versions(port: int, boxes: list[str]) -> dict[tuple[str, str], int]:
     out = {(b, s): 0 for b in boxes for s in SECTIONS}
-    for t, p, retained in cap.messages:
+    for t, p in retained(port, "homebox/v1/+/desired/+"):
         tp = topics.parse(t)
-        if retained and tp and (tp[0], tp[2]) in out:
+        if tp and (tp[0], tp[2]) in out:
             try:
                 out[(tp[0], tp[2])] = json.loads(p)["version"]
             except (ValueError, KeyError, TypeError):

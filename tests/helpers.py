@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -182,6 +183,33 @@ def mqtt_client(port: int, user: str | None = None, password: str | None = None,
         c.max_queued_messages_set(0)
     c.connect("localhost" if tls_ca else host, port)
     return c
+
+
+def retained(port: int, topic: str, timeout: float = 30.0, **kw) -> list[tuple[str, bytes]]:
+    """Every retained message under `topic`, known complete: the broker sends the
+    retained set right after the SUBACK, so a probe published after the SUBACK,
+    on a topic of our own, arrives after the last of them (as `ops push` does)."""
+    probe = f"homebox-test/probe/{uuid.uuid4().hex}"
+    got: list[tuple[str, bytes]] = []
+    done = threading.Event()
+    c = mqtt_client(port, client_id=f"ret-{uuid.uuid4().hex[:8]}", **kw)
+    c.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), (probe, 1)])
+    c.on_subscribe = lambda c, u, mid, rcs, p: c.publish(probe, b"probe", qos=1)
+
+    def on_message(c, u, m):
+        if m.topic == probe:
+            done.set()
+        elif m.retain:
+            got.append((m.topic, m.payload))
+    c.on_message = on_message
+    c.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise AssertionError(f"no probe back from the broker on port {port} within {timeout} s")
+        return list(got)
+    finally:
+        c.loop_stop()
+        c.disconnect()
 
 
 class Capture:

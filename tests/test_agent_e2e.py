@@ -86,7 +86,9 @@ def test_broker_outage_loses_nothing(interp, tmp_path):
     assert len(repeated) <= 2, repeated
     delays = [float(d) for d in box.log_values("reconnect", "delay")]
     assert len(delays) >= 2, box.output()
-    assert len(set(delays)) == len(delays)             # jittered, not a fixed ladder
+    # jittered, not a fixed ladder: logged to the millisecond in [0, cap], two draws
+    # may share a value by chance; a fixed ladder repeats most of them
+    assert len(delays) - len(set(delays)) <= max(1, len(delays) // 10), delays
     assert all(0 <= d <= 2.0 for d in delays)          # within the configured cap
     assert any(ln.startswith("[hb] connected ") for ln in box.lines[mark:])
 

@@ -24,8 +24,11 @@ MASTER = b"parts-test-master-secret-0123456789"
 
 
 def _allocate_many(path: str, macs: list[str], q) -> None:
-    with Ledger(path) as led:
-        q.put([(m, led.allocate(m).serial) for m in macs])
+    try:
+        with Ledger(path) as led:
+            q.put([(m, led.allocate(m).serial) for m in macs])
+    except BaseException as e:          # said, not lost in a dead child
+        q.put(repr(e))
 
 
 def test_ledger_serials_are_unique_across_processes_and_idempotent_per_mac(tmp_path):
@@ -38,9 +41,13 @@ def test_ledger_serials_are_unique_across_processes_and_idempotent_per_mac(tmp_p
              ctx.Process(target=_allocate_many, args=(path, list(reversed(macs[8:])), q))]
     for p in procs:
         p.start()
-    got = q.get(timeout=60) + q.get(timeout=60)
+    # each child puts exactly one item (its serials or its error): wait for the
+    # children to end, however slow a loaded machine makes them
     for p in procs:
-        p.join(30)
+        p.join(300)
+    outs = [q.get(timeout=10) for _ in procs]
+    assert all(isinstance(o, list) for o in outs), outs
+    got = outs[0] + outs[1]
     by_mac: dict[str, set] = {}
     for mac, serial in got:
         by_mac.setdefault(mac, set()).add(serial)
