@@ -12,23 +12,8 @@
 # while a parental schedule needs its tick every minute.
 # The rule modules are dropped after use (agent/compat.py release): updates are
 # rare, enforcement runs once a minute, and RAM is the box's scarcest resource.
-import json
-
 from agent.compat import release
-
-FREE_BOUQUETS = ("tnt",)
-
-
-def default_lineup():
-    """The 27 free TNT channels (agent/channels_tnt.json): the lineup until a
-    channels document is applied. Parsed from the file as a stream."""
-    d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent"
-    try:
-        with open(d + "/channels_tnt.json") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return []
-    return doc["channels"] if isinstance(doc, dict) else []
+from agent.lineup import FREE_BOUQUETS, bouquets, default_lineup, effective
 
 
 class Effects:
@@ -73,10 +58,8 @@ class Effects:
         self._report("parental", "enforced", st)
         if applied_changed:
             if "channels" in applied or "options" in applied:
-                from agent import sections
-                eff = sections.effective(applied)
-                b = sections.bouquets(applied)
-                release()
+                eff = effective(applied)
+                b = bouquets(applied)
             else:
                 # The default lineup, free bouquets only: without loading the rules.
                 b = list(FREE_BOUQUETS)

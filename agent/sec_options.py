@@ -16,7 +16,7 @@ def validate(doc, err, ctx=None):
     bs = listof(doc, "bouquets", "bouquets", MAX_BOUQUETS, err) if "bouquets" in doc else []
     known = None
     if ctx is not None and bs:
-        from agent.sections import lineup
+        from agent.lineup import lineup
         known = []
         for c in lineup(ctx):
             if c.get("bouquet") not in known:

@@ -99,34 +99,6 @@ VALIDATORS = {
 }
 
 
-# ---- effects -------------------------------------------------------------------
-
-def default_lineup():
-    from agent.sec_effects import default_lineup
-    return default_lineup()
-
-
-def lineup(applied):
-    doc = applied.get("channels")
-    return doc["channels"] if doc else default_lineup()
-
-
-def bouquets(applied):
-    """The bouquets exposed: the free ones and the subscribed ones."""
-    from agent.sec_effects import FREE_BOUQUETS
-    b = list(FREE_BOUQUETS)
-    for x in (applied.get("options") or {}).get("bouquets") or ():
-        if x not in b:
-            b.append(x)
-    return b
-
-
-def effective(applied):
-    """The effective lineup: channels whose bouquet is free or subscribed."""
-    ok = bouquets(applied)
-    return [c for c in lineup(applied) if c.get("bouquet") in ok]
-
-
 def verifier(box_id, key_hex):
     """A twin verify hook that loads agent/sign.py only while a document is checked."""
     def verify(section, doc):

@@ -86,7 +86,7 @@ def config_defaults(name):
 def attach(hal, config, sc):
     """Give a SimHal its clock and the parts its scenario and config enable.
     Returns the scenario dict."""
-    from agent.hal.sim import DEFAULT_SIM_EPOCH, SimClock
+    from agent.hal.sim_clock import DEFAULT_SIM_EPOCH, SimClock
     if isinstance(sc, str):
         sc = home(sc)
     hal.clock = SimClock(config["state_dir"], config.get("speedup", 1), sc.get("start"))

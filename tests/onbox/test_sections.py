@@ -2,7 +2,7 @@
 # through the twin. CPython and MicroPython.
 import json
 
-from agent import sections
+from agent import lineup, sections
 from agent.twin import Invalid, Twin
 
 PARENTAL = {"version": 1, "tz": "CET-1CEST,M3.5.0,M10.5.0/3", "filter": "moderate",
@@ -45,7 +45,7 @@ def test_valid_documents(tmp):
     assert sections.errors("channels", CHANNELS) == []
     assert sections.errors("options", OPTIONS, {"channels": CHANNELS}) == []
     assert sections.errors("channels", sections.module("channels") and
-                           {"version": 1, "channels": sections.default_lineup()}) == []
+                           {"version": 1, "channels": lineup.default_lineup()}) == []
 
 
 def test_parental_rules_name_the_field(tmp):
@@ -120,7 +120,7 @@ def test_options_rules_and_unknown_bouquet(tmp):
 
 
 def test_default_lineup_is_the_27_tnt_channels(tmp):
-    ch = sections.default_lineup()
+    ch = lineup.default_lineup()
     assert len(ch) == 27
     assert [c["lcn"] for c in ch] == list(range(1, 28))
     assert all(c["bouquet"] == "tnt" for c in ch)
@@ -129,11 +129,11 @@ def test_default_lineup_is_the_27_tnt_channels(tmp):
 
 def test_options_gate_the_lineup(tmp):
     applied = {"channels": CHANNELS}
-    assert [c["lcn"] for c in sections.effective(applied)] == [1]
+    assert [c["lcn"] for c in lineup.effective(applied)] == [1]
     applied["options"] = OPTIONS
-    assert [c["lcn"] for c in sections.effective(applied)] == [1, 40]
-    assert sections.bouquets(applied) == ["tnt", "cinema"]
-    assert len(sections.effective({})) == 27
+    assert [c["lcn"] for c in lineup.effective(applied)] == [1, 40]
+    assert lineup.bouquets(applied) == ["tnt", "cinema"]
+    assert len(lineup.effective({})) == 27
 
 
 def test_all_or_nothing_through_the_twin(tmp):

@@ -1,0 +1,38 @@
+"""The import rules (tests/tools/imports.py): no circle between modules but a
+hot/cold pair, and nothing from a host package in agent/."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from helpers import ROOT
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "tests.tools.imports", *args], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_code_base_follows_the_import_rules():
+    r = _run()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "homebox     -> backend" in r.stdout and "0 problem(s)" in r.stdout
+
+
+def test_the_checker_finds_a_circle_and_an_agent_escape(tmp_path):
+    def write(rel, text):
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    write("agent/__init__.py", "")
+    write("agent/runtime.py", "from agent import runtime_cold\n")
+    write("agent/runtime_cold.py", "from agent.runtime import Box\n")     # a hot/cold pair: allowed
+    write("agent/net.py", "def f():\n    from homebox import cli\n")    # lazy, still an escape
+    write("homebox/__init__.py", "")
+    write("homebox/cli.py", "from . import demo\n")
+    write("homebox/demo.py", "import homebox.cli\n")
+    r = _run("--root", str(tmp_path))
+    assert r.returncode == 1
+    assert "CIRCLE: homebox.cli <-> homebox.demo" in r.stdout
+    assert "AGENT IMPORTS A HOST MODULE: agent.net -> homebox.cli" in r.stdout
+    assert "runtime_cold" not in r.stdout.split("CIRCLE")[-1] and "2 problem(s)" in r.stdout

@@ -1,0 +1,162 @@
+"""The import graph between the project's top-level packages, and its two rules.
+
+    python -m tests.tools.imports            # from the checkout; exit 1 on a violation
+    python -m tests.tools.imports --root DIR
+
+Rules:
+1. No circle between modules. A hot module and its cold half (`x` and `x_cold`)
+   count as one module: they are one unit split for the box's heap.
+2. `agent/` imports nothing from a host package: it runs alone on the box.
+
+Every import counts, lazy ones inside functions too: a lazy import still ties
+the two modules together.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import Counter
+from pathlib import Path
+
+PACKAGES = ("agent", "backend", "benchmarks", "common", "firmware", "flashing", "homebox", "vbox")
+
+
+def modules(root: Path, packages=PACKAGES) -> dict[str, Path]:
+    out = {}
+    for pkg in packages:
+        base = root / pkg
+        if not base.is_dir():
+            continue
+        for f in sorted(base.rglob("*.py")):
+            if "__pycache__" in f.parts:
+                continue
+            parts = list(f.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = f
+    return out
+
+
+def _targets(node: ast.AST, mod: str, is_pkg: bool, known: dict[str, Path]) -> list[str]:
+    names: list[str] = []
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            pkg = mod.split(".") if is_pkg else mod.split(".")[:-1]
+            pkg = pkg[: len(pkg) - (node.level - 1)]
+            base = ".".join(pkg + ([base] if base else []))
+        # `from pkg import name`: the submodule pkg.name if there is one, else pkg
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    out = []
+    for n in names:
+        while n and n not in known:          # `import a.b.c` -> the deepest module we have
+            n = n.rpartition(".")[0]
+        if n:
+            out.append(n)
+    return out
+
+
+def graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
+    known = modules(root, packages)
+    g: dict[str, set[str]] = {m: set() for m in known}
+    for mod, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for t in _targets(node, mod, path.name == "__init__.py", known):
+                    if t != mod:
+                        g[mod].add(t)
+    return g
+
+
+def unit(mod: str) -> str:
+    return mod[: -len("_cold")] if mod.endswith("_cold") else mod
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one unit (Tarjan, iterative)."""
+    ug: dict[str, set[str]] = {}
+    for m, ts in g.items():
+        ug.setdefault(unit(m), set()).update(unit(t) for t in ts if unit(t) != unit(m))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out = []
+    counter = 0
+    for start in sorted(ug):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(ug.get(start, ()))))]
+        index[start] = low[start] = counter
+        counter += 1
+        stack.append(start)
+        on.add(start)
+        while work:
+            v, it = work[-1]
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(ug.get(w, ())))))
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    if len(comp) > 1:
+                        out.append(sorted(comp))
+    return sorted(out)
+
+
+def agent_escapes(g: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((m, t) for m, ts in g.items() if m.split(".")[0] == "agent"
+                  for t in ts if t.split(".")[0] != "agent")
+
+
+def package_edges(g: dict[str, set[str]]) -> Counter:
+    c: Counter = Counter()
+    for m, ts in g.items():
+        for t in ts:
+            a, b = m.split(".")[0], t.split(".")[0]
+            if a != b:
+                c[(a, b)] += 1
+    return c
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    a = ap.parse_args(argv)
+    g = graph(a.root)
+    print("imports between top-level packages (module imports):")
+    for (src, dst), n in sorted(package_edges(g).items()):
+        print(f"  {src:<11} -> {dst:<11} {n}")
+    bad = 0
+    for comp in cycles(g):
+        bad += 1
+        print("CIRCLE: " + " <-> ".join(comp))
+    for m, t in agent_escapes(g):
+        bad += 1
+        print(f"AGENT IMPORTS A HOST MODULE: {m} -> {t}")
+    print(f"{len(g)} modules, {bad} problem(s)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
