@@ -23,6 +23,15 @@ system-deps:
 	    echo "note: mosquitto is not installed and we are not root: the demo uses the pure-Python broker; tests need mosquitto (apt-get install mosquitto)"; \
 	  fi; \
 	fi
+	@# The backend's PostgreSQL tests start a throwaway server from Debian's binaries.
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "note: PostgreSQL is not installed and we are not root: the PostgreSQL tests skip (apt-get install postgresql)"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)

@@ -1,10 +1,11 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import Mosquitto  # noqa: E402
+from helpers import Mosquitto, ThrowawayPostgres, pg_bindir  # noqa: E402
 
 # tests/onbox/ holds on-box tests that run under both interpreters through
 # tests/test_onbox.py, not as pytest modules.
@@ -16,3 +17,19 @@ def broker(tmp_path):
     m = Mosquitto(tmp_path / "broker").start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The tests' own throwaway PostgreSQL server: its base URL. Skips without the
+    binaries (make setup installs them as root); under CI=true that is a failure."""
+    bindir = pg_bindir()
+    if bindir is None:
+        reason = ("PostgreSQL binaries (initdb, pg_ctl) not found and not root: "
+                  "run make setup as root or apt-get install postgresql")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + " (mandatory under CI=true)")
+        pytest.skip(reason)
+    pg = ThrowawayPostgres(bindir).start()
+    yield pg.url
+    pg.stop()

@@ -271,3 +271,58 @@ def publish(port: int, topic: str, payload, retain: bool = True, qos: int = 1, u
     info.wait_for_publish(10)
     c.loop_stop()
     c.disconnect()
+
+
+def pg_bindir() -> str | None:
+    """Debian's PostgreSQL binaries (/usr/lib/postgresql/N/bin), newest first, or $PATH."""
+    import glob
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+        if os.path.exists(os.path.join(d, "initdb")):
+            return d
+    exe = shutil.which("initdb")
+    return os.path.dirname(exe) if exe else None
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of the tests' own: initdb into a temp dir, pg_ctl start on a
+    free loopback port with its unix socket in that dir. As root (initdb refuses root)
+    the server runs as the `postgres` user, which owns the temp dir."""
+
+    def __init__(self, bindir: str):
+        import tempfile
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="hb-pg-"))
+        self.data, self.sock = self.root / "data", self.root / "sock"
+        self.sock.mkdir()
+        self.port = free_port()
+        self.prefix: list[str] = []
+        self.user = getpass.getuser()
+        if os.geteuid() == 0:
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            for p in (self.root, self.sock):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+            self.prefix, self.user = ["runuser", "-u", "postgres", "--"], "postgres"
+
+    def _run(self, *cmd: str) -> None:
+        r = subprocess.run(self.prefix + [os.path.join(self.bindir, cmd[0]), *cmd[1:]],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode:
+            raise RuntimeError(f"{cmd[0]} failed: {r.stdout}{r.stderr}")
+
+    def start(self) -> ThrowawayPostgres:
+        self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-sync")
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.sock} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "pg.log"), "-o", opts, "-w", "-t", "60", "start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "test")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/test"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

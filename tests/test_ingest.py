@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,26 +15,14 @@ from helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 from backend.ingest import Ingest, classify
 from backend.store import Store, _split_ranges
 
-PG_BASE = os.environ.get("HOMEBOX_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg
-        with psycopg.connect(PG_BASE, connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/backend.db"
         return
-    # The PostgreSQL variant is part of the acceptance: no skip. Start the server
-    # with `pg_ctlcluster --skip-systemctl-redirect 15 main start` (or .ci/run).
-    assert _pg_available(), f"PostgreSQL is not reachable at {PG_BASE}"
+    # The tests' own throwaway server (conftest.pg_server); mandatory under CI=true.
+    PG_BASE = request.getfixturevalue("pg_server")
     schema = "hbtest_" + uuid.uuid4().hex[:10]
     yield f"{PG_BASE}?schema={schema}"
     import psycopg
