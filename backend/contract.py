@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
@@ -15,18 +14,10 @@ from referencing import Registry, Resource
 
 from agent import topics
 
-
-def contract_dir() -> Path:
-    """docs/contract/ in a checkout; in an installed wheel the same files ship as
-    the package data `backend/contract_data/` (pyproject.toml maps it)."""
-    src = Path(__file__).resolve().parent.parent / "docs" / "contract"
-    if (src / "schemas").is_dir():
-        return src
-    return Path(str(resources.files("backend") / "contract_data"))
-
-
-SCHEMA_DIR = contract_dir() / "schemas"
-EXAMPLES_DIR = contract_dir() / "examples"
+# docs/contract/ of the checkout: the one source of the schemas and examples
+CONTRACT_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract"
+SCHEMA_DIR = CONTRACT_DIR / "schemas"
+EXAMPLES_DIR = CONTRACT_DIR / "examples"
 
 
 class ContractError(ValueError):

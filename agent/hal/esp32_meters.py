@@ -92,7 +92,7 @@ class WaterPulses:
                 self.tail = (self.tail + 1) % RING
         finally:
             machine.enable_irq(irq)
-        return ticks_ms(), out
+        return now, out
 
 
 class Meters:
