@@ -85,14 +85,32 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # One write transaction taken up front: two benches creating the tables
-            # at once would otherwise race from a read snapshot to a write, which
-            # WAL refuses at once (SQLITE_BUSY_SNAPSHOT) without waiting.
-            self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
+            self._prepare(time.monotonic() + 30)
         except sqlite3.Error as e:
             raise LedgerError(f"cannot open the ledger {self.path}: {e}") from None
         self.db.row_factory = sqlite3.Row
+
+    def _prepare(self, deadline: float) -> None:
+        # Turning a fresh file to WAL takes an exclusive lock, and SQLite answers
+        # "database is locked" at once, without its busy handler, when another
+        # bench opens the same new file at that instant: try again until the deadline.
+        pause = 0.01
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # One write transaction taken up front: two benches creating the tables
+                # at once would otherwise race from a read snapshot to a write, which
+                # WAL refuses at once (SQLITE_BUSY_SNAPSHOT) without waiting.
+                self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
+                return
+            except sqlite3.OperationalError as e:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                busy = "locked" in str(e) or "busy" in str(e)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def close(self) -> None:
         self.db.close()
