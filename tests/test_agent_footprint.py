@@ -1,6 +1,7 @@
 """The agent's heap bound on the real MicroPython interpreter (figures: make bench,
 docs/performance.md)."""
 import json
+import re
 
 from boxproc import BoxProcess
 from helpers import Capture
@@ -30,6 +31,37 @@ def test_1000_cycles_in_bounded_heap(broker, tmp_path):
     assert seqs == list(range(1, 1001))
     # the live heap (after a collection, in every health report) stays bounded:
     # no leak over 1,000 cycles, and room left for the transient allocations
+    alloc = [m["data"]["heap_alloc"] for m in health]
+    assert max(alloc) < 60 * 1024, max(alloc)
+    assert alloc[-1] - alloc[10] < 2048, (alloc[10], alloc[-1])
+
+
+def test_1000_cycles_in_64k_on_the_board_boot_path(broker, tmp_path):
+    """The same bound where a box really runs: the firmware a bench flashes, booted by
+    the (virtual) board from littlefs, firmware/main.py with its serial console."""
+    from vbox import boardrun
+    box_id = "box-heap-board"
+    cfg = {"box_id": box_id, "broker_host": "127.0.0.1", "broker_port": broker.port,
+           "state_dir": "/state", "max_cycles": 1000, "speedup": 60000, "telemetry_interval": 60,
+           "keepalive": 10, "backoff_base": 0.2, "backoff_cap": 2.0, "drain_rate": 5000,
+           "shutdown_drain": 20}
+    cap = Capture(broker.port)
+    box = boardrun.boot_firmware(tmp_path / "box", cfg, {"mqtt_user": box_id, "mqtt_password": "pw"},
+                                 heap=HEAP)
+    try:
+        ended = boardrun.wait_stopped(box, 240)
+        con = box.console()
+        assert ended, con[-3000:]
+        assert "MemoryError" not in con and "Traceback" not in con and "failed" not in con, con[-3000:]
+        assert "agent starting, box %s, hal sim" % box_id in con
+        assert re.search(r"\[hb\] stopped cycles=1000 \S* ?.*backlog=0", con), con[-3000:]
+        assert cap.wait_for(lambda c: len([t for t, _p, _r in c.messages
+                                           if t.endswith("/telemetry/health")]) >= 1000, 30)
+    finally:
+        box.stop()
+        cap.close()
+    health = [json.loads(p) for t, p, _ in cap.messages if t.endswith("/telemetry/health")]
+    assert sorted({m["seq"] for m in health}) == list(range(1, 1001))
     alloc = [m["data"]["heap_alloc"] for m in health]
     assert max(alloc) < 60 * 1024, max(alloc)
     assert alloc[-1] - alloc[10] < 2048, (alloc[10], alloc[-1])

@@ -55,7 +55,7 @@ def test_image_mounts_with_micropython_geometry_and_holds_the_agent(built):
         head = f.read(4)
     assert head[0:1] == b"M" and head[1] == 6 and head[2] == 0   # mpy v6, portable bytecode
     with fs.open("main.py", "r") as f:
-        assert '"esp32" if sys.platform == "esp32" else "sim"' in f.read()
+        assert "boot.board()" in f.read()
     lfs = built.manifest["littlefs"]
     assert (lfs["block_size"], lfs["read_size"], lfs["prog_size"], lfs["lookahead_size"]) == (4096, 32, 32, 32)
 

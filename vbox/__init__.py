@@ -85,6 +85,20 @@ class BoxProcess:
         self.proc.wait()
 
 
+def preflash(box_dir: Path | str, image: bytes, offset: int = 0x1000, flash_size: str = "4MB") -> None:
+    """Put a merged firmware image in a box's flash before it first powers on: a box
+    that left the factory flashed. The boot that follows is the real one; tests that
+    are about flashing go through esptool instead."""
+    from firmware import partitions as pt
+    from vbox.flash import Flash
+    flash = Flash(Path(box_dir) / "flash.bin", pt.parse_flash_size(flash_size))
+    try:
+        flash.erase(offset, (len(image) + 0xFFF) & ~0xFFF)
+        flash.program(offset, image)
+    finally:
+        flash.close()
+
+
 def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None, port: int = 0,
           scenario: Path | str | None = None, baud_limit: bool = False, heap: str = "128k",
           python: str | None = None) -> BoxProcess:
