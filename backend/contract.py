@@ -1,7 +1,9 @@
 """The MQTT contract as code: which JSON Schema governs which topic, and validation.
 
 The schemas live in docs/contract/schemas/ (the single source); the AsyncAPI
-document docs/contract/asyncapi.yaml names the same files.
+document docs/contract/asyncapi.yaml names the same files. An installed wheel
+carries that directory as the package data backend/contract_data/
+(pyproject.toml); a checkout reads docs/contract/ itself.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from referencing import Registry, Resource
 
 from agent import topics
 
-# docs/contract/ of the checkout: the one source of the schemas and examples
-CONTRACT_DIR = Path(__file__).resolve().parent.parent / "docs" / "contract"
+# docs/contract/: the one source of the schemas and examples; installed from a
+# wheel it is backend/contract_data/, in a checkout docs/contract/ of the tree
+_PACKAGED = Path(__file__).resolve().parent / "contract_data"
+CONTRACT_DIR = _PACKAGED if (_PACKAGED / "schemas").is_dir() else \
+    Path(__file__).resolve().parent.parent / "docs" / "contract"
 SCHEMA_DIR = CONTRACT_DIR / "schemas"
 EXAMPLES_DIR = CONTRACT_DIR / "examples"
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import agent
@@ -25,6 +27,26 @@ def cache_dir() -> Path:
         return Path(d)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "homebox"
+
+
+def installed(root: Path) -> bool:
+    """True when `root`, the directory that holds our packages, is one of this
+    interpreter's site directories: homebox installed from a wheel, not a checkout."""
+    sites = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    sites.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    sites.add(site.getusersitepackages())
+    root = Path(root).resolve()
+    return any(Path(s).resolve() == root for s in sites if s)
+
+
+def child_env(root: Path, env: dict | None = None) -> dict:
+    """The environment for a child of this interpreter that imports the packages
+    under `root`: a checkout goes first on PYTHONPATH; an installed homebox is found
+    as it is (its site-packages must not go before the standard library)."""
+    env = dict(os.environ if env is None else env)
+    if not installed(root):
+        env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 class BoxRunError(RuntimeError):

@@ -7,6 +7,7 @@ which of its checks.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,8 +17,11 @@ from pathlib import Path
 
 from flashing.errors import CHECK_ADVICE, TestFailed
 
+# hw-tests/ of the checkout; installed from a wheel, the package data flashing/hw_tests/
+_PACKAGED = Path(__file__).resolve().parent / "hw_tests"
+INSTALLED = (_PACKAGED / "pytest.ini").is_file()
 ROOT = Path(__file__).resolve().parent.parent
-HW_TESTS = ROOT / "hw-tests"
+HW_TESTS = _PACKAGED if INSTALLED else ROOT / "hw-tests"
 
 # test function -> the check a technician is told about
 TEST_CHECK = {
@@ -62,9 +66,15 @@ def run(port: str, serial: str, mac: str, broker: str | None, workdir: Path,
     workdir.mkdir(parents=True, exist_ok=True)
     logf = workdir / "pytest.log"
     t0 = time.monotonic()
+    env = dict(os.environ)
+    if INSTALLED:
+        # nothing is written beside the installed suite: no assertion-rewrite .pyc
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # a checkout's packages are found from its root; an install needs no cwd of its own
+    cwd = workdir if INSTALLED else ROOT
     with open(logf, "wb") as out:
         try:
-            p = subprocess.run(command(port, serial, mac, broker, workdir, broker_user), cwd=str(ROOT),
+            p = subprocess.run(command(port, serial, mac, broker, workdir, broker_user), cwd=str(cwd), env=env,
                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
             rc = p.returncode
         except subprocess.TimeoutExpired:

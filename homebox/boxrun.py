@@ -8,7 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from firmware.toolchain import SRC_ROOT, BoxRunError, cache_dir, compile_agent, micropython_exe
+from firmware.toolchain import (
+    SRC_ROOT,
+    BoxRunError,
+    cache_dir,
+    child_env,
+    compile_agent,
+    micropython_exe,
+)
 
 __all__ = ["BoxRunError", "box_command", "compile_agent", "micropython_exe", "neutral_cwd",
            "write_config"]
@@ -27,7 +34,7 @@ def box_command(config_path: Path, micropython: bool = False, heap: str = "64k",
         mpy = compile_agent()
         env["MICROPYPATH"] = f"{mpy}:.frozen"
         return [micropython_exe(), "-X", f"heapsize={heap}"] + args, env
-    env["PYTHONPATH"] = str(SRC_ROOT)
+    env = child_env(SRC_ROOT, {k: v for k, v in env.items() if k != "PYTHONPATH"})
     env["PYTHONUNBUFFERED"] = "1"
     return [sys.executable] + args, env
 

@@ -113,10 +113,11 @@ def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None,
         cmd += ["--scenario", str(Path(scenario).resolve())]
     if baud_limit:
         cmd.append("--baud-limit")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    from firmware.toolchain import child_env, installed
+    # a checkout's vbox/ (it may be newer than an editable install) goes on the
+    # child's path; an installed one runs from the box's own directory
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(box_dir / "vbox.log", "ab"),
-                            env=env, cwd=str(ROOT))
+                            env=child_env(ROOT), cwd=str(box_dir if installed(ROOT) else ROOT))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
