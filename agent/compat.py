@@ -25,17 +25,6 @@ def forget(name):
         delattr(p, child)
 
 
-# The section rules (validators, signatures, the parental schedule): loaded for a
-# document check or an effects pass, then released, since updates are rare.
-RULES = ("agent.sections", "agent.sec_channels", "agent.sec_options", "agent.sec_parental",
-         "agent.sign", "agent.parental", "agent.tz", "agent.sec_effects", "agent.lineup")
-
-
-def release():
-    for m in RULES:
-        forget(m)
-
-
 def urandom(n):
     return os.urandom(n)
 

@@ -7,12 +7,10 @@
 import asyncio
 
 from agent import VERSION, fsutil
-from agent.compat import mem, release
+from agent.compat import mem
 from agent.log import log
 from agent.outbox import Outbox
 from agent.twin import Twin
-
-SECTIONS = ("parental", "channels", "options")
 
 
 def init(box, cfg, hal, validators):
@@ -33,6 +31,7 @@ def init(box, cfg, hal, validators):
     if validators is None:
         # Rules are imported when a document must be checked and released
         # after: updates are rare, RAM is the scarcest resource.
+        from agent.rules import SECTIONS
         validators = {}
         for sec in cfg.get("sections") or SECTIONS:
             validators[sec] = box._validator(sec)
@@ -184,7 +183,7 @@ def check(box, section, doc):
     # bouquets of the lineup in force), except for the re-check of stored
     # documents at boot (the twin does not exist yet).
     t = getattr(box, "twin", None)
-    from agent import sections
+    from agent.rules import release, sections
     try:
         sections.check(section, doc, ctx=t.applied if t else None)
     finally:
@@ -192,7 +191,7 @@ def check(box, section, doc):
 
 
 def verify(box, section, doc):
-    from agent import sign
+    from agent.rules import release, sign
     try:
         sign.Verifier(box.id, box.cfg.get("hmac_key"))(section, doc)
     finally:
@@ -200,12 +199,13 @@ def verify(box, section, doc):
 
 
 def effects(box, changed):
-    # One pass of agent/sec_effects.py: enforcement handed to the HAL and
+    # One pass of agent/rules/effects.py: enforcement handed to the HAL and
     # reported. It stays in RAM (box.sections) only while a parental schedule
     # is applied, to tick every minute; otherwise it is released.
+    from agent.rules import release
     fx = box.sections
     if fx is None:
-        from agent.sec_effects import Effects
+        from agent.rules.effects import Effects
         fx = Effects(box, box._fx)
     fx.tick(changed)
     if "parental" in box.twin.applied:

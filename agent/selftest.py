@@ -70,8 +70,8 @@ def documents(box):
         if s not in tw.applied or (tw.reported.get(s) or {}).get("source") != "current":
             bad.append(s)
     d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent"
-    if fsutil.size(d + "/channels_tnt.json") <= 0:
-        bad.append("channels_tnt.json")
+    if fsutil.size(d + "/rules/channels_tnt.json") <= 0:
+        bad.append("rules/channels_tnt.json")
     if bad:
         return _check("documents", "fail", "do not parse: " + ", ".join(bad))
     return _check("documents", "pass", "%d stored documents in force" % n)

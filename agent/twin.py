@@ -34,7 +34,7 @@ class Twin:
     def __init__(self, path, validators, on_apply=None, now=None, verify=None):
         # validators: {section: fn(doc)} raising Invalid; the engine checks
         # the envelope itself. on_apply(section, doc) takes effect of a document.
-        # verify(section, doc) raising Invalid checks who sent it (agent/sign.py);
+        # verify(section, doc) raising Invalid checks who sent it (agent/rules/sign.py);
         # it runs before the replay check, so a forged old version is refused too.
         self.path = path
         self.validators = validators

@@ -18,7 +18,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import sections, sign, topics
+from agent import topics
+from agent.rules import SECTIONS, sections, sign  # noqa: F401  (SECTIONS: for the ops CLI)
 from backend.errors import (
     BrokerRefused,
     BrokerTimeout,
@@ -28,8 +29,6 @@ from backend.errors import (
 )
 from common import credentials
 from common.broker import Broker
-
-SECTIONS = sorted(sections.VALIDATORS)
 
 
 def load_doc(path: Path) -> dict:

@@ -1,7 +1,7 @@
 """The operator master secret and the per-box credentials derived from it, in
 memory only; one module for the bench (flashing/), the backend and the CLI. Nothing here is ever written to the ledger, a log or a report:
 
-    hmac_key       = HMAC-SHA256(master, "homebox-box-key:" + box_id)   (agent/sign.py)
+    hmac_key       = HMAC-SHA256(master, "homebox-box-key:" + box_id)   (agent/rules/sign.py)
     mqtt_password  = base32(HMAC-SHA256(master, "homebox-mqtt-password:" + box_id))[:26]
     wifi_key       = 16 characters from an unambiguous alphabet, from
                      HMAC-SHA256(master, "homebox-wifi-key:" + box_id), in groups of 4
@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import sign
+from agent.rules import sign
 
 ENV_SECRET = "HOMEBOX_MASTER_SECRET_FILE"
 MIN_SECRET = 16
@@ -89,7 +89,7 @@ class Credentials:
     wifi_ssid: str
     wifi_key: str = field(repr=False)
     mqtt_password: str = field(repr=False)
-    hmac_key: str = field(repr=False)            # hex, as agent/sign.py's Verifier takes it
+    hmac_key: str = field(repr=False)            # hex, as agent/rules/sign.py's Verifier takes it
 
     def secrets_json(self) -> dict:
         """The box's /secrets.json."""
@@ -101,7 +101,7 @@ class Credentials:
 
 
 def box_key(master: bytes, box_id: str) -> bytes:
-    """The per-box HMAC key that signs desired documents (agent/sign.py)."""
+    """The per-box HMAC key that signs desired documents (agent/rules/sign.py)."""
     return sign.box_key(master, box_id)
 
 

@@ -1,6 +1,6 @@
 """`homebox ops validate` and `homebox ops push`: desired documents for one box.
 
-The rules are the box's own (agent/sections.py and agent/sec_*.py, imported on
+The rules are the box's own (the package agent/rules, imported on
 CPython), so a document that validates here is judged the same way on the box.
 
 `push` records each document it publishes in the backend store (`--db`, the

@@ -43,10 +43,10 @@ from boxproc import BoxProcess  # noqa: E402
 from helpers import Capture, Mosquitto, free_port, retained  # noqa: E402
 
 from agent import topics  # noqa: E402
+from agent.rules import SECTIONS  # noqa: E402
 from backend.store import Store  # noqa: E402
 from homebox import boxrun  # noqa: E402
 
-SECTIONS = ("options", "channels", "parental")
 EXAMPLES = ROOT / "docs" / "contract" / "examples"
 PROBE = "chaos-probe"
 ROGUE = "chaos-rogue"

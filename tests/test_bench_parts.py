@@ -15,6 +15,7 @@ from helpers import ROOT, Mosquitto
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.rules import SECTIONS  # noqa: E402
 from common import credentials  # noqa: E402
 from flashing import label, slots  # noqa: E402
 from flashing.errors import LedgerError, SetupError  # noqa: E402
@@ -212,7 +213,7 @@ class _Outbox:
 class _Twin:
     def __init__(self, path):
         self.path = path
-        self.validators = {"parental": None, "channels": None, "options": None}
+        self.validators = dict.fromkeys(SECTIONS)
         self.applied = {"options": {"version": 2}}
         self.reported = {"options": {"source": "current"}, "channels": {"source": "last-known-good"}}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent import sign
+from agent.rules import sign
 from common import credentials
 from common.broker import Broker, parse_broker
 

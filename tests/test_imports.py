@@ -36,3 +36,19 @@ def test_the_checker_finds_a_circle_and_an_agent_escape(tmp_path):
     assert "CIRCLE: homebox.cli <-> homebox.demo" in r.stdout
     assert "AGENT IMPORTS A HOST MODULE: agent.net -> homebox.cli" in r.stdout
     assert "runtime_cold" not in r.stdout.split("CIRCLE")[-1] and "2 problem(s)" in r.stdout
+
+
+def test_the_checker_finds_rules_kept_resident(tmp_path):
+    def write(rel, text):
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    write("agent/__init__.py", "")
+    write("agent/rules/__init__.py", "SECTIONS = ()\n")
+    write("agent/rules/sections.py", "from agent.rules import SECTIONS\n")
+    write("agent/twin.py", "from agent.rules import sections\n")            # module level: resident
+    write("agent/runtime.py", "def check():\n    from agent.rules import sections, release\n")  # lazy: fine
+    r = _run("--root", str(tmp_path))
+    assert r.returncode == 1
+    assert "RULES KEPT RESIDENT: agent.twin -> agent.rules.sections" in r.stdout
+    assert "agent.runtime" not in r.stdout.split("RULES KEPT RESIDENT")[-1] and "1 problem(s)" in r.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import Capture, publish
 
-from agent import sign
+from agent.rules import SECTIONS, sign
 from common.credentials import box_key
 from homebox import boxrun, cli
 
@@ -83,7 +83,7 @@ def last_reported(cap, box, section):
 def test_push_sections_end_to_end(running_box, capsys, monkeypatch):
     monkeypatch.delenv("HOMEBOX_MASTER_SECRET_FILE", raising=False)
     box, port, secret, cap, tmp = running_box
-    for section in ("channels", "options", "parental"):
+    for section in SECTIONS:
         rc, out = push(capsys, section, EX / f"desired-{section}.json", box, port, secret)
         assert (rc, out) == (0, "applied v1"), section
 
@@ -168,7 +168,7 @@ def test_push_times_out_without_a_box(broker, tmp_path, capsys):
 
 
 def test_validate_command(tmp_path, capsys):
-    for s in ("parental", "channels", "options"):
+    for s in SECTIONS:
         assert cli.main(["ops", "validate", s, str(EX / f"desired-{s}.json")]) == 0
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"version": 0, "tz": "CET", "profiles": [{"id": "A", "macs": ["x"]}]}))
@@ -190,7 +190,7 @@ def test_validate_command(tmp_path, capsys):
 
 def test_examples_follow_the_schemas():
     from backend import contract
-    for s in ("parental", "channels", "options"):
+    for s in SECTIONS:
         doc = json.loads((EX / f"desired-{s}.json").read_text())
         key = sign.box_key(MASTER, "hb-1")
         doc = dict(doc, box="hb-1")

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from helpers import INTERPRETERS, ROOT, Capture, FleetBroker, publish
 
-from agent.sections import errors
+from agent.rules.sections import errors
 from backend.store import Store
 from homebox import boxrun
 

@@ -1,4 +1,4 @@
-"""agent/tz.py against CPython's zoneinfo: every hour from 2024 to 2035, under
+"""agent/rules/tz.py against CPython's zoneinfo: every hour from 2024 to 2035, under
 CPython and under the real MicroPython interpreter (subprocess).
 
 For each zone the two interpreters produce the same digest: the run-length list
@@ -28,7 +28,7 @@ T1 = calendar.timegm((2036, 1, 1, 0, 0, 0))
 DUMP = r"""
 import sys
 import hashlib
-from agent import tz
+from agent.rules import tz
 
 def dump(s, t0, t1):
     p = tz.parse(s)

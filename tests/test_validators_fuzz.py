@@ -20,13 +20,14 @@ import docfuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import sections, sign
-from agent.sections import Bound
-from agent.twin import Invalid, Twin
+from agent import config
+from agent.rules import SECTIONS, sections, sign
+from agent.runtime import Box
+from agent.twin import Invalid
 from backend import contract
 
 EX = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
-BASE = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in ("parental", "channels", "options")}
+BASE = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in SECTIONS}
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=30),
                     st.sampled_from(["", "00:00", "24:00", "23:59", "12:60", "aa:bb:cc:dd:ee:ff", "AA:BB:CC:DD:EE:F",
@@ -112,6 +113,21 @@ def test_fuzz_options(doc):
 _TWIN_DIR = {}
 
 
+class _Hal:
+    # What a Box asks of its HAL for documents: the twin runs the box's own wiring.
+    name = "fuzz"
+
+    def now(self):
+        return None
+
+    def enforce(self, section, doc):
+        pass
+
+
+def _box(state_dir):
+    return Box(config.load(overrides={"box_id": "fz-1", "state_dir": str(state_dir)}), _Hal())
+
+
 def _twin(tmp_path_factory):
     if "t" not in _TWIN_DIR:
         _TWIN_DIR["t"] = tmp_path_factory.mktemp("fuzztwin")
@@ -119,14 +135,13 @@ def _twin(tmp_path_factory):
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.tuples(st.sampled_from(["parental", "channels", "options"]),
-                          st.one_of(mutated("parental"), mutated("channels"), mutated("options"))),
+@given(st.lists(st.tuples(st.sampled_from(SECTIONS), st.one_of(*[mutated(s) for s in SECTIONS])),
                 min_size=1, max_size=6))
 def test_no_partial_apply(tmp_path_factory, seq):
     base = _twin(tmp_path_factory)
-    d = base / f"t{len(list(base.iterdir()))}"
-    t = Twin(str(d), sections.VALIDATORS)
-    t.validators = Bound(t.validators, t.applied)
+    sd = base / f"t{len(list(base.iterdir()))}"
+    d = sd / "docs"
+    t = _box(sd).twin
     for section, doc in seq:
         before = copy.deepcopy(t.applied.get(section))
         disk_before = (d / f"{section}.json").read_text() if (d / f"{section}.json").exists() else None
@@ -144,7 +159,7 @@ def test_no_partial_apply(tmp_path_factory, seq):
             if r == "rejected":
                 assert t.reported[section]["rejected"]["field"]
     # a restart sees exactly what was applied
-    t2 = Twin(str(d), sections.VALIDATORS)
+    t2 = _box(sd).twin
     assert t2.applied == t.applied
 
 

@@ -1,6 +1,6 @@
-# agent/parental.py: who is blocked now, the DNS profile, schedules in local time
+# agent/rules/schedule.py: who is blocked now, the DNS profile, schedules in local time
 # (DST included), pause, and the unknown-clock rule. CPython and MicroPython.
-from agent import parental, tz
+from agent.rules import schedule, tz
 
 PARIS = "CET-1CEST,M3.5.0,M10.5.0/3"
 KID = "aa:bb:cc:00:00:01"
@@ -20,7 +20,7 @@ def _doc(windows, pause=None, filt="strict"):
 
 
 def _blocked(doc, t):
-    return KID in parental.enforcement(doc, t)["blocked"]
+    return KID in schedule.enforcement(doc, t)["blocked"]
 
 
 def _flips(doc, t0, t1):
@@ -39,12 +39,12 @@ def _flips(doc, t0, t1):
 
 def test_state_shape_and_dns(tmp):
     doc = _doc([{"days": ALL, "from": "07:00", "to": "21:00"}])
-    st = parental.enforcement(doc, _utc(2025, 6, 2, 12))   # 14:00 in Paris
+    st = schedule.enforcement(doc, _utc(2025, 6, 2, 12))   # 14:00 in Paris
     assert st == {"clock": "ok", "local": "2025-06-02T14:00", "blocked": [], "dns": "family",
                   "devices_dns": {KID: "child"}}
-    st = parental.enforcement(doc, _utc(2025, 6, 2, 20))   # 22:00
+    st = schedule.enforcement(doc, _utc(2025, 6, 2, 20))   # 22:00
     assert st["blocked"] == [KID]
-    assert parental.enforcement(None, 0) == {"clock": "ok", "local": None, "blocked": [],
+    assert schedule.enforcement(None, 0) == {"clock": "ok", "local": None, "blocked": [],
                                              "dns": "standard", "devices_dns": {}}
 
 
@@ -85,12 +85,12 @@ def test_pause_until(tmp):
 
 def test_clock_unknown_fails_closed(tmp):
     doc = _doc([{"days": ALL, "from": "00:00", "to": "24:00"}])
-    st = parental.enforcement(doc, None)
+    st = schedule.enforcement(doc, None)
     assert st["clock"] == "unknown" and st["local"] is None
     assert st["blocked"] == [KID]                       # time rules: blocked
     assert st["devices_dns"] == {KID: "child"} and st["dns"] == "family"   # filtering applies
-    assert parental.enforcement(_doc(None), None)["blocked"] == []         # no time rule: untouched
-    assert parental.enforcement(_doc(None, pause=5), None)["blocked"] == [KID]
+    assert schedule.enforcement(_doc(None), None)["blocked"] == []         # no time rule: untouched
+    assert schedule.enforcement(_doc(None, pause=5), None)["blocked"] == [KID]
 
 
 def test_flips_at_the_local_minute_around_dst_paris(tmp):

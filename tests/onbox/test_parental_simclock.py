@@ -12,8 +12,9 @@
 import asyncio
 import json
 
-from agent import config, tz
+from agent import config
 from agent.hal.sim import SimHal
+from agent.rules import tz
 from agent.runtime import Box
 
 PARIS = "CET-1CEST,M3.5.0,M10.5.0/3"

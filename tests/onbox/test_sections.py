@@ -1,9 +1,14 @@
 # The section validators, the effective lineup, and all-or-nothing application
-# through the twin. CPython and MicroPython.
+# through the twin of a real Box (agent/runtime.py), wired as on the box: the
+# rules with the applied documents as context, the signature check, the effects.
+# CPython and MicroPython.
 import json
+import sys
 
-from agent import lineup, sections
-from agent.twin import Invalid, Twin
+from agent import config
+from agent.rules import SECTIONS, lineup, sections, tz
+from agent.runtime import Box
+from agent.twin import Invalid
 
 PARENTAL = {"version": 1, "tz": "CET-1CEST,M3.5.0,M10.5.0/3", "filter": "moderate",
             "profiles": [{"id": "kids", "name": "Children", "macs": ["aa:bb:cc:00:00:01"], "filter": "strict",
@@ -136,10 +141,51 @@ def test_options_gate_the_lineup(tmp):
     assert len(lineup.effective({})) == 27
 
 
+class _Hal:
+    # The HAL methods a Box uses for documents and their effects.
+    name = "test"
+
+    def __init__(self, t):
+        self.t = t
+        self.parental = []
+        self.lineups = []
+
+    def now(self):
+        return self.t
+
+    def enforce(self, section, doc):
+        pass
+
+    def enforce_parental(self, st):
+        self.parental.append(st)
+
+    def enforce_lineup(self, lineup):
+        self.lineups.append([c["lcn"] for c in lineup])
+
+
+def _box(tmp, hal, **cfg):
+    cfg.update({"box_id": "hb-1", "state_dir": tmp + "/state"})
+    return Box(config.load(overrides=cfg), hal)
+
+
+def _rules_loaded():
+    return [m for m in sys.modules if m == "agent.rules" or m.startswith("agent.rules.")]
+
+
+def test_the_box_checks_every_section(tmp):
+    box = _box(tmp, _Hal(None))
+    assert list(box.twin.validators) == list(SECTIONS)
+    try:
+        sections.check("effects", {"version": 1})
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("not a section")
+
+
 def test_all_or_nothing_through_the_twin(tmp):
-    from agent.sections import Bound
-    t = Twin(tmp + "/docs", sections.VALIDATORS)
-    t.validators = Bound(t.validators, t.applied)
+    box = _box(tmp, _Hal(None))
+    t = box.twin
     assert t.handle("channels", json.dumps(CHANNELS)) == "applied"
     assert t.handle("options", json.dumps(OPTIONS)) == "applied"
     assert t.handle("parental", json.dumps(PARENTAL)) == "applied"
@@ -151,66 +197,64 @@ def test_all_or_nothing_through_the_twin(tmp):
                                                  "reason": t.reported["options"]["rejected"]["reason"]}
     assert t.applied["options"]["speed_tier"] == "10M" and t.version("options") == 1
     # a restart finds the last applied documents, not the rejected one
-    t2 = Twin(tmp + "/docs", sections.VALIDATORS)
+    t2 = _box(tmp, _Hal(None)).twin
     assert t2.applied["options"] == OPTIONS and t2.applied["parental"] == PARENTAL
     assert t2.reported["options"]["status"] == "rejected"
 
 
-class _Hal:
-    def __init__(self, t):
-        self.t = t
-        self.parental = []
-        self.lineups = []
+def test_the_rules_are_released_after_use(tmp):
+    box = _box(tmp, _Hal(tz_utc(2025, 6, 2, 20)))
+    assert _rules_loaded() == []
+    assert box.twin.handle("channels", json.dumps(CHANNELS)) == "applied"
+    assert _rules_loaded() == []
+    bad = dict(OPTIONS, version=1, bouquets=["music"])
+    assert box.twin.handle("options", json.dumps(bad)) == "rejected"
+    assert _rules_loaded() == []
+    # a parental schedule keeps its effects for the minute tick, not the modules
+    assert box.twin.handle("parental", json.dumps(PARENTAL)) == "applied"
+    assert box.sections is not None and _rules_loaded() == []
+    box.sections.tick()
+    assert _rules_loaded() == []
 
-    def now(self):
-        return self.t
 
-    def enforce_parental(self, st):
-        self.parental.append(st)
+def test_a_signed_box_refuses_an_unsigned_document(tmp):
+    key = "00" * 32
+    box = _box(tmp, _Hal(None), hmac_key=key)
+    assert box.twin.handle("channels", json.dumps(CHANNELS)) == "rejected"
+    assert box.twin.version("channels") == 0
+    from binascii import unhexlify
 
-    def enforce_lineup(self, lineup):
-        self.lineups.append([c["lcn"] for c in lineup])
-
-
-class _Box:
-    def __init__(self, tmp, hal, key=None):
-        import asyncio
-        self.id = "hb-1"
-        self.cfg = {"hmac_key": key}
-        self.hal = hal
-        self.wake = asyncio.Event()
-        self.twin = Twin(tmp + "/docs", sections.VALIDATORS)
+    from agent.rules import sign
+    d = dict(CHANNELS, box="hb-1")
+    d["sig"] = sign.sign(d, unhexlify(key))
+    assert box.twin.handle("channels", json.dumps(d)) == "applied"
+    assert _rules_loaded() == []
 
 
 def test_effects_enforce_and_report(tmp):
     hal = _Hal(tz_utc(2025, 6, 2, 20))   # Monday 22:00 in Paris: kids outside their window
-    box = _Box(tmp, hal)
-    fx = sections.attach(box)
+    box = _box(tmp, hal)
     assert hal.lineups == [list(range(1, 28))]
     assert hal.parental[-1]["blocked"] == []
     box.twin.handle("channels", json.dumps(CHANNELS))
     box.twin.handle("options", json.dumps(OPTIONS))
     box.twin.handle("parental", json.dumps(PARENTAL))
-    assert fx.ev.is_set()
-    fx.tick(True)
     assert hal.lineups[-1] == [1, 40]
     assert box.twin.reported["channels"]["effective"] == {"bouquets": ["tnt", "cinema"], "lcns": [1, 40]}
     assert hal.parental[-1]["blocked"] == ["aa:bb:cc:00:00:01"]
     assert box.twin.reported["parental"]["enforced"]["blocked"] == ["aa:bb:cc:00:00:01"]
     n = len(hal.parental)
     hal.t = tz_utc(2025, 6, 2, 18, 59)   # 20:59 in Paris: inside the window
-    fx.tick()
+    box.sections.tick()                  # the minute tick (Box.effects_task)
     assert hal.parental[-1]["blocked"] == [] and len(hal.parental) == n + 1
-    fx.tick()
+    box.sections.tick()
     assert len(hal.parental) == n + 1     # no change, no new hand-over
     # the box stays enforcing after a restart without any broker: stored documents only
     hal2 = _Hal(tz_utc(2025, 6, 2, 20))
-    box2 = _Box(tmp, hal2)
-    sections.attach(box2)
+    _box(tmp, hal2)
     assert hal2.parental[-1]["blocked"] == ["aa:bb:cc:00:00:01"]
     assert hal2.lineups[-1] == [1, 40]
 
 
 def tz_utc(y, m, d, hh=0, mm=0):
-    from agent import tz
     return tz.days(y, m, d) * 86400 + hh * 3600 + mm * 60

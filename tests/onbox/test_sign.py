@@ -1,8 +1,8 @@
-# agent/sign.py: HMAC-SHA256 by hand (RFC 4231 vectors), the canonical form,
+# agent/rules/sign.py: HMAC-SHA256 by hand (RFC 4231 vectors), the canonical form,
 # key diversification and the twin's verify hook. Runs under CPython and MicroPython.
 from binascii import hexlify
 
-from agent import sign
+from agent.rules import sign
 from agent.twin import Invalid, Twin
 
 

@@ -1,6 +1,6 @@
-# agent/tz.py: POSIX TZ strings, DST gaps and overlaps, rule forms. Runs under
+# agent/rules/tz.py: POSIX TZ strings, DST gaps and overlaps, rule forms. Runs under
 # CPython and MicroPython (the every-hour zoneinfo comparison is tests/test_tz_zoneinfo.py).
-from agent import tz
+from agent.rules import tz
 
 PARIS = "CET-1CEST,M3.5.0,M10.5.0/3"
 

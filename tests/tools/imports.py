@@ -1,4 +1,4 @@
-"""The import graph between the project's top-level packages, and its two rules.
+"""The import graph between the project's top-level packages, and its three rules.
 
     python -m tests.tools.imports            # from the checkout; exit 1 on a violation
     python -m tests.tools.imports --root DIR
@@ -7,6 +7,9 @@ Rules:
 1. No circle between modules. A hot module and its cold half (`x` and `x_cold`)
    count as one module: they are one unit split for the box's heap.
 2. `agent/` imports nothing from a host package: it runs alone on the box.
+3. The rest of `agent/` imports the section rules (`agent/rules/`, loaded for a
+   check or an effects pass and released as a whole) only inside a function:
+   a module-level import would keep them in the box's heap.
 
 Every import counts, lazy ones inside functions too: a lazy import still ties
 the two modules together.
@@ -70,6 +73,42 @@ def graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
                     if t != mod:
                         g[mod].add(t)
     return g
+
+
+RULES = "agent.rules"
+
+
+def _in_rules(mod: str) -> bool:
+    return mod == RULES or mod.startswith(RULES + ".")
+
+
+def _module_level(tree: ast.AST):
+    """The imports that run when the module is loaded (not inside a function)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child
+            todo.append(child)
+
+
+def resident_rules(root: Path, packages=PACKAGES) -> list[tuple[str, str]]:
+    """(module, rules module) for each module-level import of agent/rules/ by the
+    rest of agent/ (rule 3)."""
+    known = modules(root, packages)
+    out = set()
+    for mod, path in known.items():
+        if mod.split(".")[0] != "agent" or _in_rules(mod):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in _module_level(tree):
+            for t in _targets(node, mod, path.name == "__init__.py", known):
+                if _in_rules(t):
+                    out.add((mod, t))
+    return sorted(out)
 
 
 def unit(mod: str) -> str:
@@ -154,6 +193,9 @@ def main(argv=None) -> int:
     for m, t in agent_escapes(g):
         bad += 1
         print(f"AGENT IMPORTS A HOST MODULE: {m} -> {t}")
+    for m, t in resident_rules(a.root):
+        bad += 1
+        print(f"RULES KEPT RESIDENT: {m} -> {t} (import them inside the function that needs them)")
     print(f"{len(g)} modules, {bad} problem(s)")
     return 1 if bad else 0
 

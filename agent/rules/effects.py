@@ -1,5 +1,5 @@
 # The effects of the applied documents:
-# - parental: the enforcement state (agent/parental.py), recomputed every minute
+# - parental: the enforcement state (agent/rules/schedule.py), recomputed every minute
 #   of box time and whenever a document is applied; each change goes to the
 #   HAL's enforce_parental(state) and into the parental reported document.
 # - channels/options: the effective lineup goes to the HAL's enforce_lineup(list)
@@ -10,10 +10,10 @@
 # The runtime (agent/runtime_cold.py effects) loads this module for one pass at
 # boot, on each apply and when the clock becomes known, and keeps it in RAM only
 # while a parental schedule needs its tick every minute.
-# The rule modules are dropped after use (agent/compat.py release): updates are
+# The rules package is dropped after use (agent/rules release): updates are
 # rare, enforcement runs once a minute, and RAM is the box's scarcest resource.
-from agent.compat import release
-from agent.lineup import FREE_BOUQUETS, bouquets, default_lineup, effective
+from agent.rules import release
+from agent.rules.lineup import FREE_BOUQUETS, bouquets, default_lineup, effective
 
 
 class Effects:
@@ -39,14 +39,14 @@ class Effects:
         applied = box.twin.applied
         pdoc = applied.get("parental")
         if pdoc is None:
-            # Nothing to enforce: the same state parental.enforcement(None, t)
+            # Nothing to enforce: the same state schedule.enforcement(None, t)
             # gives, without loading the rules into RAM.
             st = {"clock": "unknown" if box.hal.now() is None else "ok",
                   "blocked": [], "dns": "standard", "devices_dns": {}}
         else:
-            from agent import parental
+            from agent.rules import schedule
             try:
-                st = parental.enforcement(pdoc, box.hal.now())
+                st = schedule.enforcement(pdoc, box.hal.now())
             finally:
                 release()
             del st["local"]   # changes every minute; not worth a publish

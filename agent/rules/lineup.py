@@ -7,9 +7,9 @@ FREE_BOUQUETS = ("tnt",)
 
 
 def default_lineup():
-    """The 27 free TNT channels (agent/channels_tnt.json): the lineup until a
+    """The 27 free TNT channels (agent/rules/channels_tnt.json): the lineup until a
     channels document is applied. Parsed from the file as a stream."""
-    d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent"
+    d = __file__.rsplit("/", 1)[0] if "/" in __file__ else "agent/rules"
     try:
         with open(d + "/channels_tnt.json") as f:
             doc = json.load(f)

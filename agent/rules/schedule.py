@@ -1,7 +1,8 @@
-# Parental controls: what is enforced at a given instant.
+# The parental schedule: what is enforced at a given instant (the document's
+# rules are agent/rules/parental.py).
 #     enforcement(doc, utc_now) -> {"clock", "local", "blocked", "dns", "devices_dns"}
 # Schedules are allowed hours in the home's local time (the document's POSIX TZ
-# string, agent/tz.py). A device in a profile with a schedule is blocked outside
+# string, agent/rules/tz.py). A device in a profile with a schedule is blocked outside
 # its windows; a window whose end is before its start runs past midnight into
 # the next day. "pause_until" (Unix time) blocks a profile until that instant.
 # The filtering level maps to a DNS profile, per device and for the home.
@@ -10,7 +11,7 @@
 # need time. Every device whose profile has a schedule or a pause_until is
 # blocked; filtering levels apply as usual; devices without time rules are not
 # touched. The state says "clock": "unknown". It lifts on the first call with a time.
-from agent import tz
+from agent.rules import tz
 
 DNS = {"off": "standard", "moderate": "family", "strict": "child"}
 LEVELS = ("off", "moderate", "strict")

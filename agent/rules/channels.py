@@ -1,6 +1,6 @@
 # Rules of the channels document (docs/contract/schemas/desired-channels.json):
 # the TV lineup, one entry per channel, LCNs unique.
-from agent.sections import ident, listof, only
+from agent.rules.sections import ident, listof, only
 
 MAX_CHANNELS = 200
 

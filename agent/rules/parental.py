@@ -1,8 +1,9 @@
-# Rules of the parental document (docs/contract/schemas/desired-parental.json).
-from agent.parental import DAYS, LEVELS, hm
-from agent.sections import ident as _ident
-from agent.sections import listof as _list
-from agent.sections import only
+# Rules of the parental document (docs/contract/schemas/desired-parental.json);
+# what the schedule means at a given instant is agent/rules/schedule.py.
+from agent.rules.schedule import DAYS, LEVELS, hm
+from agent.rules.sections import ident as _ident
+from agent.rules.sections import listof as _list
+from agent.rules.sections import only
 
 MAX_PROFILES = 16
 MAX_MACS = 16
@@ -22,7 +23,7 @@ def validate(doc, err, ctx=None):
     only(doc, ("tz", "filter", "profiles"), "", err)
     s = doc.get("tz")
     try:
-        from agent.tz import parse
+        from agent.rules.tz import parse
         parse(s)
     except ValueError as e:
         err("tz", "must be a POSIX TZ string such as CET-1CEST,M3.5.0,M10.5.0/3 (%s)" % e)

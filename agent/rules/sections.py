@@ -1,16 +1,18 @@
-# The desired-document sections: validators, effects and their wiring into a Box.
-# Each section's rules live in agent/sec_<section>.py, imported only when a
+# The desired-document sections' validators (the names: agent/rules SECTIONS).
+# Each section's rules live in agent/rules/<section>.py, imported only when a
 # document must be checked (a desired document arrives, or a stored one is
-# re-checked at boot), so a quiet box does not hold them in its heap.
+# re-checked at boot), so a quiet box does not hold them in its heap; the
+# runtime releases the package after each check (agent/rules release).
 #
 # A validator is validate(doc, err, ctx): it calls err(field, rule) for each
 # violation. On the box err raises Invalid (the first violation rejects); the
 # operator tools collect every violation. ctx is the twin's applied documents,
 # for rules across sections (options name bouquets of the lineup); None skips
-# those rules (boot re-check, validation of a file with no context). A box
-# that is attach()ed validates with its applied documents as ctx.
+# those rules (boot re-check, validation of a file with no context). The box
+# (agent/runtime_cold.py check) validates with its applied documents as ctx.
 import sys
 
+from agent.rules import SECTIONS
 from agent.twin import Invalid
 
 
@@ -19,7 +21,9 @@ def _raise(field, rule):
 
 
 def module(section):
-    name = "agent.sec_" + section
+    if section not in SECTIONS:
+        raise KeyError(section)
+    name = "agent.rules." + section
     if name not in sys.modules:
         __import__(name)
     return sys.modules[name]
@@ -86,78 +90,3 @@ def only(obj, keys, prefix, err):
     for k in obj:
         if k not in keys and (prefix or k not in ENVELOPE):
             err(prefix + str(k)[:32], "is not a known field")
-
-
-def _validator(section):
-    return lambda doc: check(section, doc)
-
-
-VALIDATORS = {
-    "channels": _validator("channels"),
-    "options": _validator("options"),
-    "parental": _validator("parental"),
-}
-
-
-def verifier(box_id, key_hex):
-    """A twin verify hook that loads agent/sign.py only while a document is checked."""
-    def verify(section, doc):
-        from agent import sign
-        from agent.compat import release
-        try:
-            sign.Verifier(box_id, key_hex)(section, doc)
-        finally:
-            release()
-    return verify
-
-
-class Bound:
-    """A twin's validators, checking with the applied documents as context
-    (options name bouquets of the lineup in force); rules released after use."""
-
-    def __init__(self, names, applied):
-        self.names = names
-        self.applied = applied
-
-    def __contains__(self, s):
-        return s in self.names
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __getitem__(self, s):
-        if s not in self.names:
-            raise KeyError(s)
-        applied = self.applied
-
-        def check(doc):
-            from agent import sections
-            from agent.compat import release
-            try:
-                sections.check(s, doc, ctx=applied)
-            finally:
-                release()
-        return check
-
-
-def attach(box):
-    """Wire the section rules into an object with a twin, a HAL and an id (the
-    runtime's Box does the same with lazy hooks of its own): signature check,
-    cross-section rules and the effects. Returns the Effects after a first
-    pass; its `ev` is set on each apply."""
-    import asyncio
-
-    from agent.sec_effects import Effects
-    box.twin.verify = verifier(box.id, box.cfg.get("hmac_key"))
-    box.twin.validators = Bound(box.twin.validators, box.twin.applied)
-    fx = Effects(box)
-    fx.ev = asyncio.Event()
-    inner = box.twin.on_apply
-
-    def on_apply(section, doc):
-        if inner:
-            inner(section, doc)
-        fx.ev.set()
-    box.twin.on_apply = on_apply
-    fx.tick(True)
-    return fx

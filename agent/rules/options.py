@@ -2,7 +2,7 @@
 # the speed tier, the subscribed bouquets, the phone line and the tenant's
 # consents. A bouquet must exist in the lineup in force (the applied channels,
 # else the TNT default).
-from agent.sections import digits, ident, listof, only
+from agent.rules.sections import digits, ident, listof, only
 
 MAX_BOUQUETS = 16
 
@@ -16,7 +16,7 @@ def validate(doc, err, ctx=None):
     bs = listof(doc, "bouquets", "bouquets", MAX_BOUQUETS, err) if "bouquets" in doc else []
     known = None
     if ctx is not None and bs:
-        from agent.lineup import lineup
+        from agent.rules.lineup import lineup
         known = []
         for c in lineup(ctx):
             if c.get("bouquet") not in known:
