@@ -216,7 +216,7 @@ class _Twin:
         self.applied = {"options": {"version": 2}}
         self.reported = {"options": {"source": "current"}, "channels": {"source": "last-known-good"}}
 
-    def _doc_path(self, s):
+    def doc_path(self, s):
         return f"{self.path}/{s}.json"
 
 
