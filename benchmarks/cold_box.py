@@ -84,4 +84,5 @@ def main(argv):
         n += 1
 
 
-main(sys.argv)
+if __name__ == "__main__":
+    main(sys.argv)

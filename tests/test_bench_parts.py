@@ -164,7 +164,7 @@ class _Box:
         self.client = None
         self.boot = 3
 
-    def _uptime(self):
+    def uptime(self):
         return 12
 
 
