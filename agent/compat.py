@@ -1,5 +1,7 @@
-# The few places where MicroPython and CPython differ, in one module.
+# The few places where MicroPython and CPython differ, in one module; and the
+# loading of cold code (cold(), forget()).
 import os
+import sys
 
 # Re-exported: const (folded away by MicroPython's compiler) and the ticks_*.
 try:
@@ -16,13 +18,42 @@ except ImportError:
 def forget(name):
     # Drop a module from RAM once it is no longer needed: from sys.modules and
     # from its parent package, which keeps a reference of its own.
-    import sys
     if sys.modules.pop(name, None) is None:
         return
     parent, _, child = name.rpartition(".")
     p = sys.modules.get(parent)
     if p is not None and hasattr(p, child):
         delattr(p, child)
+
+
+# Calls under way into each cold module, by name: only the outermost forgets it.
+_depth = {}
+
+
+def cold(name, fn, *args):
+    """Call function `fn` of the module `name` ("agent.twin_cold") and return
+    its result: cold code, loaded when it runs and dropped from RAM after. The
+    module is imported if it is not in sys.modules, and forgotten when the
+    outermost call into it returns or raises; a nested call (a cold function
+    that calls back into hot code that calls the same module) uses the copy
+    already loaded instead of loading a second one. For a coroutine function
+    the call returns the coroutine: the module leaves sys.modules at once and
+    RAM once the coroutine is done."""
+    d = _depth
+    n = d.get(name, 0)
+    d[name] = n + 1
+    try:
+        m = sys.modules.get(name)
+        if m is None:
+            __import__(name)         # returns the top package; the module is in sys.modules
+            m = sys.modules[name]
+        return getattr(m, fn)(*args)
+    finally:
+        if n:
+            d[name] = n
+        else:
+            del d[name]
+            forget(name)
 
 
 def urandom(n):

@@ -54,10 +54,8 @@ def load(path=None, secrets_path=None, overrides=None):
     sc = given.get("scenario")
     if isinstance(sc, str) and given.get("hal", "sim") == "sim":
         # A named sim home turns on what it simulates, unless the config says otherwise.
-        from agent.compat import forget
-        from agent.hal import sim_homes
-        cfg.update(sim_homes.config_defaults(sc))
-        forget("agent.hal.sim_homes")
+        from agent.compat import cold
+        cfg.update(cold("agent.hal.sim_homes", "config_defaults", sc))
     cfg.update(given)
     if not cfg.get("box_id"):
         raise ValueError("config: box_id is required")

@@ -15,13 +15,10 @@ class Console:
         self.write = write or _print
 
     async def handle(self, line):
-        from agent import console_cmds
-        from agent.compat import forget
+        from agent.compat import cold
         try:
-            await console_cmds.handle(self, line)
+            await cold("agent.console_cmds", "handle", self, line)
         finally:
-            del console_cmds
-            forget("agent.console_cmds")
             import gc
             gc.collect()
 

@@ -40,7 +40,7 @@ def info(con):
         "interpreter": "%s %s" % (impl.name, ".".join(str(x) for x in impl.version[:3])),
         "hal": box.hal.name,
         "boot": box.boot,
-        "uptime_s": box._uptime(),
+        "uptime_s": box.uptime(),
         "broker": "%s:%s" % (cfg["broker_host"], cfg["broker_port"]),
         "connected": bool(c is not None and c.connected),
         "wifi_ssid": cfg.get("wifi_ssid"),
@@ -56,14 +56,8 @@ async def handle(con, line):
         if cmd == "info":
             answer(con, "info", info(con))
         elif cmd == "selftest":
-            from agent import selftest
-            from agent.compat import forget
-            try:
-                r = await selftest.run(con.box)
-            finally:
-                del selftest
-                forget("agent.selftest")
-            answer(con, "selftest", r)
+            from agent.compat import cold
+            answer(con, "selftest", await cold("agent.selftest", "run", con.box))
         elif cmd == "log":
             from agent.log import RING
             n = len(RING)

@@ -262,7 +262,7 @@ class Consumption:
     def _spawn(self):
         # Under the runtime's guard when there is one: a poll task that dies stops
         # the box (to be restarted) rather than leave it silently without meters.
-        g = getattr(self.box, "_guard", None)
+        g = getattr(self.box, "guard", None)
         coro = g("consumption", self.run) if g else self.run()
         try:
             self.task = asyncio.create_task(coro)

@@ -6,7 +6,7 @@
 import asyncio
 import struct
 
-from agent.compat import const, forget, ticks_diff, ticks_ms
+from agent.compat import cold, const, ticks_diff, ticks_ms
 
 # Packet types; const(): no RAM on MicroPython.
 _PUBLISH = const(0x30)
@@ -26,7 +26,7 @@ class ConnectRefused(MQTTError):
         self.code = code
 
 
-def _varlen(n):
+def varlen(n):
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -38,7 +38,7 @@ def _varlen(n):
             return out
 
 
-def _str(s):
+def pack_str(s):
     if isinstance(s, str):
         s = s.encode()
     return struct.pack("!H", len(s)) + s
@@ -60,27 +60,18 @@ class Client:
         self.on_message = None      # fn(topic: str, payload: bytes)
         self.on_oversized = None    # fn(topic: str, length: int)
         self.on_close = None        # fn(), when the session ends
-        self._r = None
-        self._w = None
+        self.reader = None
+        self.writer = None
         self._busy = False          # a write is draining
         self._pid = 0
-        self._acks = {}             # packet id -> Event, until its PUBACK or SUBACK
+        self.acks = {}              # packet id -> Event, until its PUBACK or SUBACK
         self._last_rx = 0
-        self._tasks = []
+        self.tasks = []             # the reader and the pinger
         self._closed = asyncio.Event()
         self.error = None
 
-    def _cold(self, name, *args, **kw):
-        # A coroutine of agent/mqtt_cold.py; the module leaves sys.modules at once
-        # and RAM when the coroutine is done.
-        from agent import mqtt_cold
-        try:
-            return getattr(mqtt_cold, name)(self, *args, **kw)
-        finally:
-            forget("agent.mqtt_cold")
-
     # ---- wire helpers -------------------------------------------------
-    async def _send(self, data):
+    async def send(self, data):
         # One writer at a time: MicroPython's asyncio lets one task wait on a
         # stream for writing. Contention is rare (a PUBACK or a ping during a
         # publish), so a flag does what an asyncio.Lock would, without its module.
@@ -88,14 +79,14 @@ class Client:
             await asyncio.sleep(0.002)
         self._busy = True
         try:
-            self._w.write(data)
-            await self._w.drain()
+            self.writer.write(data)
+            await self.writer.drain()
         finally:
             self._busy = False
 
-    async def _read_exact(self, n):
+    async def read_exact(self, n):
         try:
-            data = await self._r.readexactly(n)
+            data = await self.reader.readexactly(n)
         except Exception:
             data = b""
         if len(data) != n:
@@ -103,12 +94,12 @@ class Client:
         self._last_rx = ticks_ms()
         return data
 
-    async def _read_packet_header(self):
-        first = (await self._read_exact(1))[0]
+    async def read_header(self):
+        first = (await self.read_exact(1))[0]
         n = 0
         shift = 0
         while True:
-            b = (await self._read_exact(1))[0]
+            b = (await self.read_exact(1))[0]
             n |= (b & 0x7F) << shift
             if not b & 0x80:
                 return first, n
@@ -116,7 +107,7 @@ class Client:
             if shift > 21:
                 raise MQTTError("malformed remaining length")
 
-    def _next_pid(self):
+    def next_pid(self):
         self._pid = self._pid % 65535 + 1
         return self._pid
 
@@ -124,15 +115,16 @@ class Client:
     def connect(self, will_topic=None, will_payload=b"", will_retain=True, will_qos=1,
                 clean=True, timeout=10):
         """Coroutine: open the connection, CONNECT, start the reader and pinger."""
-        return self._cold("connect", will_topic, will_payload, will_retain, will_qos, clean, timeout)
+        return cold("agent.mqtt_cold", "connect", self, will_topic, will_payload, will_retain, will_qos,
+                    clean, timeout)
 
     def subscribe(self, topic, qos=1):
         """Coroutine: SUBSCRIBE and wait for the SUBACK."""
-        return self._cold("subscribe", topic, qos)
+        return cold("agent.mqtt_cold", "subscribe", self, topic, qos)
 
     def disconnect(self):
         """Coroutine: DISCONNECT (no last will), then close."""
-        return self._cold("disconnect")
+        return cold("agent.mqtt_cold", "disconnect", self)
 
     async def publish(self, topic, payload, qos=1, retain=False):
         """Send a PUBLISH; with QoS 1, return once its PUBACK came. A lost
@@ -141,95 +133,95 @@ class Client:
         timer is needed. Bound it with asyncio.wait_for where one is."""
         if isinstance(payload, str):
             payload = payload.encode()
-        t = _str(topic)
+        t = pack_str(topic)
         pid = 0
         if qos:
-            pid = self._next_pid()
+            pid = self.next_pid()
             ev = asyncio.Event()
-            self._acks[pid] = ev
+            self.acks[pid] = ev
             body_len = len(t) + 2 + len(payload)
         else:
             body_len = len(t) + len(payload)
-        hdr = bytes((_PUBLISH | (qos << 1) | (1 if retain else 0),)) + _varlen(body_len) + t
+        hdr = bytes((_PUBLISH | (qos << 1) | (1 if retain else 0),)) + varlen(body_len) + t
         if qos:
             hdr += struct.pack("!H", pid)
         try:
-            await self._send(hdr + payload)
+            await self.send(hdr + payload)
             if qos:
-                await self._wait_ack(pid, ev)
+                await self.wait_ack(pid, ev)
         finally:
             if qos:
-                self._acks.pop(pid, None)
+                self.acks.pop(pid, None)
 
-    async def _wait_ack(self, pid, ev):
+    async def wait_ack(self, pid, ev):
         # Woken by the ack (the reader removes the packet id) or by close(),
         # which wakes every waiter.
         if not self._closed.is_set():
             await ev.wait()
-        if pid in self._acks:
+        if pid in self.acks:
             raise MQTTError(self.error or "connection closed")
 
     async def close(self, error=None):
         if error and not self.error:
             self.error = error
         self._closed.set()
-        for ev in self._acks.values():
+        for ev in self.acks.values():
             ev.set()
         if self.on_close:
             self.on_close()
         me = asyncio.current_task()
-        for t in self._tasks:
+        for t in self.tasks:
             if t is not me:
                 t.cancel()
-        self._tasks = []
-        if self._w is not None:
+        self.tasks = []
+        if self.writer is not None:
             try:
-                self._w.close()
-                await self._w.wait_closed()
+                self.writer.close()
+                await self.writer.wait_closed()
             except Exception:
                 pass
-            self._w = None
+            self.writer = None
 
     async def wait_closed(self):
         await self._closed.wait()
 
     @property
     def connected(self):
-        return self._w is not None and not self._closed.is_set()
+        return self.writer is not None and not self._closed.is_set()
 
     # ---- background tasks -------------------------------------------------
-    async def _pinger(self):
+    async def ping_loop(self):
         try:
             while True:
                 await asyncio.sleep(self.keepalive / 2)
                 if ticks_diff(ticks_ms(), self._last_rx) > self.keepalive * 1500:
                     await self.close("keepalive timeout")
                     return
-                await self._send(bytes((_PINGREQ, 0)))
+                await self.send(bytes((_PINGREQ, 0)))
         except asyncio.CancelledError:
             raise
         except Exception as e:
             await self.close("ping failed: %s" % e)
 
-    async def _reader(self):
+    async def read_loop(self):
         try:
             while True:
-                first, n = await self._read_packet_header()
+                first, n = await self.read_header()
                 kind = first & 0xF0
                 if kind == _PUBLISH:
-                    await self._cold("on_publish", first, n)
+                    await cold("agent.mqtt_cold", "on_publish", self, first, n)
                 elif kind in (_PUBACK, _SUBACK):
-                    data = await self._read_exact(n)
+                    data = await self.read_exact(n)
                     if kind == _SUBACK and len(data) > 2 and data[2] == 0x80:
                         await self.close("subscription refused")   # wakes the waiter
                         return
-                    ev = self._acks.pop(struct.unpack("!H", data[:2])[0], None)
+                    ev = self.acks.pop(struct.unpack("!H", data[:2])[0], None)
                     if ev is not None:
                         ev.set()
                 elif kind == _PINGRESP and not n:
                     pass
                 else:
-                    await self._cold("discard", n)
+                    await cold("agent.mqtt_cold", "discard", self, n)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -11,7 +11,7 @@
 # The boot scan and the dropping are cold code (agent/outbox_cold.py): loaded
 # when they run, then released.
 from agent import fsutil
-from agent.compat import forget
+from agent.compat import cold
 
 PRIO_LOW = 0
 PRIO_HIGH = 1
@@ -28,39 +28,30 @@ class Outbox:
         self.dropped = 0          # records dropped since boot
         self.dropped_total = 0    # persisted across boots
         self.pending_drop = None  # [count, [[boot, first, last], ...]] to report
-        self._peeked = None       # (seg, off_after, line)
-        self._segs = []
-        self._max_boot = 0
-        from agent import outbox_cold
-        outbox_cold.load(self)
-        forget("agent.outbox_cold")
+        self.peeked = None        # (seg, off_after, record, length): handed out, not acked
+        self.segs = []            # the segment numbers, oldest first
+        self.top_boot = 0         # the highest boot number stored: the boot counter exceeds it
+        self.head = None          # [seg, off]: everything before it was PUBACKed
+        cold("agent.outbox_cold", "load", self)
 
     # ---- paths ------------------------------------------------------------
-    def _seg_path(self, n):
+    def seg_path(self, n):
         return "%s/%08d.seg" % (self.path, n)
 
-    def _head_path(self):
+    def head_path(self):
         return self.path + "/head"
-
-    def max_boot(self):
-        # The highest boot number still stored: the boot counter must exceed it.
-        return self._max_boot
 
     # ---- writing ------------------------------------------------------------
     def put(self, boot, seq, topic, payload, prio=PRIO_LOW):
         line = "%d|%d|%d|%s|%s\n" % (prio, boot, seq, topic, payload)
-        if not self._segs or fsutil.size(self._seg_path(self._segs[-1])) >= self.seg_bytes:
-            self._segs.append(self._segs[-1] + 1 if self._segs else self.head[0])
-        with open(self._seg_path(self._segs[-1]), "a") as f:
+        if not self.segs or fsutil.size(self.seg_path(self.segs[-1])) >= self.seg_bytes:
+            self.segs.append(self.segs[-1] + 1 if self.segs else self.head[0])
+        with open(self.seg_path(self.segs[-1]), "a") as f:
             f.write(line)
         self.count += 1
         self.bytes += len(line)
         if self.bytes > self.max_bytes:
-            from agent import outbox_cold
-            try:
-                outbox_cold.make_room(self)
-            finally:
-                forget("agent.outbox_cold")
+            cold("agent.outbox_cold", "make_room", self)
 
     def take_drop_report(self):
         pd = self.pending_drop
@@ -70,36 +61,36 @@ class Outbox:
     # ---- draining -------------------------------------------------------------
     def peek(self):
         """The oldest unacked record as (topic, payload bytes), or None."""
-        if self._peeked is not None:
-            return self._peeked[2]
-        while self._segs:
-            n = self._segs[0]
-            with open(self._seg_path(n), "rb") as f:
+        if self.peeked is not None:
+            return self.peeked[2]
+        while self.segs:
+            n = self.segs[0]
+            with open(self.seg_path(n), "rb") as f:
                 f.seek(self.head[1])
                 line = f.readline()
             if line and line[-1:] == b"\n":
                 parts = line[:-1].split(b"|", 4)
                 rec = (parts[3].decode(), parts[4])
-                self._peeked = (n, self.head[1] + len(line), rec, len(line))
+                self.peeked = (n, self.head[1] + len(line), rec, len(line))
                 return rec
-            if len(self._segs) == 1:
+            if len(self.segs) == 1:
                 return None
             # This segment is exhausted and a newer one exists.
-            self._segs.pop(0)
-            self._write_head(self._segs[0], 0)
-            fsutil.remove(self._seg_path(n))
+            self.segs.pop(0)
+            self.write_head(self.segs[0], 0)
+            fsutil.remove(self.seg_path(n))
         return None
 
     def ack(self):
         """The peeked record got its PUBACK: move the head past it."""
-        pk = self._peeked
+        pk = self.peeked
         if pk is None:
             return
-        self._peeked = None
-        self._write_head(pk[0], pk[1])
+        self.peeked = None
+        self.write_head(pk[0], pk[1])
         self.count -= 1
         self.bytes -= pk[3]
 
-    def _write_head(self, seg, off):
+    def write_head(self, seg, off):
         self.head = [seg, off]
-        fsutil.write_json(self._head_path(), {"seg": seg, "off": off, "dropped": self.dropped_total})
+        fsutil.write_json(self.head_path(), {"seg": seg, "off": off, "dropped": self.dropped_total})

@@ -16,23 +16,23 @@ def load(ob):
         elif name.endswith(".tmp"):
             fsutil.remove(ob.path + "/" + name)
     segs.sort()
-    head = fsutil.read_json(ob._head_path(), None) or {}
+    head = fsutil.read_json(ob.head_path(), None) or {}
     ob.dropped_total = head.get("dropped", 0)
     hseg, hoff = head.get("seg", 0), head.get("off", 0)
     # Segments wholly before the head were fully acked: remove leftovers.
     while segs and segs[0] < hseg:
-        fsutil.remove(ob._seg_path(segs.pop(0)))
+        fsutil.remove(ob.seg_path(segs.pop(0)))
     if not segs or segs[0] > hseg:
         hseg, hoff = (segs[0] if segs else hseg), 0
     ob.head = [hseg, hoff]
-    ob._segs = segs
+    ob.segs = segs
     for n in segs:
         scan(ob, n, hoff if n == hseg else 0)
 
 
 def scan(ob, n, start):
     # Count the records and repair a torn tail left by a power cut.
-    p = ob._seg_path(n)
+    p = ob.seg_path(n)
     torn = False
     with open(p, "rb") as f:
         if start:
@@ -49,14 +49,14 @@ def scan(ob, n, start):
             ob.bytes += len(line)
             good += len(line)
             b = boot_of(line)
-            if b > ob._max_boot:
-                ob._max_boot = b
+            if b > ob.top_boot:
+                ob.top_boot = b
     if torn:
         truncate(ob, n, good)
 
 
 def truncate(ob, n, keep):
-    p = ob._seg_path(n)
+    p = ob.seg_path(n)
     with open(p, "rb") as f:
         data = f.read(keep)
     fsutil.atomic_write(p, data)
@@ -71,11 +71,11 @@ def boot_of(line):
 
 def make_room(ob):
     while ob.bytes > ob.max_bytes and ob.count > 0:
-        if len(ob._segs) == 1:
-            ob._segs.append(ob._segs[0] + 1)   # never rewrite the live segment
+        if len(ob.segs) == 1:
+            ob.segs.append(ob.segs[0] + 1)   # never rewrite the live segment
         # Oldest low-priority records first, in any sealed segment; only
         # when none is left does the oldest high-priority record go.
-        for i in range(len(ob._segs) - 1):
+        for i in range(len(ob.segs) - 1):
             if drop_from(ob, i, PRIO_LOW):
                 break
         else:
@@ -84,8 +84,8 @@ def make_room(ob):
 
 def drop_from(ob, i, prio):
     # Rewrite segment i without its records of priority <= prio.
-    n = ob._segs[i]
-    p = ob._seg_path(n)
+    n = ob.segs[i]
+    p = ob.seg_path(n)
     start = ob.head[1] if i == 0 else 0
     kept = []
     dropped = 0
@@ -111,24 +111,24 @@ def drop_from(ob, i, prio):
                 kept.append(line)
     if not dropped:
         return False
-    ob._peeked = None
+    ob.peeked = None
     if i == 0:
         # Head first, then the data: a cut in between re-sends acked records
         # (duplicates, removed by the backend) but never skips unacked ones.
-        ob._write_head(n, 0)
+        ob.write_head(n, 0)
     data = b"".join(kept)
-    if data or n == ob._segs[-1]:
+    if data or n == ob.segs[-1]:
         fsutil.atomic_write(p, data)
     else:
-        ob._segs.pop(i)
+        ob.segs.pop(i)
         if i == 0:
-            ob._write_head(ob._segs[0], 0)
+            ob.write_head(ob.segs[0], 0)
         fsutil.remove(p)
     ob.count -= dropped
     ob.bytes -= freed
     ob.dropped += dropped
     ob.dropped_total += dropped
-    ob._write_head(ob.head[0], ob.head[1])
+    ob.write_head(ob.head[0], ob.head[1])
     return True
 
 

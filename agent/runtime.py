@@ -8,41 +8,56 @@ import json
 
 from agent import VERSION, backoff
 from agent import twin as _twin  # noqa: F401  (long-lived: loaded before the cold code)
-from agent.compat import forget, mem
+from agent.compat import cold, mem
 from agent.log import log
 from agent.mqtt import Client, ConnectRefused
 from agent.outbox import PRIO_HIGH, PRIO_LOW
 
 
 class Box:
+    # The box's state, all of it set by agent/runtime_cold.py (init, start, the
+    # effects) or by the features it starts. Class-level defaults: no RAM in an
+    # instance until a value is set there. Set once by init:
+    cfg = hal = id = None
+    t_base = t_status = t_desired = t_reported = None    # topic strings
+    outbox = twin = None
+    boot = None                  # this boot's number (the boot counter)
+    boot_ts = None               # box time at boot, None if the clock was unknown
+    connected = wake = stop = None                       # asyncio.Event
+    producers = None             # [fn(box)], called each telemetry cycle
+    # Constants until they change:
+    seq = 0                      # the last sequence number of this boot
+    client = None                # the MQTT Client, while connected
+    cycles = 0                   # telemetry cycles so far
+    cycle_ts = None              # end of the current telemetry interval (sim time)
+    reconnects = 0
+    running = False              # the tasks are started (runtime_cold.start)
+    sections = None              # the effects, while a parental schedule keeps them in RAM
+    fx_task = None               # their task, while they need a tick every minute
+    fx_state = None              # (parental state, lineup) handed to the HAL so far
+    consumption = None           # agent/consumption.py, when a meter is enabled
+    failed = None                # the name of a task that died
     _reporting_drop = False
 
     def __init__(self, cfg, hal, validators=None):
         # Boot-time set-up is cold code (agent/runtime_cold.py): identity, the
         # outbox, the boot counter, the twin and a first pass of the effects.
-        self._cold("init", cfg, hal, validators)
-
-    def _cold(self, name, *args):
-        # Run a function of agent/runtime_cold.py (code that runs once per boot,
-        # per connection or per desired document), then release the module. A
-        # plain function: no coroutine frame keeps a stale reference to it.
-        from agent import runtime_cold
-        try:
-            return getattr(runtime_cold, name)(self, *args)
-        finally:
-            forget("agent.runtime_cold")
+        cold("agent.runtime_cold", "init", self, cfg, hal, validators)
 
     # ---- the section rules and their effects (cold code) ------------------------
-    def _validator(self, section):
-        return lambda doc: self._cold("check", section, doc)
+    # Called from the twin's cold code while it handles a document, itself called
+    # from runtime_cold.on_desired: cold() uses the copy of agent/runtime_cold.py
+    # loaded for that, and forgets it when on_desired returns.
+    def validator(self, section):
+        return lambda doc: cold("agent.runtime_cold", "check", self, section, doc)
 
-    def _verify(self, section, doc):
-        self._cold("verify", section, doc)
+    def verify(self, section, doc):
+        cold("agent.runtime_cold", "verify", self, section, doc)
 
-    def _applied(self, section, doc):
+    def on_apply(self, section, doc):
         self.hal.enforce(section, doc)
-        if hasattr(self, "twin"):    # not during the boot load: init runs a pass after
-            self._cold("effects", True)
+        if self.twin is not None:    # not during the boot load: init runs a pass after
+            cold("agent.runtime_cold", "effects", self, True)
 
     async def effects_task(self):
         # Each minute of box time while it is needed: the tick of a parental
@@ -56,13 +71,13 @@ class Box:
                 if self.sections is not None:
                     self.sections.tick()
                 elif self.hal.now() is not None:
-                    self._cold("effects", False)
+                    cold("agent.runtime_cold", "effects", self, False)
             except Exception as e:
                 log("effects_failed", "reason", e)
         self.fx_task = None
 
     # ---- identity of messages -------------------------------------------------
-    def _ts(self):
+    def now_ts(self):
         t = self.hal.now()
         return None if t is None else int(t)
 
@@ -71,7 +86,7 @@ class Box:
         ts defaults to now; periodic reports pass the end of their interval."""
         self.seq += 1
         env = {"v": 1, "box": self.id, "boot": self.boot,
-               "seq": self.seq, "ts": self._ts() if ts is None else ts, "kind": kind, "data": data}
+               "seq": self.seq, "ts": self.now_ts() if ts is None else ts, "kind": kind, "data": data}
         self.outbox.put(self.boot, self.seq, suffix or ("telemetry/" + kind),
                         json.dumps(env), prio)
         # Not while reporting a drop: that report may itself displace a record, and
@@ -94,17 +109,17 @@ class Box:
     # ---- telemetry ------------------------------------------------------------
     def health(self):
         free, alloc, peak = mem()
-        h = {"fw": VERSION, "uptime_s": self._uptime(), "heap_free": free, "heap_alloc": alloc,
+        h = {"fw": VERSION, "uptime_s": self.uptime(), "heap_free": free, "heap_alloc": alloc,
              "outbox_backlog": self.outbox.count, "outbox_bytes": self.outbox.bytes,
              "outbox_dropped": self.outbox.dropped_total, "reconnects": self.reconnects}
         h.update(self.hal.health())
         return h
 
-    def _uptime(self):
+    def uptime(self):
         t = self.hal.now()
-        if t is None or self._boot_ts is None:
+        if t is None or self.boot_ts is None:
             return None
-        return int(t - self._boot_ts)
+        return int(t - self.boot_ts)
 
     async def telemetry_task(self):
         interval = self.cfg["telemetry_interval"]
@@ -137,14 +152,14 @@ class Box:
         while not self.stop.is_set():
             c = Client(self.id, cfg["broker_host"], cfg["broker_port"],
                        cfg.get("mqtt_user"), cfg.get("mqtt_password"),
-                       cfg["keepalive"], self._cold("ssl_context") if cfg.get("tls") else None)
+                       cfg["keepalive"], cold("agent.runtime_cold", "ssl_context", self) if cfg.get("tls") else None)
             c.on_message = self._on_message
             c.on_oversized = self._on_oversized
             c.on_close = self.wake.set      # the drain below wakes when the session ends
             offline = json.dumps({"state": "offline", "box": self.id, "boot": self.boot})
             try:
                 await c.connect(self.t_status, offline)
-                await c.publish(self.t_status, self._status("online"), retain=True)
+                await c.publish(self.t_status, self.status_doc("online"), retain=True)
                 await c.subscribe(self.t_desired + "+")
                 self.client = c
                 self.connected.set()
@@ -168,15 +183,15 @@ class Box:
             log("reconnect", "attempt", attempt, "delay", "%.3f" % delay)
             await asyncio.sleep(delay)
 
-    def _status(self, state):
+    def status_doc(self, state):
         return json.dumps({"state": state, "box": self.id, "boot": self.boot, "fw": VERSION,
-                           "ts": self._ts()})
+                           "ts": self.now_ts()})
 
     def _on_message(self, topic, payload):
-        self._cold("on_desired", topic, payload)
+        cold("agent.runtime_cold", "on_desired", self, topic, payload)
 
     def _on_oversized(self, topic, length):
-        self._cold("on_desired", topic, None, length)
+        cold("agent.runtime_cold", "on_desired", self, topic, None, length)
 
     # ---- outbox and reported documents ------------------------------------------
     async def _drain(self, c):
@@ -211,11 +226,11 @@ class Box:
 
     # ---- main -------------------------------------------------------------------
     async def run(self):
-        tasks = self._cold("start")
+        tasks = cold("agent.runtime_cold", "start", self)
         await self.stop.wait()
-        await self._cold("shutdown", tasks)
+        await cold("agent.runtime_cold", "shutdown", self, tasks)
 
-    async def _guard(self, name, fn):
+    async def guard(self, name, fn):
         # A task that dies must not leave a half-working box: stop, so that the
         # board glue restarts it (machine.reset on the ESP32, exit code on a host).
         try:
@@ -227,6 +242,6 @@ class Box:
             self.failed = name
             self.stop.set()
 
-    async def _timer(self, seconds):
+    async def timer(self, seconds):
         await asyncio.sleep(seconds)
         self.stop.set()

@@ -14,6 +14,8 @@ from agent.twin import Twin
 
 
 def init(box, cfg, hal, validators):
+    # Every attribute set here is declared in Box (agent/runtime.py); those whose
+    # first value is Box's class-level default are not set again.
     box.cfg = cfg
     box.hal = hal
     box.id = cfg["box_id"]
@@ -27,31 +29,20 @@ def init(box, cfg, hal, validators):
     fsutil.makedirs(sd)
     box.outbox = Outbox(sd + "/outbox", cfg["outbox_max_bytes"], cfg["outbox_seg_bytes"])
     box.boot = next_boot(box, sd)
-    box.seq = 0
     if validators is None:
         # Rules are imported when a document must be checked and released
         # after: updates are rare, RAM is the scarcest resource.
         from agent.rules import SECTIONS
         validators = {}
         for sec in cfg.get("sections") or SECTIONS:
-            validators[sec] = box._validator(sec)
-    box.sections = None          # the effects, while a parental schedule keeps them in RAM
-    box.fx_task = None           # their task, while they need a tick every minute
-    box.running = False          # set by start()
-    box._fx = None               # (parental state, lineup) handed to the HAL so far
-    box.twin = Twin(sd + "/docs", validators, on_apply=box._applied, now=box._ts,
-                    verify=box._verify)
-    box.client = None
+            validators[sec] = box.validator(sec)
+    box.twin = Twin(sd + "/docs", validators, on_apply=box.on_apply, now=box.now_ts,
+                    verify=box.verify)
     box.connected = asyncio.Event()
     box.wake = asyncio.Event()
     box.stop = asyncio.Event()
-    box.cycles = 0
-    box.cycle_ts = None          # end of the current telemetry interval (sim time)
-    box.reconnects = 0
-    box.producers = []           # fn(box) -> None, called each telemetry cycle
-    box.consumption = None       # agent/consumption.py, when a meter is enabled
-    box._boot_ts = hal.now()
-    box.failed = None
+    box.producers = []
+    box.boot_ts = hal.now()
     effects(box, True)
 
 
@@ -62,13 +53,13 @@ def next_boot(box, sd):
     path = sd + "/boot.json"
     saved = fsutil.read_json(path, {}) or {}
     last = saved.get("boot", 0) if isinstance(saved, dict) else 0
-    boot = max(last, box.outbox.max_boot()) + 1
+    boot = max(last, box.outbox.top_boot) + 1
     fsutil.write_json(path, {"boot": boot})
     return boot
 
 
 def _task(box, name, fn):
-    return asyncio.create_task(box._guard(name, fn))
+    return asyncio.create_task(box.guard(name, fn))
 
 
 def effects_task(box):
@@ -101,7 +92,7 @@ def start(box):
             tasks.append(cons.task)
     dur = c["duration"]
     if dur:
-        tasks.append(asyncio.create_task(box._timer(dur)))
+        tasks.append(asyncio.create_task(box.timer(dur)))
     return tasks
 
 
@@ -115,7 +106,7 @@ async def shutdown(box, tasks):
     c = box.client
     if c is not None and c.connected:
         try:
-            await asyncio.wait_for(c.publish(box.t_status, box._status("offline"), retain=True), 2)
+            await asyncio.wait_for(c.publish(box.t_status, box.status_doc("offline"), retain=True), 2)
         except Exception:
             pass
         await c.disconnect()
@@ -182,7 +173,7 @@ def check(box, section, doc):
     # The section's rules, with the applied documents as context (options name
     # bouquets of the lineup in force), except for the re-check of stored
     # documents at boot (the twin does not exist yet).
-    t = getattr(box, "twin", None)
+    t = box.twin
     from agent.rules import release, sections
     try:
         sections.check(section, doc, ctx=t.applied if t else None)
@@ -206,11 +197,11 @@ def effects(box, changed):
     fx = box.sections
     if fx is None:
         from agent.rules.effects import Effects
-        fx = Effects(box, box._fx)
+        fx = Effects(box, box.fx_state)
     fx.tick(changed)
     if "parental" in box.twin.applied:
         box.sections = fx
         effects_task(box)
     else:
-        box._fx = (fx.parental, fx.lineup)
+        box.fx_state = (fx.parental, fx.lineup)
     release()

@@ -64,7 +64,7 @@ def documents(box):
     bad = []
     n = 0
     for s in tw.validators:
-        if not fsutil.exists(tw._doc_path(s)):
+        if not fsutil.exists(tw.doc_path(s)):
             continue
         n += 1
         if s not in tw.applied or (tw.reported.get(s) or {}).get("source") != "current":

@@ -8,7 +8,7 @@
 #
 # Loading and processing documents is cold code (agent/twin_cold.py).
 from agent import fsutil
-from agent.compat import forget
+from agent.compat import cold
 
 MAX_DOC_BYTES = 8192
 
@@ -45,18 +45,15 @@ class Twin:
         self.applied = {}
         self.reported = {}
         self.dirty = []           # sections whose reported document must be (re)published
-        from agent import twin_cold
-        for s in validators:
-            twin_cold.load(self, s)
-        forget("agent.twin_cold")
+        cold("agent.twin_cold", "load", self)
 
-    def _doc_path(self, s):
+    def doc_path(self, s):
         return "%s/%s.json" % (self.path, s)
 
-    def _lkg_path(self, s):
+    def lkg_path(self, s):
         return "%s/%s.lkg.json" % (self.path, s)
 
-    def _rep_path(self, s):
+    def rep_path(self, s):
         return "%s/%s.reported.json" % (self.path, s)
 
     def version(self, s):
@@ -65,21 +62,14 @@ class Twin:
 
     def handle(self, section, payload):
         """Process one desired document. Returns the outcome: applied, rejected or replay."""
-        from agent import twin_cold
-        try:
-            return twin_cold.handle(self, section, payload)
-        finally:
-            forget("agent.twin_cold")
+        return cold("agent.twin_cold", "handle", self, section, payload)
 
-    def _set_reported(self, section, rep):
+    def set_reported(self, section, rep):
         self.reported[section] = rep
-        fsutil.write_json(self._rep_path(section), rep)
+        fsutil.write_json(self.rep_path(section), rep)
         if section not in self.dirty:
             self.dirty.append(section)
 
+
     def reject_oversized(self, section, length):
-        from agent import twin_cold
-        try:
-            twin_cold.reject_oversized(self, section, length)
-        finally:
-            forget("agent.twin_cold")
+        cold("agent.twin_cold", "reject_oversized", self, section, length)

@@ -7,11 +7,16 @@ from agent import fsutil
 from agent.twin import MAX_DOC_BYTES, Invalid, check_envelope
 
 
-def load(t, s):
-    doc = fsutil.read_json(t._doc_path(s))
+def load(t):
+    for s in t.validators:
+        load_section(t, s)
+
+
+def load_section(t, s):
+    doc = fsutil.read_json(t.doc_path(s))
     source = "current"
     if not valid(t, s, doc):
-        doc = fsutil.read_json(t._lkg_path(s))
+        doc = fsutil.read_json(t.lkg_path(s))
         source = "last-known-good"
         if not valid(t, s, doc):
             doc, source = None, "none"
@@ -19,7 +24,7 @@ def load(t, s):
         t.applied[s] = doc
         if t.on_apply:
             t.on_apply(s, doc)
-    rep = fsutil.read_json(t._rep_path(s))
+    rep = fsutil.read_json(t.rep_path(s))
     if not isinstance(rep, dict) or rep.get("version", -1) != t.version(s):
         rep = {"section": s, "version": t.version(s),
                "status": "applied" if doc else "none"}
@@ -61,7 +66,7 @@ def handle(t, section, payload):
         if v <= prev:
             if v < prev or doc != t.applied.get(section):
                 rep["ignored"] = {"version": v, "reason": "replay: version %d <= applied %d" % (v, prev)}
-                t._set_reported(section, rep)
+                t.set_reported(section, rep)
             return "replay"
         t.validators[section](doc)
     except Invalid as e:
@@ -71,18 +76,18 @@ def handle(t, section, payload):
             bad["version"] = v
         rep["status"] = "rejected"
         rep["rejected"] = bad
-        t._set_reported(section, rep)
+        t.set_reported(section, rep)
         return "rejected"
     # Persist, then switch. A cut before the rename keeps the old document.
     old = t.applied.get(section)
     if old is not None:
-        fsutil.write_json(t._lkg_path(section), old)
-    fsutil.write_json(t._doc_path(section), doc)
+        fsutil.write_json(t.lkg_path(section), old)
+    fsutil.write_json(t.doc_path(section), doc)
     t.applied[section] = doc
     rep = {"section": section, "version": v, "status": "applied"}
     if t.now:
         rep["applied_at"] = t.now()
-    t._set_reported(section, rep)
+    t.set_reported(section, rep)
     # Then take effect: what the effects report (parental "enforced", channels
     # "effective") goes into the reported document just written.
     if t.on_apply:
@@ -96,7 +101,7 @@ def reject_oversized(t, section, length):
     rep = dict(t.reported.get(section) or {"section": section, "version": 0})
     rep["status"] = "rejected"
     rep["rejected"] = {"field": "$", "reason": "document is %d bytes, the limit is %d" % (length, MAX_DOC_BYTES)}
-    t._set_reported(section, rep)
+    t.set_reported(section, rep)
 
 
 def _loads(payload):

@@ -221,10 +221,17 @@ def _station_lines(stn: dict) -> list[str]:
             for r in stn.get("runs", [])]
 
 
+def _cold_lines(c: dict) -> list[str]:
+    return [f"- cold modules, per desired document: agent/runtime_cold.py loaded at most "
+            f"{_n(c.get('max_runtime_cold_loads_per_document'))} time(s); free heap needed at most "
+            f"{_kib(c.get('max_heap_free_needed'))}, allocated (collector off) at most "
+            f"{_kib(c.get('max_heap_alloc_gc_off'))} (MicroPython)"]
+
+
 # The other issues' benchmarks: results key -> (label on a problem, lines when fine).
 PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
             "ingest": ("ingest", _ingest_lines), "flash": ("flash", _flash_lines),
-            "station": ("bench station", _station_lines)}
+            "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines)}
 
 
 def write(res: dict, path: Path) -> None:

@@ -165,7 +165,7 @@ class _Box:
         self.client = None
         self.boot = 3
 
-    def _uptime(self):
+    def uptime(self):
         return 12
 
 
@@ -217,7 +217,7 @@ class _Twin:
         self.applied = {"options": {"version": 2}}
         self.reported = {"options": {"source": "current"}, "channels": {"source": "last-known-good"}}
 
-    def _doc_path(self, s):
+    def doc_path(self, s):
         return f"{self.path}/{s}.json"
 
 

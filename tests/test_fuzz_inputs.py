@@ -520,7 +520,7 @@ class _FakeBox:
         self.hal = Hal()
         self.boot = 3
 
-    def _uptime(self):
+    def uptime(self):
         return 42
 
 

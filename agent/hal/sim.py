@@ -19,10 +19,8 @@ class SimHal:
         fsutil.makedirs(config["state_dir"])
         self.enforced = {}
         if isinstance(sc, str) or "wifi" in sc or config.get("tic_mode") or config.get("water_enabled"):
-            from agent.hal import sim_homes
-            sc = sim_homes.attach(self, config, sc)
-            from agent.compat import forget
-            forget("agent.hal.sim_homes")
+            from agent.compat import cold
+            sc = cold("agent.hal.sim_homes", "attach", self, config, sc)
         else:
             self.clock = SimClock(config["state_dir"], config.get("speedup", 1), sc.get("start"))
         self.scenario = sc

@@ -29,7 +29,7 @@ class Effects:
         if rep is not None and rep.get(key) != value:
             rep = dict(rep)
             rep[key] = value
-            t._set_reported(section, rep)
+            t.set_reported(section, rep)
             w = getattr(self.box, "wake", None)
             if w:
                 w.set()

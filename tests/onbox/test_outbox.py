@@ -43,7 +43,7 @@ def test_survives_reopen_and_keeps_position(tmp):
         ob.ack()
     ob2 = Outbox(tmp + "/ob", seg_bytes=64)
     assert ob2.count == 13
-    assert ob2.max_boot() == 3
+    assert ob2.top_boot == 3
     got = _drain(ob2)
     assert got[0][1] == b"payload-08" and got[-1][1] == b"payload-20"
     assert len(got) == 13

@@ -12,7 +12,8 @@ Rules:
    a module-level import would keep them in the box's heap.
 
 Every import counts, lazy ones inside functions too: a lazy import still ties
-the two modules together.
+the two modules together. So does a call of agent.compat.cold("agent.x_cold", ...),
+which imports its module by name.
 """
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ def _targets(node: ast.AST, mod: str, is_pkg: bool, known: dict[str, Path]) -> l
     return out
 
 
+def _cold_target(node: ast.AST, known: dict[str, Path]) -> str | None:
+    # agent.compat.cold("agent.x_cold", "fn", ...) imports agent.x_cold, by name.
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)):
+        return None
+    f = node.func
+    if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None) != "cold":
+        return None
+    n = node.args[0].value
+    return n if n in known else None
+
+
 def graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
     known = modules(root, packages)
     g: dict[str, set[str]] = {m: set() for m in known}
@@ -72,6 +85,8 @@ def graph(root: Path, packages=PACKAGES) -> dict[str, set[str]]:
                 for t in _targets(node, mod, path.name == "__init__.py", known):
                     if t != mod:
                         g[mod].add(t)
+            elif (t := _cold_target(node, known)) and t != mod:
+                g[mod].add(t)
     return g
 
 
