@@ -41,8 +41,10 @@ class Box:
 
     def __init__(self, cfg, hal, validators=None):
         # Boot-time set-up is cold code (agent/runtime_cold.py): identity, the
-        # outbox, the boot counter, the twin and a first pass of the effects.
+        # outbox, the boot counter, the twin; then a first pass of the effects,
+        # once runtime_cold has left RAM (together they were the boot's peak).
         cold("agent.runtime_cold", "init", self, cfg, hal, validators)
+        self.effects_pass(True)
 
     # ---- the section rules and their effects (cold code) ------------------------
     # Called from the twin's cold code while it handles a document, itself called
@@ -56,8 +58,23 @@ class Box:
 
     def on_apply(self, section, doc):
         self.hal.enforce(section, doc)
-        if self.twin is not None:    # not during the boot load: init runs a pass after
-            cold("agent.runtime_cold", "effects", self, True)
+        if self.twin is not None:    # not during the boot load: __init__ runs a pass after
+            self.effects_pass(True)
+
+    def effects_pass(self, changed):
+        # One pass of the effects (agent/rules/effects.py), then the rules package
+        # leaves RAM as a whole.
+        try:
+            cold("agent.rules.effects", "run", self, changed)
+        finally:
+            from agent.rules import release
+            release()
+
+    def start_fx_task(self):
+        # The effects' minute tick runs only while it is needed (effects_task),
+        # and only in a running box: start() begins it after the boot pass.
+        if self.running and self.fx_task is None and (self.sections is not None or self.hal.now() is None):
+            self.fx_task = asyncio.create_task(self.guard("effects", self.effects_task))
 
     async def effects_task(self):
         # Each minute of box time while it is needed: the tick of a parental
@@ -71,7 +88,7 @@ class Box:
                 if self.sections is not None:
                     self.sections.tick()
                 elif self.hal.now() is not None:
-                    cold("agent.runtime_cold", "effects", self, False)
+                    self.effects_pass(False)
             except Exception as e:
                 log("effects_failed", "reason", e)
         self.fx_task = None

@@ -43,7 +43,6 @@ def init(box, cfg, hal, validators):
     box.stop = asyncio.Event()
     box.producers = []
     box.boot_ts = hal.now()
-    effects(box, True)
 
 
 def next_boot(box, sd):
@@ -62,13 +61,6 @@ def _task(box, name, fn):
     return asyncio.create_task(box.guard(name, fn))
 
 
-def effects_task(box):
-    # The effects' minute tick runs only while it is needed (Box.effects_task),
-    # and only in a running box: start() begins it after the boot pass.
-    if box.running and box.fx_task is None and (box.sections is not None or box.hal.now() is None):
-        box.fx_task = _task(box, "effects", box.effects_task)
-
-
 def start(box):
     """Start the box's tasks; returns them."""
     log("boot", "box", box.id, "boot", box.boot, "fw", VERSION, "hal", box.hal.name,
@@ -76,7 +68,7 @@ def start(box):
     box.running = True
     tasks = [_task(box, "connection", box.connection_task),
              _task(box, "telemetry", box.telemetry_task)]
-    effects_task(box)
+    box.start_fx_task()
     c = box.cfg
     # The optional features, each imported only when enabled.
     if c.get("coverage"):
@@ -187,21 +179,3 @@ def verify(box, section, doc):
         sign.Verifier(box.id, box.cfg.get("hmac_key"))(section, doc)
     finally:
         release()
-
-
-def effects(box, changed):
-    # One pass of agent/rules/effects.py: enforcement handed to the HAL and
-    # reported. It stays in RAM (box.sections) only while a parental schedule
-    # is applied, to tick every minute; otherwise it is released.
-    from agent.rules import release
-    fx = box.sections
-    if fx is None:
-        from agent.rules.effects import Effects
-        fx = Effects(box, box.fx_state)
-    fx.tick(changed)
-    if "parental" in box.twin.applied:
-        box.sections = fx
-        effects_task(box)
-    else:
-        box.fx_state = (fx.parental, fx.lineup)
-    release()

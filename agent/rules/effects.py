@@ -7,13 +7,28 @@
 # It works from the stored documents only, so it keeps enforcing the last
 # applied schedule while the broker or the backend is unreachable.
 #
-# The runtime (agent/runtime_cold.py effects) loads this module for one pass at
-# boot, on each apply and when the clock becomes known, and keeps it in RAM only
-# while a parental schedule needs its tick every minute.
+# The runtime (Box.effects_pass, agent/runtime.py) loads this module for one pass
+# (run) at boot, on each apply and when the clock becomes known, and keeps it in
+# RAM only while a parental schedule needs its tick every minute. It is called
+# with no other cold module loaded: at boot that keeps the peak of the heap low.
 # The rules package is dropped after use (agent/rules release): updates are
 # rare, enforcement runs once a minute, and RAM is the box's scarcest resource.
 from agent.rules import release
 from agent.rules.lineup import FREE_BOUQUETS, bouquets, default_lineup, effective
+
+
+def run(box, changed):
+    # One pass: enforcement handed to the HAL and reported. The Effects stay in
+    # the box (box.sections) only while a parental schedule is applied.
+    fx = box.sections
+    if fx is None:
+        fx = Effects(box, box.fx_state)
+    fx.tick(changed)
+    if "parental" in box.twin.applied:
+        box.sections = fx
+        box.start_fx_task()
+    else:
+        box.fx_state = (fx.parental, fx.lineup)
 
 
 class Effects:
