@@ -53,7 +53,7 @@ check: setup
 	MYPYPATH=build/stubs $(VENV)/bin/mypy --config-file mypy-onbox.ini agent/hal/esp32.py agent/hal/esp32_meters.py
 
 bench: setup
-	$(PY) -m bench.run --out benchmarks/results.json
+	$(PY) -m benchmarks.run --out benchmarks/results.json
 
 # System-level fault runs (tests/chaos.py): 200 power cuts across 8 boxes, a broker
 # crash, network partitions (root), and every fuzz target at 1000 examples; prints

@@ -21,11 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from backend.store import Store
 
-from backend.store import Store  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PG_BASE = os.environ.get("HOMEBOX_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 BOXES = 20

@@ -39,12 +39,12 @@ for p in (str(TESTS), str(ROOT)):
         sys.path.insert(0, p)
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from boxproc import BoxProcess  # noqa: E402
-from helpers import Capture, Mosquitto, free_port, retained  # noqa: E402
 
 from agent import topics  # noqa: E402
 from backend.store import Store  # noqa: E402
 from homebox import boxrun  # noqa: E402
+from tests.boxproc import BoxProcess  # noqa: E402
+from tests.helpers import Capture, Mosquitto, free_port, retained  # noqa: E402
 
 SECTIONS = ("options", "channels", "parental")
 EXAMPLES = ROOT / "docs" / "contract" / "examples"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from boxproc import BoxProcess
-from chaos import broker_crash, netns_available, partition, power_cuts
-from helpers import free_port
+
+from tests.boxproc import BoxProcess
+from tests.chaos import broker_crash, netns_available, partition, power_cuts
+from tests.helpers import free_port
 
 KILLS = int(os.environ.get("HB_CHAOS_KILLS", "20"))
 BOXES = int(os.environ.get("HB_CHAOS_BOXES", "4"))

@@ -11,13 +11,13 @@ import subprocess
 import time
 
 import pytest
-from helpers import ROOT, interpreter_cmd, interpreter_env
 
 from agent import consumption
 from agent.hal.sim_linky import SimLinky
 from agent.hal.sim_water import SimWater
 from agent.runtime import Box
 from backend import contract
+from tests.helpers import ROOT, interpreter_cmd, interpreter_env
 
 T0 = 1767225600.0 + 1800      # 2026-01-01 00:30 UTC
 

@@ -32,10 +32,11 @@ import threading
 import time
 from pathlib import Path
 
-import docfuzz
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests import docfuzz
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -296,9 +297,8 @@ def _run_cpython(base: Path, cases):
 
 
 def _run_micropython(base: Path, cases):
-    from helpers import micropython_path
-
     from homebox import boxrun
+    from tests.helpers import micropython_path
     exe = micropython_path()
     if not exe:
         pytest.skip("the micropython interpreter is not installed")

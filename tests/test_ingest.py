@@ -10,10 +10,10 @@ import time
 import uuid
 
 import pytest
-from helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 from backend.ingest import Ingest, classify
 from backend.store import Store, _split_ranges
+from tests.helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -16,7 +16,6 @@ import hmac as std_hmac
 import json
 from pathlib import Path
 
-import docfuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,7 @@ from agent import sections, sign
 from agent.sections import Bound
 from agent.twin import Invalid, Twin
 from backend import contract
+from tests import docfuzz
 
 EX = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
 BASE = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in ("parental", "channels", "options")}
