@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from tests.helpers import Mosquitto, ThrowawayPostgres, pg_bindir
+from tests.helpers import Mosquitto
+from tests.pgserver import ThrowawayPostgres, pg_bindir
 
 # tests/onbox/ holds on-box tests that run under both interpreters through
 # tests/test_onbox.py, not as pytest modules.
