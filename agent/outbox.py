@@ -28,7 +28,7 @@ class Outbox:
         self.dropped = 0          # records dropped since boot
         self.dropped_total = 0    # persisted across boots
         self.pending_drop = None  # [count, [[boot, first, last], ...]] to report
-        self._peeked = None       # (seg, off_after, line)
+        self._peeked = None       # (seg, off_after, (topic, payload), line length)
         self._segs = []
         self._max_boot = 0
         from agent import outbox_cold

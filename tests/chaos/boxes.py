@@ -104,7 +104,6 @@ class LfsBox:
         self.flash = self.workdir / "flash.bin"
         self.flash.write_bytes(bytes(image))
         self._extract = self.workdir / "extract"
-        self.fs_error: str | None = None
 
     # ---- the littlefs in the flash file ----
     def _fs(self):
