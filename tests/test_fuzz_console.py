@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from agent import console
 from tests.fuzzing import count, fuzz
 
-# ---- console lines ------------------------------------------------------------------------------
-
 SECRET = "S3cret-pw-0123456789"
 
 

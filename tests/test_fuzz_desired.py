@@ -19,8 +19,6 @@ from tests.fuzzing import ROOT, count, dumps, fuzz, mutate, tmp, values
 EX = ROOT / "docs" / "contract" / "examples"
 SECTIONS = ("options", "channels", "parental")
 
-# ---- desired documents: CPython and MicroPython agree -------------------------------------
-
 BASE_DOCS = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in SECTIONS}
 BASE_DOCS["options"]["bouquets"] = []        # the default lineup has only the free bouquet
 

@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 from agent import topics
 from tests.fuzzing import count, dumps, fuzz, ints, mutate, tmp, values
 
-# ---- MQTT payloads at ingest -----------------------------------------------------------------
-
 HEALTH = {"v": 1, "box": "fz-1", "boot": 1, "seq": 1, "ts": 1767225600, "kind": "health",
           "data": {"fw": "0.1.0", "uptime_s": 60, "heap_free": None, "heap_alloc": None,
                    "outbox_backlog": 0, "outbox_bytes": 0, "outbox_dropped": 0, "reconnects": 0,

@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 from agent import tic
 from tests.fuzzing import TESTS, count, fuzz
 
-# ---- TIC byte streams ---------------------------------------------------------------------
-
 REF = sorted((TESTS / "data" / "tic").glob("*.bin"))
 FRAMES = [p.read_bytes() for p in REF]
 TIC_BYTES = st.sampled_from(b"\x02\x03\x04\n\r\t ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./-+\x7f\x80\xff")

@@ -12,7 +12,6 @@ from homebox import boxrun
 from tests.boxproc import BoxProcess
 from tests.chaos.harness import BOX_CFG
 
-# ---- boxes and what they keep on flash ---------------------------------------------------
 
 class ChaosBox(BoxProcess):
     """A box process (BoxProcess) that can be run inside a network namespace and
