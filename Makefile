@@ -55,7 +55,7 @@ check: setup
 bench: setup
 	$(PY) -m benchmarks.run --out benchmarks/results.json
 
-# System-level fault runs (tests/chaos.py): 200 power cuts across 8 boxes, a broker
+# System-level fault runs (tests/chaos/): 200 power cuts across 8 boxes, a broker
 # crash, network partitions (root), and every fuzz target at 1000 examples; prints
 # the tallies. `make test` runs a reduced version (tests/test_chaos.py).
 CHAOS_KILLS ?= 200

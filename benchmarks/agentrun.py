@@ -6,20 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homebox import boxrun
+from tests.helpers import Capture, Mosquitto, publish  # noqa: F401  (re-exported for bench modules)
+
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(ROOT), str(ROOT / "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from helpers import Capture, Mosquitto, publish  # noqa: E402,F401  (re-exported for bench modules)
-
-from homebox import boxrun  # noqa: E402
 
 
 def workdir(prefix: str) -> Path:

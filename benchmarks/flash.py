@@ -15,21 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import serial
+from esptool import cmds
+
+import vbox
+from firmware import build as fb
+from vbox import standin
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import serial  # noqa: E402
-from esptool import cmds  # noqa: E402
-
-import vbox  # noqa: E402
-from firmware import build as fb  # noqa: E402
-from vbox import standin  # noqa: E402
 
 BAUD = 921600
 

@@ -2,7 +2,11 @@
 each as a ratio to `mosquitto_sub` reading the same stream in the same run, and the
 ingest lag (publish -> written to the store) at p50/p99 under a steady load.
 
-    python -m benchmarks.ingest [--n 20000] [--db sqlite|postgresql|both]
+    python -m benchmarks.ingest [--n 20000] [--db sqlite|postgresql|both] [--lag-seconds 10]
+
+PostgreSQL runs on a throwaway server of the benchmark's own (tests/pgserver.py:
+initdb + pg_ctl on a free port), never the machine's; without the binaries the
+PostgreSQL figures are left out and the results say why.
 
 `run()` returns a dict of figures (used by `make bench`).
 """
@@ -21,25 +25,18 @@ import time
 import uuid
 from pathlib import Path
 
+from backend.store import Store
+from tests.helpers import free_port
+from tests.pgserver import ThrowawayPostgres, pg_bindir
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from backend.store import Store  # noqa: E402
-
-PG_BASE = os.environ.get("HOMEBOX_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 BOXES = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:
     def __init__(self, workdir: Path):
-        self.port = _free_port()
+        self.port = free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
@@ -61,16 +58,18 @@ class Broker:
         self.proc.wait(10)
 
 
-def _db(kind: str, workdir: Path, tag: str) -> tuple[str, callable]:
+def _db(kind: str, workdir: Path, tag: str, pg: str | None) -> tuple[str, callable]:
+    """The store URL for one measurement, and how to remove what it wrote. `pg`: the
+    base URL of the PostgreSQL server (postgresql runs only)."""
     if kind == "sqlite":
         return f"sqlite:///{workdir}/{tag}.db", lambda: None
     schema = "hbbench_" + uuid.uuid4().hex[:8]
 
     def drop():
         import psycopg
-        with psycopg.connect(PG_BASE, autocommit=True) as c:
+        with psycopg.connect(pg, autocommit=True) as c:
             c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return f"{PG_BASE}?schema={schema}", drop
+    return f"{pg}?schema={schema}", drop
 
 
 def _ingest(port, db, cid, share, log):
@@ -109,9 +108,9 @@ def _wait_subscribed(port, store, n_procs, timeout=30):
     raise RuntimeError("ingest did not subscribe")
 
 
-def throughput(workdir: Path, db_kind: str, procs: int, n: int) -> dict:
+def throughput(workdir: Path, db_kind: str, procs: int, n: int, pg: str | None = None) -> dict:
     broker = Broker(workdir)
-    db, drop = _db(db_kind, workdir, f"tp{procs}")
+    db, drop = _db(db_kind, workdir, f"tp{procs}", pg)
     store = Store(db)
     log = open(workdir / f"ingest-{db_kind}-{procs}.log", "wb")
     ps = [_ingest(broker.port, db, f"bench-ing-{i}", "bench", log) for i in range(procs)]
@@ -162,10 +161,10 @@ def throughput(workdir: Path, db_kind: str, procs: int, n: int) -> dict:
             "ratio_to_mosquitto_sub": round(t_sub / t_ing, 3)}
 
 
-def lag(workdir: Path, db_kind: str, rate: int, seconds: float) -> dict:
+def lag(workdir: Path, db_kind: str, rate: int, seconds: float, pg: str | None = None) -> dict:
     import paho.mqtt.client as mqtt
     broker = Broker(workdir)
-    db, drop = _db(db_kind, workdir, "lag")
+    db, drop = _db(db_kind, workdir, "lag", pg)
     store = Store(db)
     log = open(workdir / f"ingest-lag-{db_kind}.log", "wb")
     p = _ingest(broker.port, db, "bench-lag", None, log)
@@ -209,33 +208,35 @@ def lag(workdir: Path, db_kind: str, rate: int, seconds: float) -> dict:
             "lag_p50_ms": pct(0.50), "lag_p99_ms": pct(0.99), "lag_max_ms": pct(1.0)}
 
 
-def _pg_ok() -> bool:
-    try:
-        import psycopg
-        with psycopg.connect(PG_BASE, connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
 def run(n: int = 20000, db: str = "both", lag_rate: int = 600, lag_seconds: float = 10) -> dict:
     kinds = ["sqlite", "postgresql"] if db == "both" else [db]
-    if "postgresql" in kinds and not _pg_ok():
-        kinds.remove("postgresql")
     out: dict = {"cpus": os.cpu_count(), "boxes": BOXES,
                  "note": "mosquitto_sub, N mosquitto_pub and the ingest processes share this machine"}
+    server = None
+    if "postgresql" in kinds:
+        bindir = pg_bindir()
+        if bindir is None:
+            kinds.remove("postgresql")
+            out["postgresql"] = ("skipped: PostgreSQL binaries (initdb, pg_ctl) not found "
+                                 "(make setup as root, or apt-get install postgresql)")
+        else:
+            server = ThrowawayPostgres(bindir).start()
+            out["postgresql"] = "a throwaway server (initdb, fsync off) on this machine"
     work = Path(tempfile.mkdtemp(prefix="hb-bench-ingest-"))
     try:
         for k in kinds:
+            pg = server.url if k == "postgresql" else None
             for procs in (1, 2):
                 d = work / f"{k}-{procs}"
                 d.mkdir()
-                out[f"{k}_{procs}proc"] = throughput(d, k, procs, n)
+                out[f"{k}_{procs}proc"] = throughput(d, k, procs, n, pg)
             d = work / f"{k}-lag"
             d.mkdir()
-            out[f"{k}_lag"] = lag(d, k, lag_rate, lag_seconds)
+            out[f"{k}_lag"] = lag(d, k, lag_rate, lag_seconds, pg)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if server is not None:
+            server.stop()
     return out
 
 
@@ -244,8 +245,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--db", default="both", choices=["sqlite", "postgresql", "both"])
     ap.add_argument("--lag-rate", type=int, default=600, help="msgs/s of the steady load for the lag figure")
+    ap.add_argument("--lag-seconds", type=float, default=10, help="how long the steady load runs")
     a = ap.parse_args()
-    print(json.dumps(run(a.n, a.db, a.lag_rate), indent=1))
+    print(json.dumps(run(a.n, a.db, a.lag_rate, a.lag_seconds), indent=1))
     return 0
 
 

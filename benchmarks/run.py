@@ -14,11 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import summary  # noqa: E402
+from benchmarks import summary
 
 
 def main(argv=None) -> int:

@@ -17,18 +17,12 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from common import credentials  # noqa: E402
-from flashing import image, slots, station  # noqa: E402
+from common import credentials
+from flashing import image, slots, station
 
 BAUD = 921600
 
@@ -61,7 +55,7 @@ def run_one(count: int, work: Path, broker_port: int, fw: image.Firmware) -> dic
 
 
 def run(counts: tuple[int, ...] = (1, 4, 8)) -> dict:
-    from helpers import Mosquitto
+    from tests.helpers import Mosquitto
     work = Path(tempfile.mkdtemp(prefix="hb-bench-station-"))
     broker = Mosquitto(work / "broker").start()
     try:

@@ -1,11 +1,9 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import Mosquitto, ThrowawayPostgres, pg_bindir  # noqa: E402
+from tests.helpers import Mosquitto
+from tests.pgserver import ThrowawayPostgres, pg_bindir
 
 # tests/onbox/ holds on-box tests that run under both interpreters through
 # tests/test_onbox.py, not as pytest modules.

@@ -8,10 +8,10 @@ import time
 from collections import defaultdict
 
 import pytest
-from boxproc import BoxProcess
-from helpers import INTERPRETERS, ROOT, Capture, Mosquitto, publish
 
 from backend import contract
+from tests.boxproc import BoxProcess
+from tests.helpers import INTERPRETERS, ROOT, Capture, Mosquitto, publish
 
 pytestmark = pytest.mark.parametrize("interp", INTERPRETERS)
 

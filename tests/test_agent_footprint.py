@@ -3,8 +3,8 @@ docs/performance.md)."""
 import json
 import re
 
-from boxproc import BoxProcess
-from helpers import Capture
+from tests.boxproc import BoxProcess
+from tests.helpers import Capture
 
 # The issue's bound: 1,000 telemetry cycles in a 64 KiB heap, default config.
 # Live heap of the default box on the 64-bit unix port: ~55 KB (it was ~63 KB,

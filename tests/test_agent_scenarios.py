@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from boxproc import BoxProcess
-from helpers import INTERPRETERS, Capture, publish
 
 from backend import contract
 from backend.status import station_weak_shares
+from tests.boxproc import BoxProcess
+from tests.helpers import INTERPRETERS, Capture, publish
 
 # 1 sim hour = 1.8 s: a few hours of consumption, and the leak's 2 h of flow, in
 # seconds. The simulated meters and Wi-Fi add ~60 KB to the box's live heap on

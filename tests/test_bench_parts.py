@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import sys
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import ROOT, Mosquitto
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agent.rules import SECTIONS  # noqa: E402
-from common import credentials  # noqa: E402
-from flashing import label, slots  # noqa: E402
-from flashing.errors import LedgerError, SetupError  # noqa: E402
-from flashing.ledger import Ledger  # noqa: E402
+from agent.rules import SECTIONS
+from common import credentials
+from flashing import label, slots
+from flashing.errors import LedgerError, SetupError
+from flashing.ledger import Ledger
+from tests.helpers import ROOT, Mosquitto
 
 MASTER = b"parts-test-master-secret-0123456789"
 

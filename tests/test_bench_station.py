@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, Mosquitto
 
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import vbox  # noqa: E402
-from common import credentials  # noqa: E402
-from firmware import build as fb  # noqa: E402
-from vbox import standin  # noqa: E402
+import vbox
+from common import credentials
+from firmware import build as fb
+from tests.helpers import ROOT, Mosquitto
+from vbox import standin
 
 MASTER = b"bench-test-master-secret-0123456789abcdef"
 HOMEBOX = [sys.executable, "-m", "homebox.cli"]
@@ -246,7 +243,7 @@ def test_fault_injection_classifies_each_slot_and_rerun_passes(tmp_path, bench_b
 
 
 def test_a_run_does_not_start_without_its_bench_broker(tmp_path):
-    from helpers import free_port
+    from tests.helpers import free_port
     r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{free_port()}", "--out", str(tmp_path)])
     assert r.returncode == 2 and "bench broker" in r.stderr and "does not answer" in r.stderr, r.stderr
     assert not (tmp_path / "labels").exists()

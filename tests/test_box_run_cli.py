@@ -3,7 +3,7 @@ to where the command runs, and the box (which runs from another directory) finds
 import subprocess
 import sys
 
-from helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 
 def test_box_run_with_the_default_state_dir(tmp_path):

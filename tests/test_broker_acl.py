@@ -10,9 +10,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import FleetBroker
 
 from backend import broker_config
+from tests.helpers import FleetBroker
 
 A, B, C = "box-a", "box-b", "box-c"
 PW = {A: "pw-a-9f8e7d6c5b4a", B: "pw-b-1a2b3c4d5e6f", C: "pw-c-0011223344556677"}

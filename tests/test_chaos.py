@@ -1,4 +1,4 @@
-"""The system-level fault runs of tests/chaos.py with reduced counts, inside
+"""The system-level fault runs of tests/chaos/ with reduced counts, inside
 `make test` (`make chaos` runs them in full: 200 power cuts, 8 boxes).
 
 HB_CHAOS_KILLS and HB_CHAOS_BOXES change the counts here too."""
@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from boxproc import BoxProcess
-from chaos import broker_crash, netns_available, partition, power_cuts
-from helpers import free_port
+
+from tests.boxproc import BoxProcess
+from tests.chaos import broker_crash, netns_available, partition, power_cuts
+from tests.helpers import free_port
 
 KILLS = int(os.environ.get("HB_CHAOS_KILLS", "20"))
 BOXES = int(os.environ.get("HB_CHAOS_BOXES", "4"))
@@ -40,8 +41,9 @@ def test_partition_offline_detection_and_ordered_drain(tmp_path):
 
 
 def test_long_outage_with_a_small_outbox_keeps_running(tmp_path):
-    # No broker at all: every report stays in a 3000-byte outbox. (CPython fails
-    # the same way, after ~15 s more: its recursion limit is deeper.)
+    # No broker at all: every report stays in a 3000-byte outbox, whose sealed
+    # segments end up holding only high-priority records. Each outbox_dropped event
+    # once displaced another one until Box.emit recursed out of the heap (issue 9).
     box = BoxProcess(tmp_path, "ob-mp", free_port(), "micropython", outbox_max_bytes=3000,
                      outbox_seg_bytes=1000, max_cycles=1500, speedup=30000)
     box.start()

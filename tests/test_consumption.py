@@ -11,13 +11,13 @@ import subprocess
 import time
 
 import pytest
-from helpers import ROOT, interpreter_cmd, interpreter_env
 
 from agent import consumption
 from agent.hal.sim_linky import SimLinky
 from agent.hal.sim_water import SimWater
 from agent.runtime import Box
 from backend import contract
+from tests.helpers import ROOT, interpreter_cmd, interpreter_env
 
 T0 = 1767225600.0 + 1800      # 2026-01-01 00:30 UTC
 
@@ -198,7 +198,7 @@ def test_start_registers_a_producer_and_a_poll_task(tmp_path):
     c = asyncio.run(main())
     assert c.reader.frames_ok > 0 and c.wm.saves >= 0
     # without the features enabled nothing is imported or polled
-    box2, c2 = make_box(tmp_path / "b2", MeterHal(), tic_mode=None, water_enabled=False)
+    _box2, c2 = make_box(tmp_path / "b2", MeterHal(), tic_mode=None, water_enabled=False)
     c2.poll()
     assert c2.reader is None and c2.wm is None
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT
+from tests.helpers import ROOT
 
 
 def _processes_mentioning(text: str) -> list[str]:

@@ -7,14 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, micropython_path
 
-if str(ROOT) not in sys.path:      # vbox/ may be newer than the editable install
-    sys.path.insert(0, str(ROOT))
-
-from firmware import build as fb  # noqa: E402
-from firmware import partitions as pt  # noqa: E402
-from vbox import standin  # noqa: E402
+from firmware import build as fb
+from firmware import partitions as pt
+from tests.helpers import ROOT, micropython_path
+from vbox import standin
 
 OVERLAY = {"config.json": json.dumps({"box_id": "fw-test", "broker_host": "127.0.0.1", "state_dir": "/state"}),
            "secrets.json": json.dumps({"mqtt_user": "u", "mqtt_password": "not-in-the-manifest"})}

@@ -10,10 +10,10 @@ import time
 import uuid
 
 import pytest
-from helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 from backend.ingest import Ingest, classify
 from backend.store import Store, _split_ranges
+from tests.helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -193,7 +193,7 @@ def _ingest_proc(fleet, db, cid, log):
     return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=log, stderr=subprocess.STDOUT)
 
 
-def _publisher(fleet, rate, seconds, stop_at, out):
+def _publisher(fleet, rate, seconds, out):
     """Publish health telemetry for N_BOXES boxes at `rate` msgs/s, QoS 1, each box
     with its own account over TLS; some messages twice (at-least-once redelivery)."""
     clients = []
@@ -257,7 +257,7 @@ def test_kill9_mid_run_at_3x_rate_every_seq_exactly_once(fleet, db_url, tmp_path
         time.sleep(0.05)
     assert s.counters()["status"] == 1, (tmp_path / "ingest.log").read_text()
     out: dict = {}
-    pub = threading.Thread(target=_publisher, args=(fleet, rate, seconds, None, out))
+    pub = threading.Thread(target=_publisher, args=(fleet, rate, seconds, out))
     pub.start()
     time.sleep(3.0)
     before_kill = s.counters()["stored"]

@@ -5,7 +5,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import INTERPRETERS, ROOT, interpreter_cmd, interpreter_env
+
+from tests.helpers import INTERPRETERS, ROOT, interpreter_cmd, interpreter_env
 
 ONBOX = ROOT / "tests" / "onbox"
 _results: dict = {}

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Capture, publish
 
 from agent.rules import SECTIONS, sign
 from common.credentials import box_key
 from homebox import boxrun, cli
+from tests.helpers import Capture, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 EX = ROOT / "docs" / "contract" / "examples"

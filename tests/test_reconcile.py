@@ -13,11 +13,11 @@ import time
 import uuid
 
 import pytest
-from helpers import INTERPRETERS, ROOT, Capture, FleetBroker, publish
 
 from agent.rules.sections import errors
 from backend.store import Store
 from homebox import boxrun
+from tests.helpers import INTERPRETERS, ROOT, Capture, FleetBroker, publish
 
 PUSH, INGEST = "homebox-push", "homebox-ingest-1"
 

@@ -7,14 +7,11 @@ once; HB_SPEED_FULL=1 runs the full 4 x 2 matrix."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import pytest
-from helpers import ROOT
 
-sys.path.insert(0, str(ROOT))
-from benchmarks import speed  # noqa: E402
+from benchmarks import speed
 
 why = speed.available()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"speed-test netns harness: {why}")

@@ -7,11 +7,10 @@ import struct
 import subprocess
 import sys
 
-from helpers import ROOT
-
 from backend import status
 from backend.ingest import classify
 from backend.store import Store
+from tests.helpers import ROOT
 
 NOW = 1767225600 + 7 * 86400          # the synthetic week ends here
 HOUR = 3600

@@ -5,9 +5,8 @@ import json
 import subprocess
 import sys
 
-from helpers import ROOT
-
 from homebox.cli import main
+from tests.helpers import ROOT
 
 REF = ROOT / "tests" / "data" / "tic"   # a copy of shared/reference/tic
 HIST = REF / "enedis-historic-frame.bin"

@@ -16,7 +16,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import ROOT, interpreter_cmd, interpreter_env
+
+from tests.helpers import ROOT, interpreter_cmd, interpreter_env
 
 ZONES = ["Europe/Paris", "America/New_York", "Australia/Sydney", "Asia/Kolkata"]
 # Extra zones for negative and beyond-24h rule times (RFC 8536) and a

@@ -16,7 +16,6 @@ import hmac as std_hmac
 import json
 from pathlib import Path
 
-import docfuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from agent.rules import SECTIONS, sections, sign
 from agent.runtime import Box
 from agent.twin import Invalid
 from backend import contract
+from tests import docfuzz
 
 EX = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples"
 BASE = {s: json.loads((EX / f"desired-{s}.json").read_text()) for s in SECTIONS}

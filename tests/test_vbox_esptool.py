@@ -12,18 +12,14 @@ import time
 
 import pytest
 import serial
-from helpers import ROOT, Capture
+from esptool import cmds
 
-if str(ROOT) not in sys.path:      # vbox/ may be newer than the editable install
-    sys.path.insert(0, str(ROOT))
-
-from esptool import cmds  # noqa: E402
-
-import vbox  # noqa: E402
-from backend import contract  # noqa: E402
-from firmware import build as fb  # noqa: E402
-from firmware import partitions as pt  # noqa: E402
-from vbox import standin  # noqa: E402
+import vbox
+from backend import contract
+from firmware import build as fb
+from firmware import partitions as pt
+from tests.helpers import ROOT, Capture
+from vbox import standin
 
 ESPTOOL = [sys.executable, "-m", "esptool"]
 
