@@ -9,7 +9,8 @@ import json
 import sys
 
 import pytest
-from helpers import ROOT
+
+from tests.helpers import ROOT
 
 # cold module -> (hot module, class, the parameter that is the hot object)
 PAIRS = {

@@ -26,7 +26,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, Mosquitto
+
+from tests.helpers import ROOT, Mosquitto
 
 PACKAGES = ("agent", "backend", "common", "firmware", "flashing", "homebox", "vbox")
 # repository directory -> where it goes in the wheel (pyproject.toml [tool.setuptools.package-dir])
