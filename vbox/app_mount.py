@@ -40,6 +40,9 @@ def mount(bdev):
 
 
 def start(argv):
+    # Returns the bytes the mounted filesystem holds in the heap: a board's C boot
+    # holds as much (the rest of this emulation it does not hold at all).
+    import gc
     path, off, size, scenario = argv[1:5]
     sc = None
     if scenario != "-":
@@ -52,8 +55,14 @@ def start(argv):
 
     Env.scenario = sc
     # The eFuse base MAC, as machine.unique_id() gives it on the chip.
-    Env.mac = argv[6] if len(argv) > 6 else None
+    Env.mac = argv[6]
     sys.modules["vboxenv"] = Env
     flash = open(path, "r+b")
-    mount(FlashBdev(flash, int(off), int(size)))
+    bdev = FlashBdev(flash, int(off), int(size))
+    gc.collect()
+    before = gc.mem_alloc()
+    mount(bdev)
+    gc.collect()
+    held = gc.mem_alloc() - before
     os.chdir("/")
+    return held

@@ -4,7 +4,7 @@
 # box's flash through a block device, run boot.py then main.py from it.
 # A blank vfs gets a fresh filesystem; one that does not mount loops on the
 # "filesystem corrupted" message, as a real box does.
-#   micropython apprunner.py FLASH_FILE VFS_OFFSET VFS_SIZE SCENARIO_JSON|- BANNER [MAC]
+#   micropython apprunner.py FLASH_FILE VFS_OFFSET VFS_SIZE SCENARIO_JSON|- BANNER MAC BASE ALLOWANCE
 # A board does all this in C: the Python here leaves the heap once main.py starts,
 # but for the block device (vbox/app_flashdev.py), so the agent measured on a
 # virtual box has the heap a board gives it.
@@ -13,9 +13,19 @@ import sys
 
 import app_mount
 
-app_mount.start(sys.argv)
+mount_bytes = app_mount.start(sys.argv)
 del app_mount
 del sys.modules["app_mount"]
+gc.collect()
+# The interpreter has ALLOWANCE more heap than the box is given (vbox/device.py):
+# whatever this emulation holds beyond what a board's C boot holds (the interpreter's
+# own start, argv[7], and the mounted filesystem) is taken from it, and a ballast
+# takes the rest, so main.py starts with the heap a board would leave it.
+emulation = gc.mem_alloc() - mount_bytes - int(sys.argv[7])
+ballast = int(sys.argv[8]) - emulation
+print("vbox:heap emulation=%d mount=%d ballast=%d" % (emulation, mount_bytes, ballast))
+ballast = bytearray(ballast) if ballast > 0 else None
+del mount_bytes, emulation
 sys.path[:] = ["", ".frozen", "/lib"]
 for name in ("boot.py", "main.py"):
     try:
