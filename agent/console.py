@@ -12,18 +12,11 @@ class Console:
     def __init__(self, box, fw=None, write=None):
         self.box = box
         self.fw = fw or {}
-        self.write = write or _print
-
-    async def handle(self, line):
-        from agent.compat import cold
-        try:
-            await cold("agent.console_cmds", "handle", self, line)
-        finally:
-            import gc
-            gc.collect()
+        self.write = write or print
 
     async def run(self, read):
         # read(): awaitable giving one character ("" at end of input).
+        from agent.compat import cold
         buf = ""
         while True:
             ch = await read()
@@ -35,38 +28,30 @@ class Console:
                 line, buf = buf, ""
                 if line.strip():
                     try:
-                        await self.handle(line)
+                        await cold("agent.console_cmds", "handle", self, line)
                     except Exception as e:
                         self.write('@error {"cmd": "?", "reason": "%s"}' % type(e).__name__)
+                    import gc
+                    gc.collect()
             elif ch == "\x03":
                 raise KeyboardInterrupt
             elif len(buf) < MAX_LINE:
                 buf += ch
 
 
-def _print(s):
-    print(s)
-
-
-async def _stdin_reader():
-    import asyncio
-    if sys.implementation.name == "micropython":
-        s = asyncio.StreamReader(sys.stdin)
-    else:
-        s = asyncio.StreamReader()
-        await asyncio.get_event_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(s), sys.stdin)
-
-    async def read():
-        return await s.read(1)
-    return read
-
-
 async def serve(box, fw=None):
     """Run the box with its console on stdin/stdout (the board's UART)."""
     import asyncio
+
+    from agent.compat import MICROPYTHON
     task = None
     try:
-        task = asyncio.create_task(Console(box, fw).run(await _stdin_reader()))
+        if MICROPYTHON:
+            s = asyncio.StreamReader(sys.stdin)
+        else:
+            from agent.compat_cpy import stdin_stream
+            s = await stdin_stream()
+        task = asyncio.create_task(Console(box, fw).run(lambda: s.read(1)))
     except Exception as e:
         from agent.log import log
         log("console_off", "reason", repr(e))

@@ -6,11 +6,10 @@
 import asyncio
 import json
 
-from agent import VERSION, backoff
+from agent import VERSION
 from agent import twin as _twin  # noqa: F401  (long-lived: loaded before the cold code)
 from agent.compat import cold, mem
 from agent.log import log
-from agent.mqtt import Client, ConnectRefused
 from agent.outbox import PRIO_HIGH, PRIO_LOW
 
 
@@ -30,6 +29,7 @@ class Box:
     client = None                # the MQTT Client, while connected
     cycles = 0                   # telemetry cycles so far
     cycle_ts = None              # end of the current telemetry interval (sim time)
+    phase = 0                    # this box's offset in each telemetry interval (set by start)
     reconnects = 0
     running = False              # the tasks are started (runtime_cold.start)
     sections = None              # the effects, while a parental schedule keeps them in RAM
@@ -140,7 +140,7 @@ class Box:
 
     async def telemetry_task(self):
         interval = self.cfg["telemetry_interval"]
-        phase = backoff.phase(self.id, interval)
+        phase = self.phase
         while not self.stop.is_set():
             now = self.hal.now()
             if now is None:
@@ -164,50 +164,28 @@ class Box:
 
     # ---- connection -------------------------------------------------------------
     async def connection_task(self):
+        # The session's set-up (CONNECT, the online status, SUBSCRIBE) and the
+        # backoff between attempts are cold code: they run once per connection.
         attempt = 0
-        cfg = self.cfg
         while not self.stop.is_set():
-            c = Client(self.id, cfg["broker_host"], cfg["broker_port"],
-                       cfg.get("mqtt_user"), cfg.get("mqtt_password"),
-                       cfg["keepalive"], cold("agent.runtime_cold", "ssl_context", self) if cfg.get("tls") else None)
-            c.on_message = self._on_message
-            c.on_oversized = self._on_oversized
-            c.on_close = self.wake.set      # the drain below wakes when the session ends
-            offline = json.dumps({"state": "offline", "box": self.id, "boot": self.boot})
-            try:
-                await c.connect(self.t_status, offline)
-                await c.publish(self.t_status, self.status_doc("online"), retain=True)
-                await c.subscribe(self.t_desired + "+")
-                self.client = c
-                self.connected.set()
-                log("connected", "broker", "%s:%s" % (cfg["broker_host"], cfg["broker_port"]),
-                    "boot", self.boot, "attempt", attempt)
+            c = await cold("agent.session_cold", "open_session", self, attempt)
+            if c is not None:
                 attempt = 0
                 await self._drain(c)
                 log("disconnected", "reason", c.error)
-            except ConnectRefused as e:
-                log("refused", "reason", e)
-            except Exception as e:
-                log("connect_failed", "reason", e)
-            self.connected.clear()
-            self.client = None
-            await c.close()
+                self.connected.clear()
+                self.client = None
+                await c.close()
             if self.stop.is_set():
                 break
             self.reconnects += 1
-            delay = backoff.full_jitter(attempt, cfg["backoff_base"], cfg["backoff_cap"])
             attempt += 1
-            log("reconnect", "attempt", attempt, "delay", "%.3f" % delay)
-            await asyncio.sleep(delay)
+            await cold("agent.session_cold", "backoff_wait", self, attempt)
 
-    def status_doc(self, state):
-        return json.dumps({"state": state, "box": self.id, "boot": self.boot, "fw": VERSION,
-                           "ts": self.now_ts()})
-
-    def _on_message(self, topic, payload):
+    def on_message(self, topic, payload):
         cold("agent.runtime_cold", "on_desired", self, topic, payload)
 
-    def _on_oversized(self, topic, length):
+    def on_oversized(self, topic, length):
         cold("agent.runtime_cold", "on_desired", self, topic, None, length)
 
     # ---- outbox and reported documents ------------------------------------------

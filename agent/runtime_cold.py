@@ -1,13 +1,14 @@
 # The runtime's cold code (agent/runtime.py): what runs once per boot (the
-# set-up of a Box, the start of its tasks), once per connection (TLS), at the
-# end (the shutdown), and for a desired document (rules, signature, effects).
+# set-up of a Box, the start of its tasks), at the end (the shutdown), and for a
+# desired document (rules, signature, effects). One connection attempt is
+# agent/session_cold.py.
 # Loaded when it runs, then released. The optional features are imported here
 # only when the config enables them (on the unix port, speedtest costs ~18 KB of
 # heap, the TIC decoder ~12 KB; docs/performance.md).
 import asyncio
 
-from agent import VERSION, fsutil
-from agent.compat import mem
+from agent import VERSION, backoff, fsutil
+from agent.compat import cold, mem
 from agent.log import log
 from agent.outbox import Outbox
 from agent.twin import Twin
@@ -66,6 +67,7 @@ def start(box):
     log("boot", "box", box.id, "boot", box.boot, "fw", VERSION, "hal", box.hal.name,
         "backlog", box.outbox.count)
     box.running = True
+    box.phase = backoff.phase(box.id, box.cfg["telemetry_interval"])
     tasks = [_task(box, "connection", box.connection_task),
              _task(box, "telemetry", box.telemetry_task)]
     box.start_fx_task()
@@ -98,7 +100,7 @@ async def shutdown(box, tasks):
     c = box.client
     if c is not None and c.connected:
         try:
-            await asyncio.wait_for(c.publish(box.t_status, box.status_doc("offline"), retain=True), 2)
+            await asyncio.wait_for(c.publish(box.t_status, cold("agent.session_cold", "status_doc", box, "offline"), retain=True), 2)
         except Exception:
             pass
         await c.disconnect()
@@ -114,29 +116,6 @@ async def shutdown(box, tasks):
     free, alloc, peak = mem()
     log("stopped", "cycles", box.cycles, "seq", box.seq, "backlog", box.outbox.count,
         "heap_alloc", alloc, "heap_free", free, "heap_peak", peak)
-
-
-def ssl_context(box):
-    import ssl
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ca = box.cfg.get("tls_ca")
-    if ca:
-        ctx.load_verify_locations(cadata=ca_der(ca))
-    return ctx
-
-
-def ca_der(path):
-    # The CA certificate as DER: MicroPython's mbedTLS build may not parse PEM
-    # (ValueError 'invalid cert'), and CPython takes DER bytes as cadata too.
-    # A PEM file gives its first certificate (the fleet CA).
-    with open(path, "rb") as f:
-        data = f.read()
-    i = data.find(b"-----BEGIN CERTIFICATE-----")
-    if i < 0:
-        return data
-    j = data.find(b"-----END", i + 27)
-    import binascii
-    return binascii.a2b_base64(b"".join(data[i + 27:j].split()))
 
 
 # ---- desired documents ------------------------------------------------------------

@@ -13,7 +13,7 @@
 
 The box is built by agent/boot.py with the sim HAL and the default config; the
 documents are the contract's examples (docs/contract/examples), handed to
-Box._on_message as the MQTT reader would.
+Box.on_message as the MQTT reader would.
 
     python -m benchmarks.cold [--src DIR]    # DIR: another checkout, e.g. the code before
 """

@@ -3,7 +3,7 @@
 #     python|micropython cold_box.py CONFIG.json DOC_DIR MODE
 # Boots a Box from CONFIG (agent/boot.py), then hands it the desired documents
 # DOC_DIR/1.json, 2.json, ... (each {"section": s, "doc": {...}}) as the MQTT
-# reader would (Box._on_message). One JSON line per document:
+# reader would (Box.on_message). One JSON line per document:
 #   MODE loads (CPython): how many times each agent module was imported (loaded
 #     afresh, not found in sys.modules) while the box handled the document;
 #   MODE heap (MicroPython): the bytes it allocated, with the collector off
@@ -57,7 +57,7 @@ def main(argv):
             gc.collect()
             base = gc.mem_alloc()
             gc.disable()
-            box._on_message(topic, payload)
+            box.on_message(topic, payload)
             out["alloc"] = gc.mem_alloc() - base
             gc.enable()
             gc.collect()
@@ -70,10 +70,10 @@ def main(argv):
                 hold.append(bytearray(gc.mem_free() - free))
                 gc.collect()
                 out["free"] = gc.mem_free()
-            box._on_message(topic, payload)
+            box.on_message(topic, payload)
             hold.clear()
         else:
-            box._on_message(topic, payload)
+            box.on_message(topic, payload)
             out["loads"] = dict(counts)
         sec = topic[len(box.t_desired):]
         out["section"] = sec

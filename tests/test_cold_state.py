@@ -67,13 +67,13 @@ def test_cold_halves_set_only_declared_public_state(cold):
 # now only class-level defaults of Box, no longer set there).
 BOX_STATE = ("cfg hal id t_base t_status t_desired t_reported outbox boot seq sections fx_task "
              "running fx_state twin client connected wake stop cycles cycle_ts reconnects "
-             "producers consumption boot_ts failed").split()
+             "producers consumption boot_ts failed phase").split()
 
 
 def test_the_box_declares_its_state_at_class_level():
     from agent.runtime import Box
-    stored, _ = _uses("runtime_cold", "box")
-    assert len(BOX_STATE) == 26 and stored <= set(BOX_STATE), sorted(stored - set(BOX_STATE))
+    stored = _uses("runtime_cold", "box")[0] | _uses("session_cold", "box")[0] | _uses("rules/effects", "box")[0]
+    assert len(BOX_STATE) == 27 and stored <= set(BOX_STATE), sorted(stored - set(BOX_STATE))
     assert all(hasattr(Box, a) for a in BOX_STATE), sorted(a for a in BOX_STATE if not hasattr(Box, a))
 
 
@@ -98,7 +98,7 @@ def test_a_desired_document_loads_each_cold_module_once(tmp_path):
     try:
         for s in ("channels", "options", "parental"):
             count.loads.clear()
-            box._on_message(box.t_desired + s, (ex / f"desired-{s}.json").read_bytes())
+            box.on_message(box.t_desired + s, (ex / f"desired-{s}.json").read_bytes())
             assert box.twin.reported[s]["status"] == "applied", box.twin.reported[s]
             cold = {k: v for k, v in count.loads.items() if k.endswith("_cold")}
             assert cold == {"agent.runtime_cold": 1, "agent.twin_cold": 1}, (s, cold)

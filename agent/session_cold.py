@@ -1,0 +1,73 @@
+# One connection attempt of the runtime (Box.connection_task, agent/runtime.py):
+# CONNECT with the last will, the retained online status, SUBSCRIBE to the desired
+# documents; and the backoff before the next attempt. Cold code: loaded for an
+# attempt and dropped after, apart from agent/runtime_cold.py so that the two are
+# never in RAM together at the start of the tasks.
+import asyncio
+import json
+
+from agent import VERSION, backoff
+from agent.log import log
+from agent.mqtt import Client, ConnectRefused
+
+
+def status_doc(box, state):
+    return json.dumps({"state": state, "box": box.id, "boot": box.boot, "fw": VERSION,
+                       "ts": box.now_ts()})
+
+
+async def open_session(box, attempt):
+    # One connection attempt: CONNECT with the last will, the retained online
+    # status, SUBSCRIBE to the desired documents. The connected Client, or None.
+    cfg = box.cfg
+    c = Client(box.id, cfg["broker_host"], cfg["broker_port"], cfg.get("mqtt_user"), cfg.get("mqtt_password"),
+               cfg["keepalive"], _tls(box) if cfg.get("tls") else None)
+    c.on_message = box.on_message
+    c.on_oversized = box.on_oversized
+    c.on_close = box.wake.set      # the drain wakes when the session ends
+    try:
+        await c.connect(box.t_status, json.dumps({"state": "offline", "box": box.id, "boot": box.boot}))
+        await c.publish(box.t_status, status_doc(box, "online"), retain=True)
+        await c.subscribe(box.t_desired + "+")
+    except ConnectRefused as e:
+        log("refused", "reason", e)
+    except Exception as e:
+        log("connect_failed", "reason", e)
+    else:
+        box.client = c
+        box.connected.set()
+        log("connected", "broker", "%s:%s" % (cfg["broker_host"], cfg["broker_port"]),
+            "boot", box.boot, "attempt", attempt)
+        return c
+    await c.close()
+    return None
+
+
+async def backoff_wait(box, attempt):
+    cfg = box.cfg
+    delay = backoff.full_jitter(attempt - 1, cfg["backoff_base"], cfg["backoff_cap"])
+    log("reconnect", "attempt", attempt, "delay", "%.3f" % delay)
+    await asyncio.sleep(delay)
+
+
+def _tls(box):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca = box.cfg.get("tls_ca")
+    if ca:
+        ctx.load_verify_locations(cadata=ca_der(ca))
+    return ctx
+
+
+def ca_der(path):
+    # The CA certificate as DER: MicroPython's mbedTLS build may not parse PEM
+    # (ValueError 'invalid cert'), and CPython takes DER bytes as cadata too.
+    # A PEM file gives its first certificate (the fleet CA).
+    with open(path, "rb") as f:
+        data = f.read()
+    i = data.find(b"-----BEGIN CERTIFICATE-----")
+    if i < 0:
+        return data
+    j = data.find(b"-----END", i + 27)
+    import binascii
+    return binascii.a2b_base64(b"".join(data[i + 27:j].split()))
