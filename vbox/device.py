@@ -385,7 +385,7 @@ class Device:
             self.console.close()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpreter_base(micropython: str) -> int:
     """What the interpreter itself holds of its heap at the start of a script: a
     board's runtime holds about as much before its boot runs."""
