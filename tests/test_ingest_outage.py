@@ -173,3 +173,62 @@ def test_database_killed_restarted_and_ingest_killed_nothing_lost(broker, pg, tm
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+def test_broker_restarted_ingest_reconnects_nothing_lost(tmp_path):
+    """Mosquitto stopped and started again (its persistence keeps ingest's session):
+    ingest reconnects, what was received but not acknowledged is redelivered, every
+    seq is stored once."""
+    from backend.ingest import Ingest
+    from backend.store import Store
+    from tests.helpers import Mosquitto
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    store = Store(f"sqlite:///{tmp_path}/b.db")
+    reader = Store(f"sqlite:///{tmp_path}/b.db")
+    ing = Ingest(f"mqtt://127.0.0.1:{broker.port}", store, client_id="ing-brk", batch_size=20,
+                 batch_wait=0.05, log=lambda *a: None)
+    import threading
+    th = threading.Thread(target=ing.run, daemon=True)
+    th.start()
+    try:
+        assert ing.subscribed.wait(10)
+
+        def send(first: int, n: int) -> None:
+            c = mqtt_client(broker.port, client_id=f"pub-brk-{first}")
+            c.loop_start()
+            infos = [c.publish(f"homebox/v1/{BOX}/telemetry/health", _env(s), qos=1)
+                     for s in range(first, first + n)]
+            for i in infos:
+                i.wait_for_publish(10)
+            c.disconnect()
+            c.loop_stop()
+
+        def stored() -> int:
+            return len(reader.seqs(BOX))
+
+        send(1, 50)
+        deadline = time.time() + 10
+        while time.time() < deadline and stored() < 50:
+            time.sleep(0.05)
+        broker.stop()
+        deadline = time.time() + 10
+        while time.time() < deadline and ing.mqtt_connected:
+            time.sleep(0.05)
+        assert not ing.mqtt_connected
+        broker.start()
+        deadline = time.time() + 15
+        while time.time() < deadline and not ing.mqtt_connected:
+            time.sleep(0.05)
+        assert ing.mqtt_connected and ing.totals["mqtt_connects"] == 2
+        send(51, 50)
+        deadline = time.time() + 15
+        while time.time() < deadline and stored() < 100:
+            time.sleep(0.05)
+        assert [s for _b, _o, s in reader.seqs(BOX)] == list(range(1, 101))
+        assert th.is_alive()
+    finally:
+        ing.stop()
+        th.join(10)
+        store.close()
+        reader.close()
+        broker.stop()
