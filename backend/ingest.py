@@ -16,6 +16,10 @@
 - Survives its database: when a write fails and the database does not answer, the
   batch stays pending and unacknowledged while ingest reconnects with backoff
   (0.5 s doubling to 30 s); the broker holds the rest (Receive Maximum).
+- Clears unexpected retained messages: a retained message on a telemetry or event
+  topic (the contract retains only status, reported and desired) is stored as usual,
+  then cleared on the broker (an empty retained message) and raised as the box's
+  alarm `retained_cleared` (store.alarms, `homebox ops status`).
 - `metrics_port`: an HTTP endpoint (backend.metrics): /metrics in the Prometheus
   text format, /healthz for liveness.
 """
@@ -149,6 +153,8 @@ class Ingest:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics = None                  # backend.metrics.MetricsServer once running
+        self._cleared: dict[str, float] = {}  # topics whose retained message we cleared: when
+        self.totals["retained_cleared"] = 0
 
     def filters(self) -> list[str]:
         return [f"$share/{self.share}/{f}" if self.share else f for f in FILTERS]
@@ -172,6 +178,9 @@ class Ingest:
             self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
+        if not msg.payload and not msg.retain and msg.topic in self._cleared:
+            self.pending.append((self.gen, msg.mid, msg.qos, None))     # our own clear: ack only
+            return
         # Nothing may escape into paho's network thread: an exception there ends it
         # silently (the process stays up and stores nothing more).
         try:
@@ -246,9 +255,11 @@ class Ingest:
         if not n:
             return 0
         batch = list(islice(self.pending, 0, min(n, self.batch_size)))
-        counts = self._commit([b[3] for b in batch])
+        recs = [b[3] for b in batch if b[3] is not None]
+        counts = self._commit(recs) if recs else {}
         if counts is None:
             return 0
+        self._clear_unexpected_retained(recs)
         for _ in batch:
             self.pending.popleft()
         self.totals["batches"] += 1
@@ -326,6 +337,27 @@ class Ingest:
                 self.metrics.stop()
                 self.metrics = None
         return dict(self.totals)
+
+    def _clear_unexpected_retained(self, recs: list[Rec]) -> None:
+        c = self.client
+        for r in recs:
+            if not r.retained:
+                continue
+            t = topics.parse(r.topic)
+            if not t or t[1] not in ("telemetry", "event"):
+                continue
+            self.log(f"ingest: clearing an unexpected retained message on {_safe(r.topic)!r}")
+            if c is not None:
+                c.publish(r.topic, b"", qos=1, retain=True)
+            self._cleared[r.topic] = time.time()
+            self.totals["retained_cleared"] += 1
+            try:
+                self.store.note_alarm(_safe(t[0]), "retained_cleared", f"retained message on {_safe(r.topic)}")
+            except Exception as e:
+                self.log(f"ingest: cannot record the alarm: {e}")
+        if len(self._cleared) > 10000:
+            cut = time.time() - 60
+            self._cleared = {k: v for k, v in self._cleared.items() if v > cut}
 
     def refresh_gauges(self) -> None:
         """The database-side gauges of /metrics (read here, on the store's thread)."""

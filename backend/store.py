@@ -23,6 +23,8 @@ Tables (same columns on both engines):
 - quarantine payloads that broke the contract or that the store could not hold, with
              the reasons; bounded per box and by age (QUARANTINE_PER_BOX, QUARANTINE_MAX_AGE).
 - counters   running totals: received, stored, duplicates, invalid, ...
+- alarms     what ingest saw a box do wrong, per (box, code): e.g. retained_cleared
+             (a retained message where the contract has none, which ingest cleared).
 
 `write_batch` applies one batch of ingested records in one transaction; the caller
 acknowledges the MQTT messages only after it returns.
@@ -107,6 +109,10 @@ def _schema(blob: str, serial: str) -> list[str]:
         "CREATE INDEX IF NOT EXISTS quarantine_box ON quarantine (box, id)",
         "CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine (received_at)",
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS alarms (
+            box TEXT NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL, n BIGINT NOT NULL,
+            first_at DOUBLE PRECISION NOT NULL, last_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, code))""",
     ]
 
 
@@ -495,6 +501,22 @@ class Store:
         version = json.loads(payload)["version"]
         self._tx(lambda cur: self._put_desired(cur, box, section, version, payload, source, False))
         return version
+
+    def note_alarm(self, box: str, code: str, detail: str) -> None:
+        """Record (or count again) an alarm ingest raised for a box."""
+        now = time.time()
+        self._tx(lambda cur: cur.execute(self._sql(
+            "INSERT INTO alarms (box, code, detail, n, first_at, last_at) VALUES (?,?,?,1,?,?) "
+            "ON CONFLICT (box, code) DO UPDATE SET detail=excluded.detail, n=alarms.n + 1, "
+            "last_at=excluded.last_at"), (box, code, detail[:500], now, now)))
+
+    def alarms(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for box, code, detail, n, first, last in self._q(
+                "SELECT box, code, detail, n, first_at, last_at FROM alarms ORDER BY box, code"):
+            out.setdefault(box, []).append({"code": code, "detail": detail, "n": int(n),
+                                            "first_at": first, "last_at": last})
+        return out
 
     # ---- reading --------------------------------------------------------------
     def _q(self, q: str, args=()) -> list[tuple]:

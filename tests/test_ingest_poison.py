@@ -222,3 +222,45 @@ def test_nine_poisons_live_and_retained_leave_ingest_running(broker, db_url):
         th.join(10)
         ing.store.close()
         reader.close()
+
+
+def test_unexpected_retained_messages_are_cleared_and_alarmed(broker, tmp_path):
+    from backend import status
+    from tests.helpers import retained
+    url = f"sqlite:///{tmp_path}/r.db"
+    c = mqtt_client(broker.port, client_id="pub-retained")
+    c.loop_start()
+    infos = [c.publish("homebox/v1/X/status", json.dumps({"state": "online", "box": "X", "boot": 1}),
+                       qos=1, retain=True),
+             c.publish("homebox/v1/X/telemetry/health", json.dumps(env("X", 1)), qos=1, retain=True),
+             c.publish("homebox/v1/X/telemetry/junk", b"x" * 60000, qos=1, retain=True),
+             c.publish("homebox/v1/X/event", json.dumps(_drop("X", 2, [1, 1, 1])), qos=1, retain=True)]
+    for i in infos:
+        i.wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+    store = Store(url)
+    ing = Ingest(f"mqtt://127.0.0.1:{broker.port}", store, client_id="ing-retained", batch_size=20,
+                 batch_wait=0.05, log=lambda *a: None)
+    th = threading.Thread(target=ing.run, daemon=True)
+    th.start()
+    reader = Store(url)
+    try:
+        assert ing.subscribed.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline and ing.totals["retained_cleared"] < 3:
+            time.sleep(0.05)
+        time.sleep(0.3)                       # the clears come back: acked, not stored
+        assert ing.totals["retained_cleared"] == 3
+        assert [t for t, _p in retained(broker.port, "homebox/v1/X/#")] == ["homebox/v1/X/status"]
+        assert [s for _b, _o, s in reader.seqs("X")] == [1, 2]        # the data is kept
+        assert [q["topic"] for q in reader.quarantine()] == ["homebox/v1/X/telemetry/junk"]
+        (a,) = reader.alarms()["X"]
+        assert a["code"] == "retained_cleared" and a["n"] == 3
+        (row,) = status.fleet(reader)
+        assert "retained_cleared" in {x["code"] for x in row["alarms"]}
+    finally:
+        ing.stop()
+        th.join(10)
+        store.close()
+        reader.close()
