@@ -264,3 +264,55 @@ def test_unexpected_retained_messages_are_cleared_and_alarmed(broker, tmp_path):
         th.join(10)
         store.close()
         reader.close()
+
+
+def test_through_the_generated_broker_a_box_writes_only_contract_topics(tmp_path):
+    """With the generated configuration: a box's retained telemetry is cleared by
+    ingest's own account (the ACL lets it), a sub-topic outside the contract never
+    reaches the broker."""
+    from tests.helpers import FleetBroker
+    box = "box-r"
+    fleet = FleetBroker(tmp_path / "broker", {box: "pw-box-r-5c4b3a29"}).start()
+    store = Store(f"sqlite:///{tmp_path}/f.db")
+    reader = Store(f"sqlite:///{tmp_path}/f.db")
+    try:
+        c = mqtt_client(fleet.plain, box, fleet.passwords[box], client_id=box)
+        c.loop_start()
+        infos = [c.publish(f"homebox/v1/{box}/telemetry/health", json.dumps(env(box, 1)), qos=1, retain=True),
+                 c.publish(f"homebox/v1/{box}/telemetry/junk", b"x" * 60000, qos=1, retain=True),
+                 c.publish(f"homebox/v1/{box}/reported/junk", b"{}", qos=1, retain=True),
+                 c.publish(f"homebox/v1/{box}/status", json.dumps({"state": "online", "box": box, "boot": 1}),
+                           qos=1, retain=True)]
+        for i in infos:
+            i.wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+        user = "homebox-ingest-1"
+        ing = Ingest(f"mqtt://{user}:{fleet.passwords[user]}@127.0.0.1:{fleet.plain}", store,
+                     batch_size=20, batch_wait=0.05, log=lambda *a: None)
+        th = threading.Thread(target=ing.run, daemon=True)
+        th.start()
+        assert ing.subscribed.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline and ing.totals["retained_cleared"] < 1:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        ing.stop()
+        th.join(10)
+        spy = "homebox-ingest-2"            # what a new subscriber gets: nothing retained
+        got: list = []
+        s = mqtt_client(fleet.plain, spy, fleet.passwords[spy], client_id=spy)
+        s.on_message = lambda c, u, m: got.append((m.topic, m.retain))
+        s.on_connect = lambda c, u, f, rc, p: c.subscribe(f"homebox/v1/{box}/#", qos=1)
+        s.loop_start()
+        time.sleep(1.0)
+        s.loop_stop()
+        s.disconnect()
+        assert got == [(f"homebox/v1/{box}/status", True)]       # the contract's retained topic stays
+        assert ing.totals["retained_cleared"] == 1 and ing.totals["received"] == 2
+        assert [s for _b, _o, s in reader.seqs(box)] == [1] and reader.quarantine() == []
+        assert reader.alarms()[box][0]["code"] == "retained_cleared"
+    finally:
+        store.close()
+        reader.close()
+        fleet.stop()
