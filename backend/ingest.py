@@ -178,12 +178,12 @@ class Ingest:
             self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
-        if not msg.payload and not msg.retain and msg.topic in self._cleared:
-            self.pending.append((self.gen, msg.mid, msg.qos, None))     # our own clear: ack only
-            return
         # Nothing may escape into paho's network thread: an exception there ends it
         # silently (the process stays up and stores nothing more).
         try:
+            if not msg.payload and not msg.retain and msg.topic in self._cleared:
+                self.pending.append((self.gen, msg.mid, msg.qos, None))     # our own clear: ack only
+                return
             rec = classify(msg.topic, bytes(msg.payload), bool(msg.retain))
         except Exception as e:
             try:

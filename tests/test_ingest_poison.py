@@ -213,6 +213,8 @@ def test_nine_poisons_live_and_retained_leave_ingest_running(broker, db_url):
         q = store.quarantine(100)
         assert len(q) == 2 * len(live) == m["homebox_ingest_quarantined_total"], [x["topic"] for x in q]
         assert m["homebox_ingest_up"] == 1 and m["homebox_ingest_mqtt_connected"] == 1
+        assert m["homebox_ingest_db_up"] == 1 and m["homebox_ingest_pending"] == 0
+        assert m["homebox_store_missing"] == 0 and m["homebox_ingest_last_commit_timestamp_seconds"] > 0
         assert urllib.request.urlopen(f"http://127.0.0.1:{ing.metrics.port}/healthz", timeout=5).status == 200
         assert store.boxes()[0]["fw"] == "0.1.0"
     finally:
