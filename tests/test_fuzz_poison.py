@@ -8,11 +8,12 @@ Budget and counts: tests/fuzzing.py."""
 from __future__ import annotations
 
 import json
+import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzzing import count, fuzz, mutate, tmp
+from tests.fuzzing import SKIPPED, count, fuzz, mutate, tmp
 
 BOX_TOPICS = ["telemetry/health", "telemetry/consumption", "telemetry/coverage", "telemetry/speed",
               "telemetry/other", "event", "status", "reported/options", "reported/channels",
@@ -71,7 +72,7 @@ def hostile(draw, box: str):
         # poke a poison value at a field (or into the data / ranges)
         where = draw(st.sampled_from(["top", "data", "range"]))
         v = draw(poison_scalars)
-        if where == "range" and kind == "event":
+        if where == "range" and kind == "event" and isinstance(doc.get("data"), dict):
             doc["data"]["ranges"] = [[draw(st.sampled_from([1, v])), 1, draw(st.sampled_from([3, v]))]]
         elif where == "data" and isinstance(doc.get("data"), dict):
             doc["data"][draw(st.sampled_from(["fw", "type", "x", "\x00"]))] = v
@@ -92,18 +93,23 @@ def scenario(draw):
     return items
 
 
-_STATE: dict = {}
+NAME = "poison payloads between good ones"
+_STATE: dict = {"db": "sqlite"}
+_INGESTS: dict = {}
 
 
 def _ingest():
+    """The Ingest of the current database (_STATE['db']: 'sqlite' or a PostgreSQL URL)."""
     from backend.ingest import Ingest
     from backend.store import Store
-    if "ing" not in _STATE:
-        d = tmp("poison")
-        store = Store(f"sqlite:///{d / 'fuzz.db'}", quarantine_per_box=10**9)
-        _STATE["ing"] = Ingest("mqtt://127.0.0.1:1", store, batch_size=7, log=lambda *a: None)
-        _STATE["seq"] = 0
-    return _STATE["ing"]
+    db = _STATE["db"]
+    if db not in _INGESTS:
+        url = f"sqlite:///{tmp('poison') / 'fuzz.db'}" if db == "sqlite" else \
+            f"{db}?schema=fuzz_poison_{uuid.uuid4().hex[:8]}"
+        store = Store(url, quarantine_per_box=10**9)
+        _INGESTS[db] = Ingest("mqtt://127.0.0.1:1", store, batch_size=7, log=lambda *a: None)
+        _STATE.setdefault("seq", 0)
+    return _INGESTS[db]
 
 
 @fuzz()
@@ -146,7 +152,7 @@ def fuzz_poison_between_good(items):
             ing._on_message(None, None, Msg(topic, payload, retain, mid))
     while ing.pending:
         assert ing.flush()
-    count("poison payloads", len(items))
+    count(NAME + ("" if _STATE["db"] == "sqlite" else ", PostgreSQL"), len(items))
     got = {s for _b, _o, s in store.seqs("G") if s <= 10**6}
     assert set(good) <= got, sorted(set(good) - got)
     q = store._q("SELECT COUNT(*) FROM quarantine")[0][0]
@@ -155,10 +161,39 @@ def fuzz_poison_between_good(items):
 
 
 def test_fuzz_poison_between_good():
+    _STATE["db"] = "sqlite"
     fuzz_poison_between_good()
     ing = _ingest()
     assert ing.store._q("PRAGMA integrity_check") == [("ok",)]
     assert ing.totals["unstorable"] == 0
 
 
-TARGETS = [("poison payloads between good ones", test_fuzz_poison_between_good)]
+def test_fuzz_poison_between_good_postgresql(pg_server=None):
+    """The same on PostgreSQL (stricter than SQLite: no NUL in text, BIGINT overflow).
+    Under pytest the session's server; under `make chaos` one of its own."""
+    if pg_server is None:
+        from tests.pgserver import ThrowawayPostgres, pg_bindir
+        if "pg" not in _STATE:
+            import atexit
+            _STATE["pg"] = ThrowawayPostgres(pg_bindir()).start()
+            atexit.register(_STATE["pg"].stop)
+        pg_server = _STATE["pg"].url
+    _STATE["db"] = pg_server
+    try:
+        fuzz_poison_between_good()
+        ing = _ingest()
+        assert ing.totals["unstorable"] == 0 and ing.store.ping()
+    finally:
+        _STATE["db"] = "sqlite"
+
+
+def _pg_available() -> bool:
+    from tests.pgserver import pg_bindir
+    return pg_bindir() is not None
+
+
+TARGETS = [(NAME, test_fuzz_poison_between_good)]
+if _pg_available():
+    TARGETS.append((NAME + ", PostgreSQL", test_fuzz_poison_between_good_postgresql))
+else:
+    SKIPPED[NAME + ", PostgreSQL"] = "no PostgreSQL binaries (make setup as root)"
