@@ -74,7 +74,10 @@ def acl_text(ingest_accounts: int) -> str:
                   "topic read homebox/v1/+/event",
                   "topic read homebox/v1/+/status",
                   "topic read homebox/v1/+/reported/+",
-                  "topic read homebox/v1/+/desired/+", ""]
+                  "topic read homebox/v1/+/desired/+",
+                  # to clear a retained message where the contract has none (ingest does)
+                  "topic write homebox/v1/+/telemetry/#",
+                  "topic write homebox/v1/+/event", ""]
     lines += [f"user {PUSH_USER}",
               "topic readwrite homebox/v1/+/desired/+",
               "topic read homebox/v1/+/reported/+",
@@ -83,13 +86,27 @@ def acl_text(ingest_accounts: int) -> str:
               "topic readwrite homebox-ops/probe/#", ""]
     # `pattern` lines apply to every user. %u: the username, which is also the
     # client id (use_username_as_clientid). Box ids cannot contain + # or /.
-    lines += ["# each box: its own topics only",
-              "pattern write homebox/v1/%u/telemetry/+",
+    lines += ["# each box: its own topics only, exactly the kinds and sections of the contract",
               "pattern write homebox/v1/%u/status",
-              "pattern write homebox/v1/%u/reported/+",
-              "pattern write homebox/v1/%u/event",
-              "pattern read homebox/v1/%u/desired/+", ""]
+              "pattern write homebox/v1/%u/event"]
+    lines += [f"pattern write homebox/v1/%u/telemetry/{k}" for k in box_telemetry_kinds()]
+    lines += [f"pattern write homebox/v1/%u/reported/{s}" for s in box_sections()]
+    lines += ["pattern read homebox/v1/%u/desired/+", ""]
     return "\n".join(lines)
+
+
+def box_telemetry_kinds() -> list[str]:
+    """The telemetry kinds of the contract: one schema telemetry-{kind}.json each."""
+    from backend import contract
+    return sorted(n[len("telemetry-"):-len(".json")] for n in contract.schema_names()
+                  if n.startswith("telemetry-"))
+
+
+def box_sections() -> list[str]:
+    """The sections a box reports: one desired-{section}.json schema each."""
+    from backend import contract
+    return sorted(n[len("desired-"):-len(".json")] for n in contract.schema_names()
+                  if n.startswith("desired-"))
 
 
 def _write_private(path: Path, data: bytes | str) -> None:

@@ -8,6 +8,7 @@ carries that directory as the package data backend/contract_data/
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,15 +89,64 @@ def validate(topic: str, payload: bytes | str | dict) -> dict:
         doc = payload
     else:
         try:
-            doc = json.loads(payload)
+            doc = json.loads(payload, parse_constant=_no_constant)
+        except RecursionError:
+            raise ContractError(topic, ["$: nested too deeply"]) from None
         except ValueError as e:
             raise ContractError(topic, [f"$: not JSON ({e})"]) from None
+    bad = unstorable(doc)
+    if bad:
+        raise ContractError(topic, bad)
     errs = sorted(validator(name).iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errs:
         raise ContractError(topic, [f"{e.json_path}: {e.message}" for e in errs[:10]])
     if name != "status.json" and kind_box_mismatch(topic, doc):
         raise ContractError(topic, ["$.box: does not match the topic's box id"])
     return doc
+
+
+INT_MIN, INT_MAX = -2**63, 2**63 - 1     # what BIGINT holds, on SQLite and PostgreSQL
+MAX_DEPTH = 32
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _bad_str(s: str) -> bool:
+    return _BAD_CHARS.search(s) is not None
+
+
+def unstorable(doc) -> list[str]:
+    """What no store can hold, whatever the schema says (the schemas bound every
+    field they name; this guards the open parts too): integers beyond signed 64 bits,
+    strings or keys with NUL or lone surrogates, nesting deeper than MAX_DEPTH."""
+    errs: list[str] = []
+    stack = [(doc, "$", 0)]
+    while stack and len(errs) < 10:
+        v, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            errs.append(f"{path}: nested deeper than {MAX_DEPTH}")
+        elif isinstance(v, bool) or v is None or isinstance(v, float):
+            continue
+        elif isinstance(v, int):
+            if not INT_MIN <= v <= INT_MAX:
+                errs.append(f"{path}: integer beyond signed 64 bits")
+        elif isinstance(v, str):
+            if _bad_str(v):
+                errs.append(f"{path}: string holds NUL or a lone surrogate")
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if _bad_str(k):
+                    errs.append(f"{path}: key holds NUL or a lone surrogate")
+                else:
+                    stack.append((x, f"{path}.{k}", depth + 1))
+        elif isinstance(v, list):
+            stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+    return errs
 
 
 def kind_box_mismatch(topic: str, doc: dict) -> bool:

@@ -9,6 +9,19 @@
   (paho-mqtt manual acks) only after its batch has committed. A process killed
   mid-batch loses nothing: the broker redelivers what was not acknowledged, and the
   store removes duplicates on (box, boot, seq).
+- Poison-proof: a failure anywhere between the socket and the commit (a payload that
+  breaks the parser, the classifier or the store) quarantines that one message and
+  acknowledges it. A batch the store refuses is bisected down to the culprits; the
+  good messages around them are stored.
+- Survives its database: when a write fails and the database does not answer, the
+  batch stays pending and unacknowledged while ingest reconnects with backoff
+  (0.5 s doubling to 30 s); the broker holds the rest (Receive Maximum).
+- Clears unexpected retained messages: a retained message on a telemetry or event
+  topic (the contract retains only status, reported and desired) is stored as usual,
+  then cleared on the broker (an empty retained message) and raised as the box's
+  alarm `retained_cleared` (store.alarms, `homebox ops status`).
+- `metrics_port`: an HTTP endpoint (backend.metrics): /metrics in the Prometheus
+  text format, /healthz for liveness.
 """
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
+from itertools import islice
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -26,7 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import topics
 from backend import contract
-from backend.store import Rec, Store
+from backend.store import POISON, Rec, Store
 from common.broker import Broker, parse_broker
 
 FILTERS = (
@@ -51,6 +65,23 @@ def make_client(url: Broker, client_id: str, tls_ca: str | None = None,
     return c
 
 
+def _safe(s: str | None) -> str | None:
+    """A string any store holds (no NUL, no lone surrogate)."""
+    if s is None:
+        return None
+    return s.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def quarantined(rec: Rec, why: str) -> Rec:
+    """The record of a message the store could not hold: quarantined, payload byte for byte."""
+    return Rec("invalid", _safe(rec.topic) or "", bytes(rec.payload), box=_safe(rec.box),
+               errors=[POISON + _safe(why)[:500]], retained=rec.retained, received_at=rec.received_at)
+
+
+class _DatabaseDown(Exception):
+    pass
+
+
 def classify(topic: str, payload: bytes, retained: bool = False,
              received_at: float | None = None) -> Rec:
     """Validate one message against the contract and say what it is."""
@@ -62,6 +93,9 @@ def classify(topic: str, payload: bytes, retained: bool = False,
     except contract.ContractError as e:
         return Rec("invalid", topic, payload, box=box, errors=e.errors, retained=retained,
                    received_at=now)
+    except Exception as e:                  # RecursionError, MemoryError in a parser, ...
+        return Rec("invalid", topic, payload, box=box, errors=[f"$: {type(e).__name__}"],
+                   retained=retained, received_at=now)
     _box, kind, rest = t
     bad = None
     what = {"telemetry": "msg", "event": "msg", "status": "status", "reported": "reported",
@@ -86,7 +120,8 @@ class Ingest:
     def __init__(self, broker: str, store: Store, share: str | None = None,
                  client_id: str | None = None, batch_size: int = 500, batch_wait: float = 0.2,
                  receive_max: int = 2000, session_expiry: int = 7 * 24 * 3600,
-                 tls_ca: str | None = None, log=None):
+                 tls_ca: str | None = None, log=None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1"):
         self.url = parse_broker(broker)
         self.store = store
         self.share = share
@@ -106,8 +141,20 @@ class Ingest:
         self.gen = 0                         # connection generation: mids are per connection
         self.subscribed = threading.Event()
         self.stop_event = threading.Event()
-        self.totals = {"received": 0, "stored": 0, "duplicates": 0, "invalid": 0, "batches": 0}
+        self.totals = {"received": 0, "stored": 0, "duplicates": 0, "invalid": 0, "batches": 0,
+                       "poison": 0, "db_reconnects": 0, "mqtt_connects": 0, "unstorable": 0}
         self.client: mqtt.Client | None = None
+        self.mqtt_connected = False
+        self.db_up = True
+        self.last_commit: float | None = None
+        self.heartbeat = time.time()         # the main loop's last turn (liveness)
+        self.missing: int | None = None      # seqs missing at the database (gaps), refreshed
+        self.quarantine_rows: int | None = None
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics = None                  # backend.metrics.MetricsServer once running
+        self._cleared: dict[str, float] = {}  # topics whose retained message we cleared: when
+        self.totals["retained_cleared"] = 0
 
     def filters(self) -> list[str]:
         return [f"$share/{self.share}/{f}" if self.share else f for f in FILTERS]
@@ -118,6 +165,8 @@ class Ingest:
             self.log(f"ingest: connect refused: {rc}")
             return
         self.gen += 1
+        self.mqtt_connected = True
+        self.totals["mqtt_connects"] += 1
         client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters()])
         self.log(f"ingest: connected as {self.client_id} (session present: {flags.session_present})")
 
@@ -129,22 +178,92 @@ class Ingest:
             self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
-        rec = classify(msg.topic, bytes(msg.payload), bool(msg.retain))
+        # Nothing may escape into paho's network thread: an exception there ends it
+        # silently (the process stays up and stores nothing more).
+        try:
+            if not msg.payload and not msg.retain and msg.topic in self._cleared:
+                self.pending.append((self.gen, msg.mid, msg.qos, None))     # our own clear: ack only
+                return
+            rec = classify(msg.topic, bytes(msg.payload), bool(msg.retain))
+        except Exception as e:
+            try:
+                topic = msg.topic
+            except Exception:
+                topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", "replace")
+            t = topics.parse(topic) if isinstance(topic, str) else None
+            rec = quarantined(Rec("invalid", topic, bytes(msg.payload or b""), box=t[0] if t else None,
+                                  retained=bool(msg.retain)), f"classify: {type(e).__name__}: {e}")
         self.pending.append((self.gen, msg.mid, msg.qos, rec))
 
     def _on_disconnect(self, client, userdata, flags, rc, props):
+        self.mqtt_connected = False
         self.log(f"ingest: disconnected: {rc}")
 
     # ---- batching (main thread) -----------------------------------------------------
+    def _write(self, recs: list[Rec]) -> dict:
+        """Write recs; bisect a batch the store refuses down to the records it cannot
+        hold and quarantine those. Raises _DatabaseDown when the database is away."""
+        try:
+            return self.store.write_batch(recs)
+        except Exception as e:
+            if not self.store.ping():
+                raise _DatabaseDown(f"{type(e).__name__}: {e}") from None
+            if len(recs) > 1:
+                h = len(recs) // 2
+                a, b = self._write(recs[:h]), self._write(recs[h:])
+                return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+            why = f"store: {type(e).__name__}: {e}"
+        self.log(f"ingest: quarantined {_safe(recs[0].topic)!r}: {why}")
+        try:
+            return self.store.write_batch([quarantined(recs[0], why)])
+        except Exception as e:
+            if not self.store.ping():
+                raise _DatabaseDown(f"{type(e).__name__}: {e}") from None
+            self.log(f"ingest: UNSTORABLE, acknowledged without a trace in the store: "
+                     f"{_safe(recs[0].topic)!r} {bytes(recs[0].payload)[:200]!r}: {e}")
+            return {"received": 1, "unstorable": 1}
+
+    def _commit(self, recs: list[Rec]) -> dict | None:
+        """Write recs, waiting out a database outage (reconnecting with backoff).
+        None when stopped meanwhile (nothing written, nothing acknowledged)."""
+        delay = 0.5
+        while True:
+            try:
+                counts = self._write(recs)
+            except _DatabaseDown as e:
+                if self.db_up:
+                    self.log(f"ingest: database away ({e}); {len(self.pending)} pending, unacknowledged")
+                self.db_up = False
+                if self.stop_event.wait(delay):
+                    return None
+                delay = min(delay * 2, 30.0)
+                self.heartbeat = time.time()
+                try:
+                    self.store.reconnect()
+                    self.totals["db_reconnects"] += 1
+                    self.log("ingest: database reconnected")
+                except Exception as e2:
+                    self.log(f"ingest: database reconnect failed: {type(e2).__name__}: {str(e2)[:200]}")
+                continue
+            self.db_up = True
+            self.last_commit = time.time()
+            return counts
+
     def flush(self) -> int:
         """Commit what is pending, then acknowledge it. Returns how many were written."""
         n = len(self.pending)
         if not n:
             return 0
-        batch = [self.pending.popleft() for _ in range(min(n, self.batch_size))]
-        counts = self.store.write_batch([b[3] for b in batch])
+        batch = list(islice(self.pending, 0, min(n, self.batch_size)))
+        recs = [b[3] for b in batch if b[3] is not None]
+        counts = self._commit(recs) if recs else {}
+        if counts is None:
+            return 0
+        self._clear_unexpected_retained(recs)
+        for _ in batch:
+            self.pending.popleft()
         self.totals["batches"] += 1
-        for k in ("received", "stored", "duplicates", "invalid"):
+        for k in ("received", "stored", "duplicates", "invalid", "poison", "unstorable"):
             self.totals[k] += counts.get(k, 0)
         c = self.client
         for gen, mid, qos, _rec in batch:
@@ -161,6 +280,13 @@ class Ingest:
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         c.on_disconnect = self._on_disconnect
+        # an exception in a callback must not end the network thread (belt and braces:
+        # _on_message catches everything itself)
+        c.suppress_exceptions = True
+        if self.metrics_port is not None and self.metrics is None:
+            from backend.metrics import MetricsServer
+            self.metrics = MetricsServer(self, self.metrics_host, self.metrics_port).start()
+            self.log(f"ingest: metrics on http://{self.metrics_host}:{self.metrics.port}/metrics")
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
         props.ReceiveMaximum = min(self.receive_max, 65535)
@@ -170,8 +296,13 @@ class Ingest:
         end = time.time() + duration if duration else None
         last_stats = time.time()
         first_wait = None
+        last_gauges = 0.0
         try:
             while not self.stop_event.is_set() and (end is None or time.time() < end):
+                self.heartbeat = time.time()
+                if self.metrics is not None and time.time() - last_gauges >= 5.0:
+                    last_gauges = time.time()
+                    self.refresh_gauges()
                 n = len(self.pending)
                 if n == 0:
                     first_wait = None
@@ -190,12 +321,58 @@ class Ingest:
                 if stats_every and time.time() - last_stats >= stats_every:
                     last_stats = time.time()
                     self.log("ingest: " + " ".join(f"{k}={v}" for k, v in self.totals.items()))
-            while self.pending:
-                self.flush()
+            while self.pending and not self.stop_event.is_set() and self.flush():
+                pass
+            if self.stop_event.is_set() and self.db_up:
+                # stopped: commit what was received (and is not yet acked), briefly
+                self.stop_event.clear()
+                t0 = time.time()
+                while self.pending and time.time() - t0 < 5 and self.flush():
+                    pass
+                self.stop_event.set()
         finally:
             c.disconnect()
             c.loop_stop()
+            if self.metrics is not None:
+                self.metrics.stop()
+                self.metrics = None
         return dict(self.totals)
+
+    def _clear_unexpected_retained(self, recs: list[Rec]) -> None:
+        c = self.client
+        for r in recs:
+            if not r.retained:
+                continue
+            t = topics.parse(r.topic)
+            if not t or t[1] not in ("telemetry", "event"):
+                continue
+            self.log(f"ingest: clearing an unexpected retained message on {_safe(r.topic)!r}")
+            if c is not None:
+                c.publish(r.topic, b"", qos=1, retain=True)
+            self._cleared[r.topic] = time.time()
+            self.totals["retained_cleared"] += 1
+            try:
+                self.store.note_alarm(_safe(t[0]), "retained_cleared", f"retained message on {_safe(r.topic)}")
+            except Exception as e:
+                self.log(f"ingest: cannot record the alarm: {e}")
+        if len(self._cleared) > 10000:
+            cut = time.time() - 60
+            self._cleared = {k: v for k, v in self._cleared.items() if v > cut}
+
+    def refresh_gauges(self) -> None:
+        """The database-side gauges of /metrics (read here, on the store's thread)."""
+        try:
+            self.missing = sum(v.get("missing", 0) for v in self.store.gap_summary().values())
+            self.quarantine_rows = int(self.store._q("SELECT COUNT(*) FROM quarantine")[0][0])
+        except Exception:
+            pass
+
+    def lag(self) -> float:
+        """Seconds the oldest pending (received, not committed) message has waited."""
+        try:
+            return max(0.0, time.time() - self.pending[0][3].received_at)
+        except IndexError:
+            return 0.0
 
     def stop(self) -> None:
         self.stop_event.set()

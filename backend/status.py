@@ -121,6 +121,7 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
     reported = store.reported()
     desired = store.desired_versions()
     gaps = store.gap_summary()
+    raised = store.alarms()
     by_box: dict[str, dict[str, dict]] = {}
     for (box, kind), v in latest.items():
         by_box.setdefault(box, {})[kind] = v
@@ -139,6 +140,10 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
                "missing": gaps.get(box, {}).get("missing", 0),
                "declared_dropped": gaps.get(box, {}).get("dropped", 0),
                "speed_ratio": None, "weak_share": None, "alarms": alarms}
+        # raised by ingest (e.g. retained_cleared)
+        for a in raised.get(box, []):
+            alarms.append({"code": a["code"], "detail": f"{a['detail']} ({a['n']}x, last "
+                                                         f"{_ago(now - a['last_at'])} ago)"})
         # silence
         if b["last_seen"] is None:
             alarms.append({"code": "silent", "detail": "never seen live since ingest started"})

@@ -20,8 +20,11 @@ Tables (same columns on both engines):
 - reported   the newest reported document per (box, section).
 - desired    the desired documents the backend wants each box to have (payload kept
              byte for byte, so `reconcile` republishes exactly what was pushed).
-- quarantine payloads that broke the contract, with the reasons.
+- quarantine payloads that broke the contract or that the store could not hold, with
+             the reasons; bounded per box and by age (QUARANTINE_PER_BOX, QUARANTINE_MAX_AGE).
 - counters   running totals: received, stored, duplicates, invalid, ...
+- alarms     what ingest saw a box do wrong, per (box, code): e.g. retained_cleared
+             (a retained message where the contract has none, which ingest cleared).
 
 `write_batch` applies one batch of ingested records in one transaction; the caller
 acknowledges the MQTT messages only after it returns.
@@ -35,7 +38,13 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-COUNTERS = ("received", "stored", "duplicates", "invalid", "status", "reported", "desired")
+COUNTERS = ("received", "stored", "duplicates", "invalid", "status", "reported", "desired", "poison")
+# Quarantine is bounded: the newest QUARANTINE_PER_BOX rows per box, none older than
+# QUARANTINE_MAX_AGE seconds (a box that sends only garbage cannot fill the database).
+QUARANTINE_PER_BOX = 100
+QUARANTINE_MAX_AGE = 30 * 86400
+# Errors of quarantined records that the store itself could not hold start with this.
+POISON = "ingest: "
 GAP_CAUSES = ("missing", "dropped")
 
 
@@ -97,7 +106,13 @@ def _schema(blob: str, serial: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS quarantine (
             id {serial}, topic TEXT NOT NULL, box TEXT, payload {blob} NOT NULL,
             errors TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS quarantine_box ON quarantine (box, id)",
+        "CREATE INDEX IF NOT EXISTS quarantine_age ON quarantine (received_at)",
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS alarms (
+            box TEXT NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL, n BIGINT NOT NULL,
+            first_at DOUBLE PRECISION NOT NULL, last_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (box, code))""",
     ]
 
 
@@ -143,8 +158,16 @@ def _remove_seq(intervals: list[tuple[int, int]], s: int) -> list[tuple[int, int
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, quarantine_per_box: int = QUARANTINE_PER_BOX,
+                 quarantine_max_age: float = QUARANTINE_MAX_AGE):
         self.url = url
+        self.quarantine_per_box = quarantine_per_box
+        self.quarantine_max_age = quarantine_max_age
+        self._connect()
+        self._init_schema()
+
+    def _connect(self) -> None:
+        url = self.url
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             self.dialect = "postgresql"
             self._open_pg(url)
@@ -161,7 +184,30 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA busy_timeout=60000")
-        self._init_schema()
+
+    def ping(self) -> bool:
+        """Is the database there? (After a failed write: tells a lost connection or a
+        server away from a record the store cannot hold.)"""
+        try:
+            if self.dialect == "postgresql":
+                try:
+                    self.conn.rollback()
+                except Exception:
+                    pass
+                with self.conn.cursor() as c:
+                    c.execute("SELECT 1")
+                self.conn.commit()
+            else:
+                self.conn.execute("SELECT 1").fetchall()
+            return True
+        except Exception:
+            return False
+
+    def reconnect(self) -> None:
+        """Open a new connection (raises StoreError or the driver's error while the
+        database is away)."""
+        self.close()
+        self._connect()
 
     # ---- connection -----------------------------------------------------------
     def _open_pg(self, url: str) -> None:
@@ -344,11 +390,26 @@ class Store:
                 "INSERT INTO quarantine (topic, box, payload, errors, received_at) VALUES (?,?,?,?,?)"),
                 (r.topic, r.box, bytes(r.payload), json.dumps(r.errors), r.received_at))
             counts["invalid"] += 1
+            if r.errors and r.errors[0].startswith(POISON):
+                counts["poison"] += 1
+        if invalid:
+            self._prune_quarantine(cur, {r.box for r in invalid}, now)
         for name in COUNTERS:
             if counts[name]:
                 cur.execute(self._sql("UPDATE counters SET value = value + ? WHERE name = ?"),
                             (counts[name], name))
         return counts
+
+    def _prune_quarantine(self, cur, boxes, now) -> None:
+        for box in sorted(boxes, key=lambda b: (b is None, b or "")):
+            w = "box IS NULL" if box is None else "box = ?"
+            args = () if box is None else (box,)
+            cur.execute(self._sql(
+                f"DELETE FROM quarantine WHERE {w} AND id NOT IN "
+                f"(SELECT id FROM quarantine WHERE {w} ORDER BY id DESC LIMIT ?)"),
+                args + args + (self.quarantine_per_box,))
+        cur.execute(self._sql("DELETE FROM quarantine WHERE received_at < ?"),
+                    (now - self.quarantine_max_age,))
 
     def _write_stream(self, cur, key, msgs: dict[int, Rec], new_drops, now) -> list[Rec]:
         box, boot = key
@@ -440,6 +501,22 @@ class Store:
         version = json.loads(payload)["version"]
         self._tx(lambda cur: self._put_desired(cur, box, section, version, payload, source, False))
         return version
+
+    def note_alarm(self, box: str, code: str, detail: str) -> None:
+        """Record (or count again) an alarm ingest raised for a box."""
+        now = time.time()
+        self._tx(lambda cur: cur.execute(self._sql(
+            "INSERT INTO alarms (box, code, detail, n, first_at, last_at) VALUES (?,?,?,1,?,?) "
+            "ON CONFLICT (box, code) DO UPDATE SET detail=excluded.detail, n=alarms.n + 1, "
+            "last_at=excluded.last_at"), (box, code, detail[:500], now, now)))
+
+    def alarms(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for box, code, detail, n, first, last in self._q(
+                "SELECT box, code, detail, n, first_at, last_at FROM alarms ORDER BY box, code"):
+            out.setdefault(box, []).append({"code": code, "detail": detail, "n": int(n),
+                                            "first_at": first, "last_at": last})
+        return out
 
     # ---- reading --------------------------------------------------------------
     def _q(self, q: str, args=()) -> list[tuple]:

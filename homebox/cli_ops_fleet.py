@@ -19,6 +19,11 @@ def register(sub) -> None:
     p.add_argument("--batch-wait", type=float, default=0.2, help="commit a partial batch after S seconds (default 0.2)")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
     p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: run until Ctrl-C/SIGTERM)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics (Prometheus) and /healthz on this port (0: any free port; default off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default 127.0.0.1)")
+    p.add_argument("--db-wait", type=float, default=60,
+                   help="at start, retry opening the database for S seconds (default 60)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("status", help="the fleet at a glance: one row per box, with alarms")
@@ -67,10 +72,24 @@ def _store(args):
 
 
 def cmd_ingest(args) -> int:
+    import time
+
     from backend.ingest import Ingest
-    store = _store(args)
+    from backend.store import StoreError, open_store
+    deadline, delay = time.time() + args.db_wait, 0.5
+    while True:
+        try:
+            store = open_store(args.db)
+            break
+        except StoreError as e:
+            if time.time() + delay > deadline:
+                raise SystemExit(str(e)) from None
+            print(f"ingest: {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
     ing = Ingest(args.broker, store, share=args.share, client_id=args.client_id,
-                 batch_size=args.batch, batch_wait=args.batch_wait, tls_ca=args.tls_ca)
+                 batch_size=args.batch, batch_wait=args.batch_wait, tls_ca=args.tls_ca,
+                 metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
     try:
         totals = ing.run(duration=args.duration or None)

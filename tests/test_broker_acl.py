@@ -167,7 +167,10 @@ def test_box_cannot_publish_into_other_topics(fleet):
     forged = [f"homebox/v1/{B}/telemetry/health", f"homebox/v1/{B}/status", f"homebox/v1/{B}/event",
               f"homebox/v1/{B}/reported/parental", f"homebox/v1/{B}/desired/parental",
               f"homebox/v1/{A}/desired/parental",          # nor its own desired document
-              f"homebox/v1/{B}/telemetry/../../{A}/x", "other/topic"]
+              f"homebox/v1/{B}/telemetry/../../{A}/x", "other/topic",
+              # its own topics, but not a kind or section of the contract
+              f"homebox/v1/{A}/telemetry/x", f"homebox/v1/{A}/telemetry/health/x",
+              f"homebox/v1/{A}/reported/x", f"homebox/v1/{A}/event/x"]
     for t in forged:
         a.pub(t, b'{"version": 99}')
     a.pub(f"homebox/v1/{A}/telemetry/health", b"{}")        # control: its own telemetry flows

@@ -68,7 +68,7 @@ def _store():
     from backend.store import Store
     if "s" not in _STORE:
         _STORE["dir"] = tmp("ingest")
-        _STORE["s"] = Store(f"sqlite:///{_STORE['dir'] / 'fuzz.db'}")
+        _STORE["s"] = Store(f"sqlite:///{_STORE['dir'] / 'fuzz.db'}", quarantine_per_box=10**9)
     return _STORE["s"]
 
 
