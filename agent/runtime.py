@@ -166,7 +166,10 @@ class Box:
     async def connection_task(self):
         attempt = 0
         cfg = self.cfg
+        ready = getattr(self.hal, "ready", None)
         while not self.stop.is_set():
+            if ready is not None:
+                await ready(cfg.get("tls"))      # an address (and for TLS a clock) first
             c = Client(self.id, cfg["broker_host"], cfg["broker_port"],
                        cfg.get("mqtt_user"), cfg.get("mqtt_password"),
                        cfg["keepalive"], cold("agent.runtime_cold", "ssl_context", self) if cfg.get("tls") else None)

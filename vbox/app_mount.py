@@ -53,7 +53,19 @@ def start(argv):
     Env.scenario = sc
     # The eFuse base MAC, as machine.unique_id() gives it on the chip.
     Env.mac = argv[6] if len(argv) > 6 else None
+    # The emulated ESP32 board (vbox/board/): its host's UDP port, the reset
+    # cause, the RTC memory that survived the reset; its modules are mounted at
+    # /board, which the runner puts on sys.path ahead of the built-ins.
+    Env.board = int(argv[7]) if len(argv) > 7 else None
+    Env.reset = int(argv[8]) if len(argv) > 8 else 1
+    Env.rtcmem = bytes.fromhex(argv[9]) if len(argv) > 9 and argv[9] != "-" else b""
     sys.modules["vboxenv"] = Env
     flash = open(path, "r+b")
+    Env.flash = flash
+    board = None
+    if Env.board is not None:
+        board = vfs.VfsPosix(sys.path[0] + "/board")
     mount(FlashBdev(flash, int(off), int(size)))
+    if board is not None:
+        vfs.mount(board, "/board")
     os.chdir("/")

@@ -16,7 +16,13 @@ import app_mount
 app_mount.start(sys.argv)
 del app_mount
 del sys.modules["app_mount"]
-sys.path[:] = ["", ".frozen", "/lib"]
+import vboxenv  # noqa: E402
+
+# The emulated board's modules (network, machine, time, esp32, ntptime) come
+# before the built-ins: the unix port's machine and time are "extensible", so a
+# file module of that name shadows them (and imports them as umachine, utime).
+sys.path[:] = ["", "/board", ".frozen", "/lib"] if vboxenv.board else ["", ".frozen", "/lib"]
+del vboxenv
 for name in ("boot.py", "main.py"):
     try:
         f = open(name)
