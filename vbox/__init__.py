@@ -101,7 +101,7 @@ def preflash(box_dir: Path | str, image: bytes, offset: int = 0x1000, flash_size
 
 def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None, port: int = 0,
           scenario: Path | str | None = None, baud_limit: bool = False, heap: str = "128k",
-          python: str | None = None, board: str = "esp32") -> BoxProcess:
+          python: str | None = None, board: str = "none") -> BoxProcess:
     """Start one virtual box process on box_dir (its flash persists there)."""
     box_dir = Path(box_dir).resolve()
     box_dir.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baud-limit", action="store_true")
     p.add_argument("--heap", default="128k")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--board", choices=("esp32", "none"), default="esp32",
+    p.add_argument("--board", choices=("esp32", "none"), default="none",
                    help="esp32: the emulated ESP32 board (the agent runs its esp32 HAL); none: the bare unix port (sim HAL)")
     args = p.parse_args(argv)
     name = args.name or args.dir.name

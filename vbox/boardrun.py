@@ -35,7 +35,7 @@ def build_firmware(out_dir: Path, config: dict, secrets: dict | None = None, fla
 
 
 def boot_firmware(box_dir: Path, config: dict, secrets: dict | None = None, heap: str = "128k",
-                  flash_size: str = "4MB", board: str = "esp32", scenario: Path | None = None) -> vbox.BoxProcess:
+                  flash_size: str = "4MB", board: str = "none", scenario: Path | None = None) -> vbox.BoxProcess:
     """Build, pre-flash and power on one virtual box; it boots main.py at once."""
     box_dir = Path(box_dir)
     image = build_firmware(box_dir.parent / (box_dir.name + "-fw"), config, secrets, flash_size)

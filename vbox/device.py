@@ -45,7 +45,7 @@ FLASH_DATA_OPS = (chip.FLASH_DATA, chip.FLASH_DEFL_DATA)
 class Device:
     def __init__(self, box_dir: Path, flash_size: int, mac: bytes, scenario: Path | None = None,
                  heap: str = "128k", micropython: str | None = None, mp_version: str = "1.29.0",
-                 board: str = "esp32"):
+                 board: str = "none"):
         self.dir = Path(box_dir)
         self.flash_size = flash_size
         self.flash = Flash(self.dir / "flash.bin", flash_size)

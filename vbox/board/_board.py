@@ -40,23 +40,27 @@ def send(msg):
 
 def pump():
     # What the host sent since the last poll; a GPIO edge runs its handler now,
-    # as the ISR would have when the edge came.
+    # as the ISR would have when the edge came. One preallocated buffer.
     s = sock()
+    b = _buf
     for _ in range(16):
         try:
-            d = s.recv(1500)
+            n = s.readinto(b)
         except OSError:
             return
-        if not d:
+        if not n:
             return
-        k = d[0]
+        k = b[0]
         if k == 83:                   # S: the radio's state
             import json
-            state.update(json.loads(d[1:]))
+            state.update(json.loads(bytes(b[1:n])))
         elif k == 69:                 # E: an edge
-            h = irqs.get(int(d[1:]))
+            h = irqs.get(int(bytes(b[1:n])))
             if h is not None and h[1] is not None:
                 h[1](h[0])
+
+
+_buf = bytearray(512)
 
 
 # The RTC: seconds to add to the host's Unix time for the board's time (2000

@@ -64,7 +64,7 @@ class Pin:
 
 
 class UART:
-    def __init__(self, id, baudrate=9600, bits=8, parity=None, stop=1, *, tx=None, rx=None,
+    def __init__(self, id=1, baudrate=9600, bits=8, parity=None, stop=1, *, tx=None, rx=None,
                  txbuf=None, rxbuf=None, timeout=None, timeout_char=None, invert=None,
                  flow=None, rts=None, cts=None):
         self.id = id
