@@ -39,8 +39,9 @@ def build(cfg_path, secrets_path=None, overrides=None, prepare=None):
 
 def board():
     # A board's boot, from its filesystem: /config.json and /secrets.json (written
-    # by the bench), /fw.json (what the bench built). On an ESP32 the HAL is
-    # "esp32"; anywhere else (a virtual box, the unix port) the simulated home.
+    # by the bench), /fw.json (what the bench built). On an ESP32, and on a
+    # virtual box's emulated ESP32 board, the HAL is "esp32"; anywhere else (the
+    # bare unix port) the simulated home.
     # Returns (box, fw) once the banner is out.
     from agent import VERSION
     fw = _fw()
@@ -48,9 +49,9 @@ def board():
     print("homebox: firmware %s, MicroPython %s, agent %s build %s" % (
         fw.get("firmware") or "unknown", ".".join(str(x) for x in impl.version[:3]), VERSION,
         fw.get("agent_build") or "unknown"))
-    hal = "esp32" if sys.platform == "esp32" else "sim"
+    hal = "esp32" if sys.platform == "esp32" or _vboxenv("board") else "sim"
     secrets = "/secrets.json" if _exists("/secrets.json") else None
-    box = build("/config.json", secrets, {"hal": hal}, _sim_scenario if hal == "sim" else None)
+    box = build("/config.json", secrets, {"hal": hal}, _sim_scenario if hal == "sim" else _vnet)
     print("homebox: agent starting, box %s, hal %s" % (box.cfg["box_id"], box.cfg["hal"]))
     return box, fw
 
@@ -80,6 +81,14 @@ def _vboxenv(name):
         return getattr(vboxenv, name)
     except (ImportError, AttributeError):
         return None
+
+
+def _vnet(cfg):
+    # A virtual box's emulated board (vbox/board/): its virtual network's NTP
+    # server is the vbox host, as a DHCP server would hand it out.
+    port = _vboxenv("board")
+    if port:
+        cfg["ntp_servers"] = ["127.0.0.1:%d" % port]
 
 
 def _sim_scenario(cfg):

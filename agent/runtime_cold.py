@@ -71,6 +71,10 @@ def start(box):
     tasks = [_task(box, "connection", box.connection_task),
              _task(box, "telemetry", box.telemetry_task)]
     box.start_fx_task()
+    hs = getattr(box.hal, "start", None)
+    if hs is not None:
+        # The HAL's own task: on the ESP32 the network bring-up and the watchdog.
+        tasks.append(_task(box, "hal", lambda: hs(box, tasks)))
     c = box.cfg
     # The optional features, each imported only when enabled.
     if c.get("coverage"):

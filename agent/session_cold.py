@@ -20,6 +20,9 @@ async def open_session(box, attempt):
     # One connection attempt: CONNECT with the last will, the retained online
     # status, SUBSCRIBE to the desired documents. The connected Client, or None.
     cfg = box.cfg
+    ready = getattr(box.hal, "ready", None)
+    if ready is not None:
+        await ready(cfg.get("tls"))      # an address (and for TLS a clock) first
     c = Client(box.id, cfg["broker_host"], cfg["broker_port"], cfg.get("mqtt_user"), cfg.get("mqtt_password"),
                cfg["keepalive"], _tls(box) if cfg.get("tls") else None)
     c.on_message = box.on_message

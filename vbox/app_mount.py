@@ -56,13 +56,25 @@ def start(argv):
     Env.scenario = sc
     # The eFuse base MAC, as machine.unique_id() gives it on the chip.
     Env.mac = argv[6]
+    # The emulated ESP32 board (vbox/board/): its host's UDP port, the reset
+    # cause, the RTC memory that survived the reset; its modules are mounted at
+    # /board, which the runner puts on sys.path ahead of the built-ins.
+    Env.board = int(argv[9]) if len(argv) > 9 and argv[9] != "-" else None
+    Env.reset = int(argv[10]) if len(argv) > 10 else 1
+    Env.rtcmem = bytes.fromhex(argv[11]) if len(argv) > 11 and argv[11] != "-" else b""
     sys.modules["vboxenv"] = Env
     flash = open(path, "r+b")
+    Env.flash = flash
+    board = None
+    if Env.board is not None:
+        board = vfs.VfsPosix(sys.path[0] + "/board")
     bdev = FlashBdev(flash, int(off), int(size))
     gc.collect()
     before = gc.mem_alloc()
     mount(bdev)
     gc.collect()
     held = gc.mem_alloc() - before
+    if board is not None:
+        vfs.mount(board, "/board")
     os.chdir("/")
     return held

@@ -26,7 +26,13 @@ ballast = int(sys.argv[8]) - emulation
 print("vbox:heap emulation=%d mount=%d ballast=%d" % (emulation, mount_bytes, ballast))
 ballast = bytearray(ballast) if ballast > 0 else None
 del mount_bytes, emulation
-sys.path[:] = ["", ".frozen", "/lib"]
+import vboxenv  # noqa: E402
+
+# The emulated board's modules (network, machine, time, esp32, ntptime) come
+# before the built-ins: the unix port's machine and time are "extensible", so a
+# file module of that name shadows them (and imports them as umachine, utime).
+sys.path[:] = ["", "/board", ".frozen", "/lib"] if vboxenv.board else ["", ".frozen", "/lib"]
+del vboxenv
 for name in ("boot.py", "main.py"):
     try:
         f = open(name)

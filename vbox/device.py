@@ -53,7 +53,8 @@ FLASH_DATA_OPS = (chip.FLASH_DATA, chip.FLASH_DEFL_DATA)
 
 class Device:
     def __init__(self, box_dir: Path, flash_size: int, mac: bytes, scenario: Path | None = None,
-                 heap: str = "128k", micropython: str | None = None, mp_version: str = "1.29.0"):
+                 heap: str = "128k", micropython: str | None = None, mp_version: str = "1.29.0",
+                 board: str = "none"):
         self.dir = Path(box_dir)
         self.flash_size = flash_size
         self.flash = Flash(self.dir / "flash.bin", flash_size)
@@ -80,6 +81,12 @@ class Device:
         self.stats = {"rx_bytes": 0, "tx_bytes": 0, "flash_bytes_written": 0, "loader_payload_bytes": 0}
         self.flash_rx = 0            # flash data bytes received in this download session
         self.link_down = False       # the link must drop now (a fault fired)
+        # board "esp32": the CPU has the emulated ESP32 board (vbox/board/, its world
+        # in vbox/boardhost.py) and the agent runs its ESP32 HAL; "none": the bare
+        # unix port, where the agent falls back to the sim HAL.
+        self.board = board
+        self.host = None
+        self.reset_cause = 1         # machine.reset_cause() of the next app boot
 
     # --- faults (tests and benches): faults.json in the box directory --------
     #   {"drop_link_after": N}  after N bytes of flash data the USB link drops and
@@ -168,6 +175,11 @@ class Device:
         self._stop_app()
         self.boots += 1
         self.uart_baud = 115200
+        # machine.reset_cause(): PWRON_RESET 1 (EN, power; the esp32 port reports a
+        # brownout as this too), WDT_RESET 3, SOFT_RESET 5 (machine.reset()).
+        self.reset_cause = 3 if "WDT" in reason else 5 if "SW_CPU" in reason else 1
+        if self.reset_cause == 1 and self.host is not None:
+            self.host.rtcmem = b""   # RTC memory does not survive a power-on reset
         if download is None:
             download = self.io0_low()
         if TRACE:
@@ -306,6 +318,13 @@ class Device:
                str(vfs_off), str(vfs_size), str(self.scenario) if self.scenario else "-", banner,
                ":".join(f"{b:02x}" for b in self.mac), str(interpreter_base(self.micropython)),
                str(ROM_BOOT_ALLOWANCE)]
+        if self.board == "esp32":
+            if self.host is None:
+                from vbox.boardhost import BoardHost
+                sc = json.loads(self.scenario.read_text()) if self.scenario else None
+                self.host = BoardHost(self.dir, sc, self._wdt_bite)
+            self.host.booted()
+            cmd += [str(self.host.port), str(self.reset_cause), self.host.rtcmem.hex() or "-"]
         env = dict(os.environ)
         env["MICROPYPATH"] = ".frozen"
         # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so the
@@ -354,6 +373,13 @@ class Device:
             self.save_stats()
         return rest
 
+    def _wdt_bite(self) -> None:
+        """The hardware watchdog was not fed in time: the chip resets."""
+        with self.lock:
+            if self.mode == "app" and not self.en_low:
+                self.emit("\r\n")
+                self._boot(reason="0x7 (TG0WDT_SYS_RESET)", download=False)
+
     def _stop_app(self) -> None:
         proc, self.app = self.app, None
         if proc and proc.poll() is None:
@@ -381,6 +407,8 @@ class Device:
         with self.lock:
             self.generation += 1
             self._stop_app()
+            if self.host is not None:
+                self.host.close()
             self.flash.close()
             self.console.close()
 

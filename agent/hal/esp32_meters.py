@@ -5,7 +5,6 @@
 # Config keys: tic_uart (1), tic_rx_pin (16), tic_tx_pin (17), tic_mode ("auto",
 # "historic", "standard"), water_pin (27), water_debounce_ms (80).
 import machine
-import micropython
 
 from agent.compat import ticks_add, ticks_diff, ticks_ms
 
@@ -65,7 +64,8 @@ class WaterPulses:
         self.pin = machine.Pin(pin, machine.Pin.IN, machine.Pin.PULL_UP)
         self.pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=self._isr)
 
-    @micropython.native
+    # Plain bytecode (no @micropython.native): Pin.irq on the esp32 is soft by
+    # default (scheduled), and a bytecode .mpy also loads on a virtual box.
     def _isr(self, pin) -> None:
         t = ticks_ms()
         if ticks_diff(t, self.last) < self.debounce:

@@ -1,0 +1,161 @@
+# The ESP32 HAL's cold code (agent/hal/esp32.py): the boot's reset facts, the
+# meters, bringing up the AP and the uplink, NTP. Loaded when it runs, then
+# released (agent/compat.py cold()).
+import asyncio
+import struct
+import time
+
+import machine
+import network
+
+from agent.compat import ticks_diff, ticks_ms
+from agent.log import log
+
+_NTP_DELTA = 2208988800      # 1900-01-01 to 1970-01-01
+# machine.reset_cause(): the esp32 port maps ESP_RST_BROWNOUT to PWRON_RESET, so a
+# brownout reads as a power-on (telling them apart needs a C patch).
+_CAUSES = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard", machine.WDT_RESET: "watchdog",
+           machine.DEEPSLEEP_RESET: "deepsleep", machine.SOFT_RESET: "soft"}
+
+
+def boot_info(hal) -> dict:
+    # The reset cause, and the previous boot's uptime kept in RTC memory (it
+    # survives every reset but a power-on: then it is unknown, null).
+    cause = machine.reset_cause()
+    prev = None
+    try:
+        m = machine.RTC().memory()
+        if cause != machine.PWRON_RESET and len(m) >= 6 and m[:2] == b"up":
+            prev = struct.unpack("<I", m[2:6])[0]
+    except Exception:
+        pass
+    return {"reset_cause": _CAUSES.get(cause, "unknown"), "prev_uptime_s": prev}
+
+
+def keep_uptime(hal) -> None:
+    try:
+        machine.RTC().memory(b"up" + struct.pack("<I", hal.uptime_s()))
+    except Exception:
+        pass
+
+
+def attach_meters(hal, config: dict) -> None:
+    # The meters the config enables, as the optional HAL methods.
+    if not (config.get("tic_mode") or config.get("water_enabled")):
+        return
+    from agent.hal.esp32_meters import Meters
+    m = hal.meters = Meters(config)
+    if m.tic is not None:
+        hal.tic_read = m.tic.read
+        hal.tic_set_mode = m.tic.set_mode
+    if m.water is not None:
+        hal.water_edges = m.water.read
+
+
+async def bring_up_ap(hal) -> None:
+    # The tenant's access point, with the SSID and key on the sticker (WPA2).
+    cfg = hal.config
+    ssid = cfg.get("wifi_ssid")
+    if not ssid:
+        log("ap_off", "reason", "no wifi_ssid in the config")
+        return
+    ap = hal.ap
+    ap.active(True)
+    kw = {"ssid": ssid, "key": cfg.get("wifi_key") or "", "security": 3}   # AUTH_WPA2_PSK
+    if cfg.get("ap_channel"):
+        kw["channel"] = cfg["ap_channel"]
+    ap.config(**kw)
+    log("ap_up", "ssid", ssid, "channel", ap.config("channel"))
+
+
+async def bring_up_uplink(hal) -> None:
+    # One attempt: the uplink the config chooses, then up to 20 s for an address.
+    cfg = hal.config
+    up = hal.up
+    if up is None:
+        if cfg.get("uplink", "wifi") == "lan":
+            lan: dict = dict(cfg.get("lan") or {})
+            if "mdc" in lan:
+                lan["mdc"] = machine.Pin(lan["mdc"])
+            if "mdio" in lan:
+                lan["mdio"] = machine.Pin(lan["mdio"])
+            if "power" in lan and lan["power"] is not None:
+                lan["power"] = machine.Pin(lan["power"])
+            if "phy_type" not in lan:
+                lan["phy_type"] = getattr(network, "PHY_LAN8720", 0)
+            up = network.LAN(0, **lan)
+        else:
+            up = hal.sta
+        hal.up = up
+    up.active(True)
+    if up is hal.sta:
+        ssid = cfg.get("uplink_ssid")
+        if not ssid:
+            log("uplink_off", "reason", "no uplink_ssid in the config")
+            await asyncio.sleep(60)
+            return
+        try:
+            hal.sta.disconnect()
+            hal.sta.connect(ssid, cfg.get("uplink_key") or "")
+        except OSError as e:
+            log("uplink_failed", "reason", e)
+    t0 = ticks_ms()
+    while ticks_diff(ticks_ms(), t0) < 20000:
+        if up.isconnected():
+            log("uplink_up", "ip", up.ifconfig()[0])
+            return
+        await asyncio.sleep(0.5)
+    log("uplink_wait", "status", up.status())
+    await asyncio.sleep(5)
+
+
+def lost(hal) -> None:
+    # The uplink went away: say so, and drop the MQTT session now instead of at
+    # its keepalive timeout; the telemetry waits in the outbox.
+    hal.online.clear()
+    log("uplink_lost")
+    c = getattr(hal.box, "client", None)
+    if c is not None:
+        asyncio.create_task(c.close("uplink lost"))
+
+
+async def ntp_sync(hal) -> bool:
+    # SNTP without blocking the loop: a non-blocking UDP socket polled from the
+    # loop (ntptime.settime() blocks up to a second per try). The DNS lookup is
+    # the one blocking step MicroPython leaves; give addresses to avoid it.
+    import socket
+    for srv in hal.config.get("ntp_servers") or ["pool.ntp.org"]:
+        host, _, port = srv.partition(":")
+        s = None
+        try:
+            addr = socket.getaddrinfo(host, int(port or 123))[0][-1]
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            q = bytearray(48)
+            q[0] = 0x1B
+            s.sendto(q, addr)
+            t0 = ticks_ms()
+            while ticks_diff(ticks_ms(), t0) < 2000:
+                try:
+                    m = s.recv(48)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                if len(m) >= 48 and m[1]:
+                    _set_rtc(struct.unpack("!I", m[40:44])[0] - _NTP_DELTA)
+                    first = not hal.synced
+                    hal.synced = True
+                    if first:
+                        log("clock_set", "server", srv)
+                    return True
+        except Exception as e:
+            log("ntp_failed", "server", srv, "reason", e)
+        finally:
+            if s is not None:
+                s.close()
+    return False
+
+
+def _set_rtc(unix: int) -> None:
+    t = time.gmtime(unix - (946684800 if time.gmtime(0)[0] == 2000 else 0))
+    machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0))

@@ -1,0 +1,223 @@
+"""The ESP32 path on a virtual box: the emulated board (vbox/board/, its world in
+vbox/boardhost.py) against micropython-esp32-stubs, and the agent's ESP32 HAL
+booted from littlefs, publishing what the contract says."""
+import ast
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.contract import validate
+from tests.helpers import Capture
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARD = ROOT / "vbox" / "board"
+
+
+def _stub_dir() -> Path:
+    import importlib.metadata as m
+    return Path(m.distribution("micropython-esp32-stubs").locate_file(""))
+
+
+def _stub(name: str) -> ast.Module:
+    d = _stub_dir()
+    p = d / f"{name}.pyi"
+    if not p.exists():
+        p = d / name / "__init__.pyi"
+    return ast.parse(p.read_text())
+
+
+def _defs(tree, cls=None):
+    """{name: [FunctionDef overloads]} and the constant names, of a module or a class."""
+    body = tree.body
+    if cls is not None:
+        body = next(n for n in body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    fns, consts, classes = {}, set(), set()
+    for n in body:
+        if isinstance(n, ast.FunctionDef):
+            fns.setdefault(n.name, []).append(n)
+        elif isinstance(n, ast.ClassDef):
+            classes.add(n.name)
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+            consts.add(n.target.id)
+        elif isinstance(n, ast.Assign):
+            consts.update(t.id for t in n.targets if isinstance(t, ast.Name))
+    return fns, consts, classes
+
+
+def _params(f):
+    a = f.args
+    pos = [x.arg for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+    required = len(pos) - len(a.defaults)
+    return pos, [x.arg for x in a.kwonlyargs], required, a.vararg is not None, a.kwarg is not None
+
+
+def _check(emu, stubs, where):
+    """The emulation accepts every call the stubs allow (the required arguments are
+    no more than the stub's fewest) and takes no argument the stubs do not name."""
+    problems = []
+    e_pos, e_kw, e_req, e_var, e_kwargs = _params(emu)
+    s_all, s_req, s_var, s_kwargs = set(), [], False, False
+    s_maxpos = 0
+    for s in stubs:
+        pos, kw, req, var, kwa = _params(s)
+        s_all.update(pos + kw)
+        s_req.append(req)
+        s_maxpos = max(s_maxpos, len(pos))
+        s_var |= var
+        s_kwargs |= kwa
+    if e_req > min(s_req):
+        problems.append(f"{where}: requires {e_req} arguments, the stubs allow {min(s_req)}")
+    if len(e_pos) < s_maxpos and not e_var:
+        problems.append(f"{where}: takes {len(e_pos)} positional arguments, the stubs up to {s_maxpos}")
+    if not (s_kwargs or s_var):
+        extra = [p for p in e_pos[s_maxpos:] + e_kw if p not in s_all]
+        if extra:
+            problems.append(f"{where}: arguments {extra} are not in the stubs")
+    return problems
+
+
+@pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time"])
+def test_emulated_board_matches_the_stubs(mod):
+    emu = ast.parse((BOARD / f"{mod}.py").read_text())
+    stub_tree = _stub(mod)
+    e_fns, e_consts, e_classes = _defs(emu)
+    s_fns, s_consts, s_classes = _defs(stub_tree)
+    problems = []
+    for name, fs in e_fns.items():
+        if name.startswith("_"):
+            continue
+        if name not in s_fns:
+            problems.append(f"{mod}.{name}: not in the stubs")
+            continue
+        problems += _check(fs[0], s_fns[name], f"{mod}.{name}")
+    for c in sorted(e_consts):
+        if not c.startswith("_") and c.isupper() and c not in s_consts:
+            problems.append(f"{mod}.{c}: not in the stubs")
+    for cls in sorted(e_classes):
+        if cls not in s_classes:
+            problems.append(f"{mod}.{cls}: not in the stubs")
+            continue
+        ce_fns, ce_consts, _ = _defs(emu, cls)
+        cs_fns, cs_consts, _ = _defs(stub_tree, cls)
+        for name, fs in ce_fns.items():
+            if name.startswith("_") and name != "__init__":
+                continue
+            if name not in cs_fns:
+                problems.append(f"{mod}.{cls}.{name}: not in the stubs")
+                continue
+            problems += _check(fs[0], cs_fns[name], f"{mod}.{cls}.{name}")
+        for c in sorted(ce_consts):
+            if c.isupper() and c not in cs_consts:
+                problems.append(f"{mod}.{cls}.{c}: not in the stubs")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_emulation_covers_what_the_hal_uses():
+    # Every machine/network name the ESP32 HAL uses exists on the emulated board.
+    used = set()
+    for f in ("esp32.py", "esp32_cold.py", "esp32_meters.py"):
+        for n in ast.walk(ast.parse((ROOT / "agent" / "hal" / f).read_text())):
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in ("machine", "network"):
+                used.add((n.value.id, n.attr))
+    missing = []
+    for mod, name in sorted(used):
+        fns, consts, classes = _defs(ast.parse((BOARD / f"{mod}.py").read_text()))
+        if name not in fns and name not in consts and name not in classes:
+            missing.append(f"{mod}.{name}")
+    assert not missing
+
+
+def boot(tmp_path, broker, box_id, board="esp32", heap="128k", **extra):
+    from vbox import boardrun
+    cfg = {"box_id": box_id, "broker_host": "127.0.0.1", "broker_port": broker.port, "state_dir": "/state",
+           "telemetry_interval": 4, "keepalive": 10, "backoff_base": 0.2, "backoff_cap": 2.0,
+           "coverage": True, "coverage_sample_s": 1, "coverage_interval": 4,
+           "tic_mode": "standard", "water_enabled": True, "consumption_curve_s": 60,
+           "wifi_ssid": "homebox-000042", "uplink_ssid": "operator-net", "wdt_ms": 8000}
+    cfg.update(extra)
+    sc = tmp_path / "scenario.json"
+    sc.write_text(json.dumps("good_home"))
+    if board == "none":
+        cfg["scenario"] = "good_home"
+        cfg["speedup"] = 300
+    else:
+        # the virtual network's clock is 25 s before an hour's end: the hourly
+        # consumption report comes without waiting for one
+        (tmp_path / "box").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "box" / "board.json").write_text(json.dumps({"hour_end_in_s": 25}))
+    return boardrun.boot_firmware(tmp_path / "box", cfg, {"mqtt_user": box_id, "mqtt_password": "pw",
+                                                          "wifi_key": "abcd-efgh-jkmn-pqrs"},
+                                  board=board, scenario=sc, heap=heap)
+
+
+def _kinds(cap):
+    out = {}
+    for t, p, _r in cap.messages:
+        out.setdefault(t.rsplit("/", 1)[-1], []).append((t, p))
+    return out
+
+
+@pytest.mark.parametrize("hal", ["sim", "esp32"])
+def test_both_hals_publish_the_contract(broker, tmp_path, hal):
+    """The same home (good_home) on the two HALs: health, coverage and consumption
+    validate against the contract."""
+    box_id = f"vb-{hal}"
+    cap = Capture(broker.port)
+    # the sim HAL carries the home's simulators in the agent's heap: more room
+    box = boot(tmp_path, broker, box_id, board="esp32" if hal == "esp32" else "none",
+               heap="192k" if hal == "esp32" else "256k")
+    try:
+        ok = cap.wait_for(lambda c: all(k in _kinds(c) for k in ("health", "coverage", "consumption")), 150)
+        con = box.console()
+        assert ok, (sorted(_kinds(cap)), con[-3000:])
+        assert f"agent starting, box {box_id}, hal {hal}" in con
+        assert "Traceback" not in con, con[-3000:]
+        k = _kinds(cap)
+        for kind in ("health", "coverage", "consumption"):
+            for t, p in k[kind]:
+                validate(t, p)
+        health = [json.loads(p)["data"] for _t, p in k["health"]]
+        cov = [json.loads(p)["data"] for _t, p in k["coverage"]]
+        if hal == "esp32":
+            assert health[0]["reset_cause"] == "power_on" and health[0]["prev_uptime_s"] is None
+            assert health[0]["uptime_s"] is not None
+            assert all(json.loads(p)["ts"] is not None for _t, p in k["health"])   # NTP from the vbox
+            # MACs only from the AP: never an invented RSSI
+            assert cov[-1]["rssi"] == "unsupported"
+            assert cov[-1]["stations"] and all(s["signal_strength"] == "unsupported" for s in cov[-1]["stations"])
+            assert cov[-1]["scan"]["aps"] == 2
+            ap = json.loads((box.dir / "ap.json").read_text())
+            assert ap["ssid"] == "homebox-000042" and ap["key"] == "abcd-efgh-jkmn-pqrs" and ap["security"] == 3
+            uart = json.loads((box.dir / "uart.json").read_text())["1"]
+            assert (uart["bits"], uart["parity"], uart["tx"], uart["rxbuf"]) == (7, "0", "17", "2048")
+    finally:
+        box.stop()
+        cap.close()
+
+
+def test_uplink_loss_is_recovered_and_the_watchdog_bites_a_hung_loop(broker, tmp_path):
+    box_id = "vb-uplink"
+    cap = Capture(broker.port)
+    box = boot(tmp_path, broker, box_id, coverage=False, tic_mode=None, water_enabled=False)
+    try:
+        assert cap.wait_for(lambda c: "health" in _kinds(c), 60), box.console()[-2000:]
+        (box.dir / "board.json").write_text(json.dumps({"uplink": False}))
+        deadline = time.monotonic() + 20
+        while "uplink_lost" not in box.console() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "uplink_lost" in box.console(), box.console()[-2000:]
+        n = len(_kinds(cap)["health"])
+        time.sleep(8)
+        assert len(_kinds(cap)["health"]) == n        # nothing goes out while the link is down
+        (box.dir / "board.json").unlink()
+        # the backlog drains in order once the link is back; no reboot
+        assert cap.wait_for(lambda c: len(_kinds(c)["health"]) >= n + 3, 60), box.console()[-2000:]
+        seqs = [json.loads(p)["seq"] for _t, p in _kinds(cap)["health"]]
+        assert seqs == sorted(seqs)
+        assert box.console().count("agent starting") == 1
+        assert not (box.dir / "wdt.json").exists()
+    finally:
+        box.stop()
+        cap.close()

@@ -1,0 +1,71 @@
+# The emulated ESP32 board's link to the vbox host process (vbox/boardhost.py):
+# one UDP socket to the host, polled without blocking. The host sends
+#   b"S" + JSON   the radio's state: {"uplink", "scan", "stations", "channel"}
+#   b"E" + b"PIN" an edge on a GPIO (the Pin's irq handler runs at the next poll)
+# and receives b"H" (hello), b"F" (a watchdog feed), b"W" + JSON (a WDT start),
+# b"A" + JSON (the AP's config), b"C" + JSON (an uplink connect), b"M" (RTC memory).
+# Each UART has a socket of its own (machine.py): the kernel's socket buffer is
+# the UART's rx FIFO, so the bytes never sit in the agent's heap.
+# Everything here runs in the agent's heap: keep it small.
+import socket
+
+import vboxenv
+
+state = {"uplink": True, "scan": [], "stations": [], "ntp": True}
+irqs = {}         # GPIO number -> [Pin, handler, trigger]
+_s = None
+
+
+def addr():
+    return socket.getaddrinfo("127.0.0.1", vboxenv.board)[0][-1]
+
+
+def sock():
+    global _s
+    if _s is None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(addr())
+        s.setblocking(False)
+        _s = s
+        send(b"H")
+    return _s
+
+
+def send(msg):
+    try:
+        sock().send(msg)
+    except OSError:
+        pass
+
+
+def pump():
+    # What the host sent since the last poll; a GPIO edge runs its handler now,
+    # as the ISR would have when the edge came. One preallocated buffer.
+    s = sock()
+    b = _buf
+    for _ in range(16):
+        try:
+            n = s.readinto(b)
+        except OSError:
+            return
+        if not n:
+            return
+        k = b[0]
+        if k == 83:                   # S: the radio's state
+            import json
+            state.update(json.loads(bytes(b[1:n])))
+        elif k == 69:                 # E: an edge
+            h = irqs.get(int(bytes(b[1:n])))
+            if h is not None and h[1] is not None:
+                h[1](h[0])
+
+
+_buf = bytearray(512)
+
+
+# The RTC: seconds to add to the host's Unix time for the board's time (2000
+# epoch); at power-on the board's clock starts at 0.
+import utime as _t  # noqa: E402
+
+rtc = -int(_t.time())
+del _t

@@ -1,0 +1,212 @@
+"""The world around a virtual box's emulated ESP32 board (vbox/board/), in the vbox
+host process: the radio (neighbour APs, the stations on our AP, the uplink), the
+Linky on the TIC UART, the water meter on its GPIO, an NTP server on the virtual
+network, and the hardware watchdog. The simulated home's parts are the sim HAL's
+own simulators (agent/hal/sim_wifi.py, sim_linky.py, sim_water.py), run here on
+CPython in real time, so that none of them sits in the agent's heap.
+
+One UDP socket (127.0.0.1, an ephemeral port given to the board in its argv):
+  board -> host  b"H" hello (the board's control socket), b"U1,9600,7,0,1,17,16,2048"
+                 a UART opened (its own socket), b"W5000" a WDT started, b"F" a feed,
+                 b"A{json}" the AP's config, b"C<ssid>" a STA connect, b"M<bytes>"
+                 the RTC memory, a 48-byte SNTP request (answered)
+  host -> board  b"S{json}" the radio's state, b"E27" an edge on GPIO27, the
+                 TIC bytes (to a UART's socket), an SNTP reply
+The box directory's board.json ({"uplink": false}) unplugs the uplink; the host
+writes ap.json (the AP as the board configured it) and wdt.json (bites).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+NTP_DELTA = 2208988800          # 1900-01-01 to 1970-01-01
+TIC_BAUD = {"historic": 1200, "standard": 9600}
+
+
+class BoardHost:
+    def __init__(self, box_dir: Path, scenario: dict | None, on_wdt: Callable[[], None], seed: int = 1):
+        self.dir = Path(box_dir)
+        self.sc = scenario or {}
+        self.on_wdt = on_wdt
+        self.seed = seed
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.02)
+        self.port = self.sock.getsockname()[1]
+        self.ctl: tuple | None = None
+        self.uarts: dict[int, dict] = {}
+        self.wdt: float | None = None    # timeout, s
+        self.fed = 0.0
+        self.rtcmem = b""
+        self.stop = threading.Event()
+        self.t0 = time.time()
+        self.wifi = self.linky = self.water = None
+        self.edges = 0
+        self.water_pin: int | None = None
+        self.offset: float | None = None
+        self._sims()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="boardhost")
+        self.thread.start()
+
+    def _sims(self) -> None:
+        from agent.hal import sim_homes
+        sc = self.sc
+        if isinstance(sc, str):
+            sc = self.sc = sim_homes.home(sc)
+        w = sc.get("wifi")
+        if w:
+            from agent.hal.sim_wifi import SimWifi
+            self.wifi = SimWifi(w, self.seed, self.t0, time.time)
+        lk = sc.get("linky")
+        if lk:
+            from agent.hal.sim_linky import SimLinky
+            self.linky = SimLinky(time.time, lk.get("mode", "standard"), seed=lk.get("seed", 6 + self.seed),
+                                  faults=lk.get("faults", 0.0), three_phase=lk.get("three_phase", False),
+                                  base_w=lk.get("base_w", 350), line=time.time)
+        wt = sc.get("water")
+        if wt:
+            from agent.hal.sim_water import SimWater
+            self.water = SimWater(time.time, seed=wt.get("seed", 2 + self.seed), leak_lph=wt.get("leak_lph", 0.0),
+                                  use=wt.get("use", True), quiet=wt.get("quiet"))
+
+    # --- the radio's state -------------------------------------------------
+    def uplink(self) -> bool:
+        try:
+            d = json.loads((self.dir / "board.json").read_text())
+        except (OSError, ValueError):
+            return True
+        return not (isinstance(d, dict) and d.get("uplink") is False)
+
+    def state(self) -> dict:
+        st: dict = {"uplink": self.uplink()}
+        if self.wifi is not None:
+            st["stations"] = [m for m, _rssi, _s in self.wifi.stations()]
+            # AUTH_WPA2_PSK (3), not hidden: the sim's neighbours are home routers.
+            st["scan"] = [[s, b, c, r, 3, 0] for s, b, c, r in self.wifi.scan(time.time())]
+        return st
+
+    # --- the loop ----------------------------------------------------------
+    def _run(self) -> None:
+        last_state = 0.0
+        sent = None
+        while not self.stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+                self._rx(data, addr)
+            except TimeoutError:
+                pass
+            except OSError:
+                if self.stop.is_set():
+                    return
+            now = time.time()
+            if self.ctl is not None and now - last_state >= 1.0:
+                st = json.dumps(self.state()).encode()
+                if st != sent or now - last_state >= 5.0:
+                    self._send(b"S" + st, self.ctl)
+                    sent = st
+                last_state = now
+            self._tic()
+            self._water()
+            if self.wdt is not None and time.monotonic() - self.fed > self.wdt:
+                self.wdt = None
+                self._log_wdt()
+                self.on_wdt()
+
+    def _send(self, data: bytes, addr) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            pass
+
+    def _rx(self, data: bytes, addr) -> None:
+        k = data[:1]
+        if len(data) == 48 and data[0] & 7 == 3:           # an SNTP client request
+            t = time.time() + self.clock_offset() + NTP_DELTA
+            sec, frac = int(t), int((t % 1) * 2 ** 32)
+            reply = bytearray(48)
+            reply[0] = 0x1C                                 # LI 0, version 3, server
+            reply[1] = 2
+            reply[24:32] = data[40:48]                      # originate = the client's transmit
+            reply[32:40] = reply[40:48] = struct.pack("!II", sec, frac)
+            self._send(bytes(reply), addr)
+        elif k == b"H":
+            self.ctl = addr
+        elif k == b"U":
+            f = data[1:].decode().split(",")
+            self.uarts[int(f[0])] = {"addr": addr, "baud": int(f[1]), "bits": int(f[2]),
+                                     "parity": f[3], "tx": f[5], "rx": f[6], "rxbuf": f[7], "t": time.time()}
+            (self.dir / "uart.json").write_text(json.dumps({str(k): {x: v for x, v in u.items() if x != "addr"}
+                                                            for k, u in self.uarts.items()}))
+        elif k == b"W":
+            self.wdt = int(data[1:]) / 1000.0
+            self.fed = time.monotonic()
+        elif k == b"F":
+            self.fed = time.monotonic()
+        elif k == b"A":
+            tmp = self.dir / "ap.json.tmp"
+            tmp.write_bytes(data[1:])
+            os.replace(tmp, self.dir / "ap.json")
+        elif k == b"I":
+            self.water_pin = int(data[1:])
+        elif k == b"M":
+            self.rtcmem = data[1:]
+
+    def clock_offset(self) -> float:
+        # board.json {"hour_end_in_s": N}: the virtual network's time is set, at its
+        # first NTP answer, N seconds before the end of an hour (tests of the
+        # hourly reports need not wait for one); fixed for the host's lifetime.
+        if self.offset is None:
+            n = None
+            try:
+                n = json.loads((self.dir / "board.json").read_text()).get("hour_end_in_s")
+            except (OSError, ValueError, AttributeError):
+                pass
+            now = time.time()
+            self.offset = 0.0 if n is None else (3600 - now % 3600) - float(n)
+        return self.offset
+
+    def _tic(self) -> None:
+        # The Linky's line at its baud rate; a UART at another rate, or not 7E1,
+        # reads garbage (what a misconfigured UART gets off the wire).
+        lk = self.linky
+        if lk is None:
+            return
+        if not self.uarts:
+            return
+        u = next(iter(self.uarts.values()))
+        buf = bytearray(64)
+        n = lk.tic_read(buf)
+        if not n:
+            return
+        ok = u["baud"] == TIC_BAUD.get(lk.mode) and u["bits"] == 7 and u["parity"] == "0"
+        out = bytes(buf[:n]) if ok else bytes((b * 37 + 0x80) & 0xFF for b in buf[:n])
+        self._send(out, u["addr"])
+
+    def _water(self) -> None:
+        if self.water is None or self.ctl is None or self.water_pin is None:
+            return
+        for _ in self.water.water_edges():
+            self.edges += 1
+            self._send(b"E%d" % self.water_pin, self.ctl)
+
+    def _log_wdt(self) -> None:
+        with open(self.dir / "wdt.json", "a") as f:
+            f.write(json.dumps({"bite": time.time()}) + "\n")
+
+    def booted(self) -> None:
+        """A new boot of the board: its sockets and its watchdog are new."""
+        self.ctl = None
+        self.uarts = {}
+        self.wdt = None
+        self.water_pin = None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
