@@ -56,6 +56,22 @@ def cold(name, fn, *args):
             forget(name)
 
 
+def forget_asyncio_funcs():
+    # MicroPython's asyncio loads asyncio.funcs (wait_for, gather) on first use
+    # and keeps it (~0.9 KB on the unix port); a box needs it only around a
+    # CONNECT and at shutdown. Its lazy loader brings it back when next used.
+    if not MICROPYTHON:
+        return
+    a = sys.modules.get("asyncio")
+    if a is None or sys.modules.get("asyncio.funcs") is None:
+        return
+    d = a.__dict__
+    for n in ("wait_for", "wait_for_ms", "gather"):
+        if n in d:
+            del d[n]
+    forget("asyncio.funcs")
+
+
 def urandom(n):
     return os.urandom(n)
 

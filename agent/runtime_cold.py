@@ -7,7 +7,7 @@
 # heap, the TIC decoder ~12 KB; docs/performance.md).
 import asyncio
 
-from agent import VERSION, backoff, fsutil
+from agent import VERSION, fsutil
 from agent.compat import cold, mem
 from agent.log import log
 from agent.outbox import Outbox
@@ -67,7 +67,8 @@ def start(box):
     log("boot", "box", box.id, "boot", box.boot, "fw", VERSION, "hal", box.hal.name,
         "backlog", box.outbox.count)
     box.running = True
-    box.phase = backoff.phase(box.id, box.cfg["telemetry_interval"])
+    # agent/backoff.py through cold(): imported here, it would stay resident
+    box.phase = cold("agent.backoff", "phase", box.id, box.cfg["telemetry_interval"])
     tasks = [_task(box, "connection", box.connection_task),
              _task(box, "telemetry", box.telemetry_task)]
     box.start_fx_task()

@@ -6,7 +6,8 @@
 import asyncio
 import json
 
-from agent import VERSION, backoff
+from agent import VERSION
+from agent.compat import cold, forget_asyncio_funcs
 from agent.log import log
 from agent.mqtt import Client, ConnectRefused
 
@@ -29,7 +30,10 @@ async def open_session(box, attempt):
     c.on_oversized = box.on_oversized
     c.on_close = box.wake.set      # the drain wakes when the session ends
     try:
-        await c.connect(box.t_status, json.dumps({"state": "offline", "box": box.id, "boot": box.boot}))
+        try:
+            await c.connect(box.t_status, json.dumps({"state": "offline", "box": box.id, "boot": box.boot}))
+        finally:
+            forget_asyncio_funcs()
         await c.publish(box.t_status, status_doc(box, "online"), retain=True)
         await c.subscribe(box.t_desired + "+")
     except ConnectRefused as e:
@@ -48,7 +52,7 @@ async def open_session(box, attempt):
 
 async def backoff_wait(box, attempt):
     cfg = box.cfg
-    delay = backoff.full_jitter(attempt - 1, cfg["backoff_base"], cfg["backoff_cap"])
+    delay = cold("agent.backoff", "full_jitter", attempt - 1, cfg["backoff_base"], cfg["backoff_cap"])
     log("reconnect", "attempt", attempt, "delay", "%.3f" % delay)
     await asyncio.sleep(delay)
 
