@@ -18,7 +18,11 @@ ENV_LEDGER = "HOMEBOX_LEDGER"
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="flash, provision, test and label every box on the hub")
-    p.add_argument("--broker", required=True, help="HOST:PORT of the bench broker (the boxes' acceptance tests use it)")
+    p.add_argument("--broker", required=True,
+                   help="the bench broker, HOST:PORT or mqtts://HOST:PORT (TLS): the boxes' self-tests send to it "
+                        "with their own credentials; the boxes keep the production broker of --box-config")
+    p.add_argument("--broker-ca", default=None, metavar="FILE",
+                   help="CA certificate of an mqtts:// bench broker (the bench's own subscriber)")
     p.add_argument("--broker-user", default=None,
                    help="bench account that reads the boxes' telemetry (password: $HOMEBOX_BENCH_BROKER_PASSWORD)")
     src = p.add_mutually_exclusive_group()
@@ -109,11 +113,12 @@ def cmd_run(args) -> int:
     args.out = args.out.resolve()
     from common.broker import parse_broker
     try:
-        if "://" in args.broker or ":" not in args.broker:
+        if ("://" not in args.broker and ":" not in args.broker) or \
+                ("://" in args.broker and args.broker.split("://")[0].lower() not in ("mqtt", "mqtts")):
             raise ValueError
         parse_broker(args.broker)
     except ValueError:
-        return _err(f"--broker must be HOST:PORT, not {args.broker!r}")
+        return _err(f"--broker must be HOST:PORT or mqtts://HOST:PORT, not {args.broker!r}")
     vslots: list = []
     try:
         master = credentials.load_master(args.master_secret_file)
@@ -140,7 +145,8 @@ def cmd_run(args) -> int:
                             "in (or give --port, or --usb-id for another bridge chip).")
         chosen = slots.select(found, wanted)
         cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), master=master, master_source=source,
-                             firmware=fw, broker=args.broker, broker_user=args.broker_user, prefix=args.prefix,
+                             firmware=fw, broker=args.broker, broker_user=args.broker_user, broker_ca=args.broker_ca,
+                             prefix=args.prefix,
                              baud=args.baud, support=args.support, operator=args.operator, box_config=box_config,
                              test_timeout=args.test_timeout)
         if args.station:
@@ -332,6 +338,8 @@ def cmd_history(args) -> int:
             n = s.get("retries") or 0
             retries = f" ({n} {'retry' if n == 1 else 'retries'})" if n else ""
             print(f"      [{s['n']:>2}] {s['step']:<12} {s['status']:<7} {s.get('seconds', 0):6.2f} s{retries}  {s.get('detail') or ''}")
+        for c in a.get("checks") or []:
+            print(f"      check {c['name']:<13} {c['status']:<5} {c.get('detail') or ''}")
     return 0
 
 
