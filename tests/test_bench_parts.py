@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import multiprocessing
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
