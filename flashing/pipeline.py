@@ -50,6 +50,7 @@ class Job:
     broker: str                           # the bench broker: HOST:PORT, mqtt:// or mqtts://
     broker_user: str | None = None
     broker_ca: str | None = None          # CA file of an mqtts:// bench broker (its subscriber)
+    box_ca: bytes | None = field(default=None, repr=False)   # the CA the boxes trust, as /ca.pem
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
     station: str = ""
@@ -210,7 +211,11 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
         config.update(broker_host=broker.host, broker_port=broker.port, tls=broker.tls)
     config.update({"box_id": ident.serial, "serial": ident.serial, "mac": info.mac,
                    "wifi_ssid": creds.wifi_ssid})
-    img = image.build(job.firmware, info.flash_size, config, creds.secrets_json())
+    files = {}
+    if job.box_ca:
+        files["ca.pem"] = job.box_ca
+        config.setdefault("tls_ca", "/ca.pem")
+    img = image.build(job.firmware, info.flash_size, config, creds.secrets_json(), files)
     result["images"] = dict(img.images, agent_build=img.agent_build, firmware=img.firmware)
     result["box_broker"] = "%s:%s%s" % (config["broker_host"], config.get("broker_port", 1883),
                                         " (TLS)" if config.get("tls") else "")

@@ -38,8 +38,8 @@ def bench_broker(tmp_path_factory):
     m.stop()
 
 
-def _bench(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _bench(args: list[str], timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env or {}))
     env.pop("HOMEBOX_MASTER_SECRET_FILE", None)
     env.pop("HOMEBOX_LEDGER", None)
     return subprocess.run(HOMEBOX + ["bench"] + args, cwd=str(ROOT), env=env, capture_output=True,
@@ -272,22 +272,39 @@ def test_a_real_bench_run_refuses_to_start_without_a_master_secret(tmp_path):
     assert r.returncode == 2 and "too short" in r.stderr
 
 
-def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path, bench_broker):
-    """The box's settings turn the TIC on (a home with a Linky) but nothing comes
-    on the line: the self-test's tic_uart check fails, and the technician is told
-    what to check; the box gets no label, and the ledger keeps the checks."""
-    from tests.helpers import free_port
-    (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
-                                                   "scenario": "silent_linky", "selftest_tic_s": 2}))
-    out = tmp_path / "out"
-    r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{bench_broker.port}", "--out", str(out),
-                "--box-config", str(tmp_path / "box.json"), "--json"])
+def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
+    """Over TLS, as on a real bench: the bench broker is an mqtts:// fleet broker
+    that knows the box's password, the box is built for its production broker
+    and trusts the fleet CA (--box-ca). The box's settings turn the TIC on (a home
+    with a Linky) but nothing comes on the line: the self-test's tic_uart check
+    fails and the technician is told what to check, while its mqtt check passed
+    over TLS with the box's own credentials; no label, and the ledger keeps the checks."""
+    from tests.helpers import FleetBroker, free_port
+    secret = tmp_path / "master.key"
+    secret.write_bytes(MASTER)
+    serial = "HB-000001"                       # the first serial of a new ledger
+    broker = FleetBroker(tmp_path / "broker", {serial: credentials.derive(MASTER, serial).mqtt_password},
+                         plain=False).start()
+    try:
+        (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
+                                                       "tls": True, "scenario": "silent_linky",
+                                                       "selftest_tic_s": 2}))
+        out = tmp_path / "out"
+        env = {"HOMEBOX_BENCH_BROKER_PASSWORD": broker.passwords["homebox-ingest-1"]}
+        r = _bench(["run", "--virtual", "1", "--broker", f"mqtts://localhost:{broker.tls}", "--broker-ca",
+                    str(broker.ca), "--broker-user", "homebox-ingest-1", "--box-ca", str(broker.ca),
+                    "--master-secret-file", str(secret), "--out", str(out), "--box-config",
+                    str(tmp_path / "box.json"), "--vbox-heap", "256k", "--json"], env=env)
+    finally:
+        broker.stop()
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     b = json.loads(r.stdout)["boxes"][0]
-    assert b["verdict"] == "FAIL" and b["failure"]["kind"] == "test_failed", b["failure"]
+    assert b["serial"] == serial and b["verdict"] == "FAIL" and b["failure"]["kind"] == "test_failed", b["failure"]
     assert b["failure"]["failed_checks"] == ["tic_uart"]
     assert "TIC test cable" in b["failure"]["advice"] and "no signal from the electricity meter" in b["failure"]["detail"]
-    assert b["label"] is None
-    h = json.loads(_bench(["history", "--serial", b["serial"], "--out", str(out), "--json"]).stdout)
-    checks = {c["name"]: c["status"] for c in h["attempts"][-1]["checks"]}
-    assert checks["tic_uart"] == "fail" and checks["mqtt"] == "pass" and checks["pulse_input"] == "n/a"
+    assert b["label"] is None and b["box_broker"].endswith("(TLS)")
+    h = json.loads(_bench(["history", "--serial", serial, "--out", str(out), "--json"]).stdout)
+    checks = {c["name"]: c for c in h["attempts"][-1]["checks"]}
+    assert checks["tic_uart"]["status"] == "fail" and checks["pulse_input"]["status"] == "n/a"
+    assert checks["mqtt"]["status"] == "pass" and "(TLS), with the box's credentials" in checks["mqtt"]["detail"]
+    assert not _leaks(_secrets([serial]), [out], {"stdout": r.stdout, "stderr": r.stderr})
