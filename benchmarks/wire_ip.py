@@ -138,8 +138,10 @@ class Session:
         conf = self.work / "mosquitto.conf"
         self.broker_log = self.work / "mosquitto.log"
         conf.write_text(f"listener 1883 {NET}.1\nallow_anonymous true\npersistence false\n"
-                        f"log_dest file {self.broker_log}\nlog_type all\n")
+                        f"user root\nlog_dest file {self.broker_log}\nlog_type all\n")
         from tests.helpers import mosquitto_exe
+        # `user root`: run as root, Mosquitto would otherwise switch to its own user,
+        # which cannot write the log here (its log file is flushed line by line)
         self.broker = subprocess.Popen(["ip", "netns", "exec", link.br_ns, mosquitto_exe(), "-c", str(conf)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
@@ -150,7 +152,7 @@ class Session:
             env["MICROPYPATH"] = f"{agent}:.frozen"
         self.out = self.work / "stdout.log"
         self.box = subprocess.Popen(["ip", "netns", "exec", link.box_ns, *cmd], env=env, cwd=boxrun.neutral_cwd(),
-                                    stdout=open(self.out, "w"), stderr=subprocess.STDOUT)
+                                    stdin=subprocess.DEVNULL, stdout=open(self.out, "w"), stderr=subprocess.STDOUT)
 
     def wait_line(self, path: Path, text: str, timeout: float) -> float | None:
         end = time.monotonic() + timeout
