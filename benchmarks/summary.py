@@ -113,8 +113,9 @@ def render(res: dict) -> str:
         if _problem(m):
             L += [f"- {_problem(m)}", ""]
         else:
-            cols = [("old", "old defaults"), ("new", "new defaults")]
-            L += ["| figure | " + " | ".join(c[1] for c in cols) + " |", "|---|---|---|"]
+            cols = [("old", "old defaults"), ("new", "new defaults"), ("new_tls", "new defaults, TLS")]
+            cols = [c for c in cols if c[0] in m]
+            L += ["| figure | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
 
             def mrow(label, fn):
                 L.append(f"| {label} | " + " | ".join(_problem(m.get(k)) or fn(m.get(k) or {}) for k, _ in cols) + " |")
@@ -125,10 +126,10 @@ def render(res: dict) -> str:
             mrow("IP packets/day", lambda p: _n(p.get("ip_packets_per_day")))
             mrow("broker sees a frozen box after (rule)", lambda p: (
                 f"{_n(_g(p, 'offline_seen_by_broker', 'measured_s'), ' s')} "
-                f"({_n(_g(p, 'offline_seen_by_broker', 'rule_s'), ' s')})"))
+                f"({_n(_g(p, 'offline_seen_by_broker', 'rule_s'), ' s')})" if "offline_seen_by_broker" in p else "as above"))
             mrow("box sees a frozen broker after (rule)", lambda p: (
                 f"{_n(_g(p, 'offline_seen_by_box', 'measured_s'), ' s')} "
-                f"({_n(_g(p, 'offline_seen_by_box', 'rule_s'), ' s')})"))
+                f"({_n(_g(p, 'offline_seen_by_box', 'rule_s'), ' s')})" if "offline_seen_by_box" in p else "as above"))
             L.append("")
     profiles = {"default": w} if isinstance(w, dict) and "mqtt_bytes_per_day" in w else \
         {k: v for k, v in (w or {}).items() if k != "measured"}

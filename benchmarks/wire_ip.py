@@ -132,22 +132,37 @@ def old_agent(work: Path) -> Path:
 class Session:
     """One broker and one box on a Link."""
 
-    def __init__(self, link: Link, work: Path, name: str, agent: Path | None, **cfg):
+    def __init__(self, link: Link, work: Path, name: str, agent: Path | None, tls: bool = False, **cfg):
         self.link, self.work, self.name = link, work / name, name
         self.work.mkdir(parents=True)
         conf = self.work / "mosquitto.conf"
         self.broker_log = self.work / "mosquitto.log"
-        conf.write_text(f"listener 1883 {NET}.1\nallow_anonymous true\npersistence false\n"
-                        f"user root\nlog_dest file {self.broker_log}\nlog_type all\n")
+        heap = "128k"
+        if tls:
+            # the production broker's configuration (`homebox ops broker-config`):
+            # TLS 1.2, the box's own account; the box checks the server against the CA
+            from backend import broker_config
+            d = self.work / "broker"
+            broker_config.generate(d, {name: "wire-bench-pw"}, port=8883, plain_port=0, hosts=[f"{NET}.1"],
+                                   ingest_accounts=1, run_as="root")
+            conf = d / "mosquitto.conf"
+            self.broker_log = d / "mosquitto.log"
+            cfg.update(broker_port=8883, tls=True, tls_ca=str(d / "ca.crt"), mqtt_user=name,
+                       mqtt_password="wire-bench-pw")
+            heap = "256k"        # the unix port's mbedTLS buffers are on the heap (an ESP32's are not)
+        else:
+            conf.write_text(f"listener 1883 {NET}.1\nallow_anonymous true\npersistence false\n"
+                            f"user root\nlog_dest file {self.broker_log}\nlog_type all\n")
         from tests.helpers import mosquitto_exe
         # `user root`: run as root, Mosquitto would otherwise switch to its own user,
         # which cannot write the log here (its log file is flushed line by line)
         self.broker = subprocess.Popen(["ip", "netns", "exec", link.br_ns, mosquitto_exe(), "-c", str(conf)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        path = boxrun.write_config(self.work / "box", box_id=name, broker_host=f"{NET}.1", broker_port=1883,
+        cfg.setdefault("broker_port", 1883)
+        path = boxrun.write_config(self.work / "box", box_id=name, broker_host=f"{NET}.1",
                                    backoff_base=0.5, backoff_cap=2.0, **cfg)
-        cmd, env = boxrun.box_command(path, micropython=True, heap="128k")
+        cmd, env = boxrun.box_command(path, micropython=True, heap=heap)
         if agent is not None:
             env["MICROPYPATH"] = f"{agent}:.frozen"
         self.out = self.work / "stdout.log"
@@ -188,12 +203,13 @@ def _pids_in(ns: str) -> list[int]:
     return [int(x) for x in r.stdout.split()]
 
 
-def bytes_per_day(work: Path, tag: str, keepalive: int, agent: Path | None, window: float = WINDOW_S) -> dict:
+def bytes_per_day(work: Path, tag: str, keepalive: int, agent: Path | None, window: float = WINDOW_S,
+                  tls: bool = False) -> dict:
     """A bare box (the default configuration), compressed SPEEDUP times."""
     if keepalive % SPEEDUP:
         raise ValueError(f"keepalive {keepalive} is not a multiple of the speedup {SPEEDUP}")
     with Link(tag) as link:
-        s = Session(link, work, f"wire-{tag}", agent, keepalive=keepalive // SPEEDUP, speedup=SPEEDUP)
+        s = Session(link, work, f"wire-{tag}", agent, tls, keepalive=keepalive // SPEEDUP, speedup=SPEEDUP)
         try:
             if not s.connected():
                 return {"error": "the box did not connect", "log": s.out.read_text()[-800:]}
@@ -210,7 +226,7 @@ def bytes_per_day(work: Path, tag: str, keepalive: int, agent: Path | None, wind
     down = (_ip_bytes(c1, "down") - _ip_bytes(c0, "down")) * scale
     pk = (c1["up"][1] - c0["up"][1] + c1["down"][1] - c0["down"][1]) * scale
     setup = _ip_bytes(c0, "up") + _ip_bytes(c0, "down")
-    return {"keepalive_s": keepalive, "telemetry_interval_s": 300,
+    return {"keepalive_s": keepalive, "telemetry_interval_s": 300, "tls": tls,
             "ip_bytes_per_day": {"up": round(up), "down": round(down), "connection_setup": setup,
                                  "total": round(up + down + setup)},
             "ip_packets_per_day": round(pk), "window_real_s": round(secs, 1),
@@ -254,6 +270,7 @@ def run() -> dict:
         jobs = {
             ("old", "bytes"): lambda: bytes_per_day(work, f"{os.getpid() % 10000}o", OLD["keepalive"], old),
             ("new", "bytes"): lambda: bytes_per_day(work, f"{os.getpid() % 10000}n", new_ka, None),
+            ("new_tls", "bytes"): lambda: bytes_per_day(work, f"{os.getpid() % 10000}t", new_ka, None, tls=True),
             ("old", "broker"): lambda: offline(work, f"{os.getpid() % 10000}ob", OLD["keepalive"], old, "broker"),
             ("old", "box"): lambda: offline(work, f"{os.getpid() % 10000}ox", OLD["keepalive"], old, "box"),
             ("new", "broker"): lambda: offline(work, f"{os.getpid() % 10000}nb", new_ka, None, "broker"),
@@ -276,6 +293,8 @@ def run() -> dict:
             out[which] = {"keepalive_s": ka, "ping": ping, **res[(which, "bytes")],
                           "offline_seen_by_broker": res[(which, "broker")],
                           "offline_seen_by_box": res[(which, "box")]}
+        out["new_tls"] = {"keepalive_s": new_ka, "ping": "only after a keepalive without sending",
+                          **res[("new_tls", "bytes")]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -287,8 +306,8 @@ if __name__ == "__main__":
         import tempfile
         w = Path(tempfile.mkdtemp(prefix="hb-wire-"))
         ka = int(sys.argv[2]) if len(sys.argv) > 2 else 180
-        print(json.dumps(bytes_per_day(w, f"{os.getpid() % 10000}q", ka, None, float(os.environ.get("WINDOW", 30))),
-                         indent=1))
+        print(json.dumps(bytes_per_day(w, f"{os.getpid() % 10000}q", ka, None, float(os.environ.get("WINDOW", 30)),
+                                       tls="--tls" in sys.argv), indent=1))
         shutil.rmtree(w, ignore_errors=True)
     else:
         print(json.dumps(run(), indent=1))
