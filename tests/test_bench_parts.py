@@ -404,5 +404,7 @@ def test_selftest_sends_to_the_broker_it_is_given_with_the_box_credentials(tmp_p
         assert box.cfg["broker_host"] == "mqtt.operator.invalid"
     finally:
         broker.stop()
+    assert selftest._other(box, "mqtt://127.0.0.1:1") and not selftest._other(box, "mqtts://mqtt.operator.invalid:8883")
+    assert not selftest._other(box, None)
     assert selftest.parse_url("mqtts://bench.local") == ("bench.local", 8883, True)
     assert selftest.parse_url("10.0.0.2:1884") == ("10.0.0.2", 1884, False)
