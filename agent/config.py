@@ -9,7 +9,10 @@ DEFAULTS = {
     "broker_port": 1883,
     "tls": False,
     "tls_ca": None,
-    "keepalive": 30,
+    # MQTT keepalive, s: a ping only after this long without sending; the broker
+    # sees a dead box after 1.5x (270 s), the box a dead broker after 1.5x too
+    # (docs/performance.md, wire cost).
+    "keepalive": 180,
     # Seconds between health reports; each telemetry kind may add its own.
     "telemetry_interval": 300,
     "backoff_base": 1.0,

@@ -57,7 +57,8 @@ async def handle(con, line):
             answer(con, "info", info(con))
         elif cmd == "selftest":
             from agent.compat import cold
-            answer(con, "selftest", await cold("agent.selftest", "run", con.box))
+            # selftest [BROKER]: test MQTT against that broker (the bench's), not the box's own
+            answer(con, "selftest", await cold("agent.selftest", "run", con.box, words[1] if len(words) > 1 else None))
         elif cmd == "log":
             from agent.log import RING
             n = len(RING)
@@ -68,7 +69,7 @@ async def handle(con, line):
                     pass
             answer(con, "log", {"lines": RING[len(RING) - n:]})
         elif cmd == "help":
-            answer(con, "help", {"commands": ["info", "selftest", "log [N]", "help"],
+            answer(con, "help", {"commands": ["info", "selftest [BROKER]", "log [N]", "help"],
                                  "answers": "one line each: @<command> <JSON>"})
         else:
             answer(con, "error", {"cmd": cmd[:32], "reason": "unknown command: try help"})

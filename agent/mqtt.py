@@ -66,6 +66,7 @@ class Client:
         self._pid = 0
         self.acks = {}              # packet id -> Event, until its PUBACK or SUBACK
         self._last_rx = 0
+        self._last_tx = 0
         self.tasks = []             # the reader and the pinger
         self._closed = asyncio.Event()
         self.error = None
@@ -81,6 +82,7 @@ class Client:
         try:
             self.writer.write(data)
             await self.writer.drain()
+            self._last_tx = ticks_ms()
         finally:
             self._busy = False
 
@@ -191,13 +193,25 @@ class Client:
 
     # ---- background tasks -------------------------------------------------
     async def ping_loop(self):
+        # Wire cost: a PINGREQ only when nothing else was sent for a keepalive
+        # (MQTT needs one packet a keepalive; the broker drops us after 1.5x).
+        # A dead broker: nothing received for 1.5 x keepalive closes the session
+        # (every send but a PUBACK gets an answer; a keepalive without one, a ping).
+        ka = self.keepalive * 1000
         try:
             while True:
-                await asyncio.sleep(self.keepalive / 2)
-                if ticks_diff(ticks_ms(), self._last_rx) > self.keepalive * 1500:
+                now = ticks_ms()
+                rx = ticks_diff(now, self._last_rx)
+                if rx >= ka * 3 // 2:
                     await self.close("keepalive timeout")
                     return
-                await self.send(bytes((_PINGREQ, 0)))
+                tx = ticks_diff(now, self._last_tx)
+                # also when nothing came back for a keepalive (a send with no answer)
+                if tx >= ka or (rx >= ka and tx >= ka // 4):
+                    await self.send(bytes((_PINGREQ, 0)))
+                    tx = 0
+                nxt = ka - rx if rx < ka else ka // 4 - tx
+                await asyncio.sleep(max(100, min(ka - tx, ka * 3 // 2 - rx, nxt)) / 1000)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -106,9 +106,36 @@ def render(res: dict) -> str:
               f"| CPU to start the agent | {_n(cpu.get('startup_cpu_ms'), ' ms')} |", ""]
 
     w = res.get("wire")
+    m = w.get("measured") if isinstance(w, dict) else None
+    if m is not None:
+        L += ["## Wire cost, measured (a bare box: a report every 300 s; IP bytes counted by the kernel "
+              "on a veth link, offline detection timed on both ends)", ""]
+        if _problem(m):
+            L += [f"- {_problem(m)}", ""]
+        else:
+            cols = [("old", "old defaults"), ("new", "new defaults"), ("new_tls", "new defaults, TLS")]
+            cols = [c for c in cols if c[0] in m]
+            L += ["| figure | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+
+            def mrow(label, fn):
+                L.append(f"| {label} | " + " | ".join(_problem(m.get(k)) or fn(m.get(k) or {}) for k, _ in cols) + " |")
+            mrow("keepalive; pings", lambda p: f"{p.get('keepalive_s')} s; {p.get('ping')}")
+            mrow("IP bytes/day (up / down / connection set-up)", lambda p: (
+                f"**{_n(_g(p, 'ip_bytes_per_day', 'total'))}** ({_n(_g(p, 'ip_bytes_per_day', 'up'))} / "
+                f"{_n(_g(p, 'ip_bytes_per_day', 'down'))} / {_n(_g(p, 'ip_bytes_per_day', 'connection_setup'))})"))
+            mrow("IP packets/day", lambda p: _n(p.get("ip_packets_per_day")))
+            mrow("broker sees a frozen box after (rule)", lambda p: (
+                f"{_n(_g(p, 'offline_seen_by_broker', 'measured_s'), ' s')} "
+                f"({_n(_g(p, 'offline_seen_by_broker', 'rule_s'), ' s')})" if "offline_seen_by_broker" in p else "as above"))
+            mrow("box sees a frozen broker after (rule)", lambda p: (
+                f"{_n(_g(p, 'offline_seen_by_box', 'measured_s'), ' s')} "
+                f"({_n(_g(p, 'offline_seen_by_box', 'rule_s'), ' s')})" if "offline_seen_by_box" in p else "as above"))
+            L.append("")
+    profiles = {"default": w} if isinstance(w, dict) and "mqtt_bytes_per_day" in w else \
+        {k: v for k, v in (w or {}).items() if k != "measured"}
     if w is not None:
-        L += ["## Wire cost (one box, one day, default cadence: a report every 300 s, keepalive 30 s)", ""]
-    profiles = {"default": w} if isinstance(w, dict) and "mqtt_bytes_per_day" in w else (w or {})
+        ka = next((p.get("keepalive_s") for p in profiles.values() if isinstance(p, dict) and p.get("keepalive_s")), "?")
+        L += [f"## Wire cost by MQTT packet (one box, one day, a report every 300 s, keepalive {ka} s)", ""]
     if w is not None and _problem(w):
         L += [f"- {_problem(w)}", ""]
     elif profiles:

@@ -37,16 +37,17 @@ class Outcome:
     passed: bool
     tests: list[dict] = field(default_factory=list)   # {"name", "check", "outcome", "seconds", "message"}
     failed_checks: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)   # the box's self-test: {"name", "status", "detail"}
     seconds: float = 0.0
     log: str = ""
 
     def as_dict(self) -> dict:
         return {"passed": self.passed, "tests": self.tests, "failed_checks": self.failed_checks,
-                "seconds": self.seconds, "log": self.log}
+                "checks": self.checks, "seconds": self.seconds, "log": self.log}
 
 
 def command(port: str, serial: str, mac: str, broker: str | None, workdir: Path,
-            broker_user: str | None = None) -> list[str]:
+            broker_user: str | None = None, broker_ca: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", str(HW_TESTS), "-q", "-p", "no:cacheprovider",
            "--port", port, "--box-serial", serial, "--box-mac", mac,
            "--root-logdir", str(workdir / "console"), "--cache-dir", str(workdir / "cache"),
@@ -56,11 +57,13 @@ def command(port: str, serial: str, mac: str, broker: str | None, workdir: Path,
         cmd += ["--bench-broker", broker]
     if broker_user:
         cmd += ["--bench-broker-user", broker_user]
+    if broker_ca:
+        cmd += ["--bench-broker-ca", str(broker_ca)]
     return cmd
 
 
 def run(port: str, serial: str, mac: str, broker: str | None, workdir: Path,
-        broker_user: str | None = None, timeout: float = 300) -> Outcome:
+        broker_user: str | None = None, timeout: float = 300, broker_ca: str | None = None) -> Outcome:
     """Run the suite; raise TestFailed naming the failed checks."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,7 @@ def run(port: str, serial: str, mac: str, broker: str | None, workdir: Path,
     cwd = workdir if INSTALLED else ROOT
     with open(logf, "wb") as out:
         try:
-            p = subprocess.run(command(port, serial, mac, broker, workdir, broker_user), cwd=str(cwd), env=env,
+            p = subprocess.run(command(port, serial, mac, broker, workdir, broker_user, broker_ca), cwd=str(cwd), env=env,
                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
             rc = p.returncode
         except subprocess.TimeoutExpired:
@@ -116,6 +119,11 @@ def read_junit(path: Path) -> Outcome:
         if tc.find("skipped") is not None:
             outcome = "skipped"
         props = {p.get("name"): p.get("value") for p in tc.iter("property")}
+        if props.get("checks"):
+            try:
+                out.checks = [{k: c.get(k) for k in ("name", "status", "detail")} for c in json.loads(props["checks"])]
+            except (ValueError, AttributeError):
+                pass
         out.tests.append({"name": base, "check": check, "outcome": outcome,
                           "seconds": round(float(tc.get("time") or 0), 2), "message": message})
         if outcome in ("failed", "error"):

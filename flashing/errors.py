@@ -102,9 +102,14 @@ CHECK_ADVICE = {
     "identity": "the image on the box is not this box's: run this slot again",
     "documents": "stored settings are damaged: run this slot again (it re-flashes them)",
     "wifi_scan": "the Wi-Fi radio does not scan: check the antenna; if it fails again, quarantine the box",
-    "tic_uart": "the electricity-meter input does not read: check the TIC test cable",
-    "pulse_input": "the water-meter input does not read: check the pulse test cable",
-    "mqtt": "the box cannot reach the bench broker: check the bench network, then run again",
+    "tic_uart": ("no signal from the electricity meter: check that the TIC test cable is plugged into "
+                 "the box's TIC input, then run this slot again; if it fails again, put the box aside"),
+    "pulse_input": ("the water-meter input does not read: check that the pulse test cable is plugged in, "
+                    "then run this slot again"),
+    "access_point": ("the box's Wi-Fi is not on with the name on its label: run this slot again (it "
+                     "re-flashes the settings); if it fails again, check the antenna, then put the box aside"),
+    "mqtt": ("the box cannot send to the bench broker with its own password: check the bench network, "
+             "then run this slot again"),
     "bench_broker": "the bench cannot reach its broker (not the box's fault): check the bench network and the broker, then run again",
     "log": "the box console does not answer: run this slot again",
 }

@@ -94,8 +94,9 @@ def agent_build_id(files: list[tuple[str, bytes]]) -> str:
     return h.hexdigest()[:12]
 
 
-def build(fw: Firmware, flash_size: str, config: dict, secrets: dict) -> BoxImage:
-    """The base .bin and this box's littlefs image, sized for its flash."""
+def build(fw: Firmware, flash_size: str, config: dict, secrets: dict, extra: dict | None = None) -> BoxImage:
+    """The base .bin and this box's littlefs image, sized for its flash; `extra`:
+    more files for its filesystem ({path: bytes}, e.g. the broker's CA)."""
     try:
         size = pt.parse_flash_size(flash_size)
         base = fw.base_for(flash_size)
@@ -106,7 +107,7 @@ def build(fw: Firmware, flash_size: str, config: dict, secrets: dict) -> BoxImag
         info = {"firmware": fw.name, "agent": VERSION, "agent_build": build_id}
         overlay = {"config.json": json.dumps(config, sort_keys=True),
                    "secrets.json": json.dumps(secrets, sort_keys=True),
-                   "fw.json": json.dumps(info, sort_keys=True)}
+                   "fw.json": json.dumps(info, sort_keys=True), **(extra or {})}
         merged = dict(files)
         merged.update(dict(fb.read_overlay(overlay)))
         vfs = fb.make_fs_image(sorted(merged.items()), vfs_size)

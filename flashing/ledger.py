@@ -10,7 +10,8 @@ Tables:
     boxes     one row per box (by MAC): serial, chip, flash, broker hash, last verdict
     runs      one row per `bench run`: station, technician, tool versions, summary
     attempts  one row per box per run: slot, port, images flashed (SHA-256),
-              each step with its timing and retries, verdict, failure and advice
+              each step with its timing and retries, verdict, failure and advice,
+              and the box's self-test checks (name, pass/fail/n/a, plain detail)
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     chip TEXT, flash TEXT,
     images TEXT, steps TEXT,
     station TEXT, technician TEXT, tools TEXT,
-    label TEXT
+    label TEXT,
+    checks TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_serial ON attempts(serial);
 CREATE INDEX IF NOT EXISTS attempts_mac ON attempts(mac);
@@ -102,6 +104,9 @@ class Ledger:
                 # at once would otherwise race from a read snapshot to a write, which
                 # WAL refuses at once (SQLITE_BUSY_SNAPSHOT) without waiting.
                 self.db.executescript("BEGIN IMMEDIATE;\n" + SCHEMA + "\nCOMMIT;")
+                cols = {r[1] for r in self.db.execute("PRAGMA table_info(attempts)")}
+                if "checks" not in cols:          # a ledger from before the self-test checks were kept
+                    self.db.executescript("BEGIN IMMEDIATE;\nALTER TABLE attempts ADD COLUMN checks TEXT;\nCOMMIT;")
                 return
             except sqlite3.OperationalError as e:
                 if self.db.in_transaction:
@@ -173,15 +178,16 @@ class Ledger:
         with self._tx():
             cur = self.db.execute(
                 "INSERT INTO attempts (run_id, slot, port, mac, serial, started_at, finished_at, verdict, failure, "
-                "chip, flash, images, steps, station, technician, tools, label) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "chip, flash, images, steps, station, technician, tools, label, checks) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, result["slot"], result["port"], result.get("mac"), result.get("serial"),
                  result["started_at"], result["finished_at"], result["verdict"],
                  json.dumps(failure, sort_keys=True) if failure else None,
                  json.dumps(result.get("chip"), sort_keys=True), json.dumps(result.get("flash"), sort_keys=True),
                  json.dumps(result.get("images"), sort_keys=True), json.dumps(result.get("steps")),
                  station, technician, json.dumps(tools, sort_keys=True),
-                 json.dumps(result.get("label"), sort_keys=True) if result.get("label") else None))
+                 json.dumps(result.get("label"), sort_keys=True) if result.get("label") else None,
+                 json.dumps(_checks(result)) if _checks(result) else None))
             if result.get("mac"):
                 self.db.execute("UPDATE boxes SET verdict = ?, last_run = ?, updated_at = ? WHERE mac = ?",
                                 (result["verdict"], run_id, time.time(), result["mac"]))
@@ -221,7 +227,7 @@ class Ledger:
         attempts = []
         for r in rows:
             a = dict(r)
-            for k in ("failure", "chip", "flash", "images", "steps", "tools", "label"):
+            for k in ("failure", "chip", "flash", "images", "steps", "tools", "label", "checks"):
                 a[k] = json.loads(a[k]) if a.get(k) else None
             attempts.append(a)
         if box["verdict"] is None and attempts:
@@ -232,6 +238,14 @@ class Ledger:
         """{serial: {"mqtt_hash": $7$...}} for `homebox ops broker-config --credentials`."""
         return {r["serial"]: {"mqtt_hash": r["mqtt_hash"]}
                 for r in self.db.execute("SELECT serial, mqtt_hash FROM boxes WHERE mqtt_hash IS NOT NULL ORDER BY seq")}
+
+
+def _checks(result: dict) -> list[dict]:
+    """The self-test's checks of an attempt: names, statuses and plain details
+    (the box's answers are scrubbed of secrets; nothing else is kept)."""
+    t = result.get("tests") or {}
+    return [{"name": c.get("name"), "status": c.get("status"), "detail": c.get("detail")}
+            for c in t.get("checks") or []]
 
 
 class _Tx:

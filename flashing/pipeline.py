@@ -47,8 +47,10 @@ class Job:
     master: bytes = field(repr=False)
     firmware: image.Firmware = field(repr=False)
     out_dir: Path
-    broker: str                           # HOST:PORT of the bench broker
+    broker: str                           # the bench broker: HOST:PORT, mqtt:// or mqtts://
     broker_user: str | None = None
+    broker_ca: str | None = None          # CA file of an mqtts:// bench broker (its subscriber)
+    box_ca: bytes | None = field(default=None, repr=False)   # the CA the boxes trust, as /ca.pem
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
     station: str = ""
@@ -100,7 +102,7 @@ class _Steps:
 def new_result(job: Job) -> dict:
     return {"slot": job.slot, "port": job.port, "run_id": job.run_id, "verdict": None, "serial": None,
             "mac": None, "chip": None, "flash": None, "images": None, "steps": [], "failure": None,
-            "label": None, "tests": None, "started_at": time.time(), "finished_at": None}
+            "label": None, "tests": None, "box_broker": None, "started_at": time.time(), "finished_at": None}
 
 
 def run(job: Job, emit: Callable[[dict], None], logline: Callable[[str], None] | None = None) -> dict:
@@ -199,14 +201,24 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
     st.done(detail="derived in memory; broker hash recorded")
     # 5
     st.start("image")
-    broker = parse_broker(job.broker)
     config = {"state_dir": "/state", "telemetry_interval": 300}
     config.update(job.box_config)
+    if not config.get("broker_host"):
+        # No production broker in --box-config: the box keeps the bench broker
+        # (a lab or demo run). A production box gets its broker from --box-config;
+        # the bench broker is only given to the self-test, on the console.
+        broker = parse_broker(job.broker)
+        config.update(broker_host=broker.host, broker_port=broker.port, tls=broker.tls)
     config.update({"box_id": ident.serial, "serial": ident.serial, "mac": info.mac,
-                   "broker_host": broker.host, "broker_port": broker.port,
                    "wifi_ssid": creds.wifi_ssid})
-    img = image.build(job.firmware, info.flash_size, config, creds.secrets_json())
+    files = {}
+    if job.box_ca:
+        files["ca.pem"] = job.box_ca
+        config.setdefault("tls_ca", "/ca.pem")
+    img = image.build(job.firmware, info.flash_size, config, creds.secrets_json(), files)
     result["images"] = dict(img.images, agent_build=img.agent_build, firmware=img.firmware)
+    result["box_broker"] = "%s:%s%s" % (config["broker_host"], config.get("broker_port", 1883),
+                                        " (TLS)" if config.get("tls") else "")
     st.done(detail=f"agent build {img.agent_build}")
     # 6
     cur = st.start("flash")
@@ -245,7 +257,8 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
     st.start("test")
     if job.run_tests:
         outcome = acceptance.run(job.port, ident.serial, info.mac, job.broker,
-                                 job.run_dir / f"slot-{job.slot}", job.broker_user, job.test_timeout)
+                                 job.run_dir / f"slot-{job.slot}", job.broker_user, job.test_timeout,
+                                 broker_ca=job.broker_ca)
         result["tests"] = outcome.as_dict()
         st.done(detail=f"{len(outcome.tests)} tests passed in {outcome.seconds:.1f} s")
     else:

@@ -42,6 +42,8 @@ class Config:
     firmware: image.Firmware = field(repr=False)
     broker: str
     broker_user: str | None = None
+    broker_ca: str | None = None
+    box_ca: bytes | None = field(default=None, repr=False)
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
     station: str = field(default_factory=socket.gethostname)
@@ -110,7 +112,7 @@ class Station:
         c = self.cfg
         return [pipeline.Job(run_id=run_id, slot=s.name, port=s.port, ledger=c.ledger, master=c.master,
                              firmware=c.firmware, out_dir=c.out_dir, broker=c.broker, broker_user=c.broker_user,
-                             prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
+                             broker_ca=c.broker_ca, box_ca=c.box_ca, prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
                              tools=tools, support=c.support, operator=c.operator, box_config={**c.box_config, **s.config},
                              test_timeout=c.test_timeout, run_tests=c.run_tests) for s in slots]
 

@@ -18,7 +18,11 @@ ENV_LEDGER = "HOMEBOX_LEDGER"
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="flash, provision, test and label every box on the hub")
-    p.add_argument("--broker", required=True, help="HOST:PORT of the bench broker (the boxes' acceptance tests use it)")
+    p.add_argument("--broker", required=True,
+                   help="the bench broker, HOST:PORT or mqtts://HOST:PORT (TLS): the boxes' self-tests send to it "
+                        "with their own credentials; the boxes keep the production broker of --box-config")
+    p.add_argument("--broker-ca", default=None, metavar="FILE",
+                   help="CA certificate of an mqtts:// bench broker (the bench's own subscriber)")
     p.add_argument("--broker-user", default=None,
                    help="bench account that reads the boxes' telemetry (password: $HOMEBOX_BENCH_BROKER_PASSWORD)")
     src = p.add_mutually_exclusive_group()
@@ -39,7 +43,11 @@ def register(sub) -> None:
     p.add_argument("--slots-file", type=Path, default=Path("bench-slots.json"),
                    help="slot numbers of the hub's USB locations (default bench-slots.json)")
     _usb_id_option(p)
-    p.add_argument("--box-config", type=Path, default=None, help="JSON of extra config.json keys for every box")
+    p.add_argument("--box-config", type=Path, default=None,
+                   help="JSON of extra config.json keys for every box: the production broker goes there "
+                        "(broker_host, broker_port, tls)")
+    p.add_argument("--box-ca", type=Path, default=None, metavar="FILE",
+                   help="CA certificate (PEM) the boxes trust for TLS: written to /ca.pem on each box (tls_ca)")
     p.add_argument("--support", default=None, help="support contact printed on the label")
     p.add_argument("--operator", default="homebox", help="operator name printed on the label")
     p.add_argument("--prefix", default="HB", help="serial number prefix (default HB)")
@@ -47,6 +55,9 @@ def register(sub) -> None:
     p.add_argument("--station", default=None, help="this bench's name (default: the host name)")
     p.add_argument("--technician", default=None, help="who runs the bench (default: the login name)")
     p.add_argument("--vbox-baud-limit", action="store_true", help="virtual boxes: throttle links to the baud rate")
+    p.add_argument("--vbox-heap", default="128k",
+                   help="virtual boxes: MicroPython heap (default 128k; TLS on the unix port needs ~256k, its "
+                        "mbedTLS buffers are on the heap where an ESP32 has them in the IDF heap)")
     p.add_argument("--test-timeout", type=float, default=300, help="seconds for one box's acceptance tests")
     p.add_argument("--plain", action="store_true", help="one line per event instead of the live table")
     p.add_argument("--json", action="store_true", help="print the run report as JSON (no live view)")
@@ -109,11 +120,12 @@ def cmd_run(args) -> int:
     args.out = args.out.resolve()
     from common.broker import parse_broker
     try:
-        if "://" in args.broker or ":" not in args.broker:
+        if ("://" not in args.broker and ":" not in args.broker) or \
+                ("://" in args.broker and args.broker.split("://")[0].lower() not in ("mqtt", "mqtts")):
             raise ValueError
         parse_broker(args.broker)
     except ValueError:
-        return _err(f"--broker must be HOST:PORT, not {args.broker!r}")
+        return _err(f"--broker must be HOST:PORT or mqtts://HOST:PORT, not {args.broker!r}")
     vslots: list = []
     try:
         master = credentials.load_master(args.master_secret_file)
@@ -127,9 +139,11 @@ def cmd_run(args) -> int:
                 "(their keys cannot be re-derived later)")
         fw = image.load_firmware(args.base_bin, args.lock, virtual=bool(args.virtual), agent_dir=args.agent_dir)
         box_config = json.loads(args.box_config.read_text()) if args.box_config else {}
+        box_ca = args.box_ca.read_bytes() if args.box_ca else None
         wanted = [int(x) for s in (args.slot or []) for x in s.split(",") if x.strip()]
         if args.virtual:
-            vslots = slots.start_virtual(args.virtual, args.out / "vbox", baud_limit=args.vbox_baud_limit)
+            vslots = slots.start_virtual(args.virtual, args.out / "vbox", baud_limit=args.vbox_baud_limit,
+                                         heap=args.vbox_heap)
             found = vslots
         elif args.port:
             found = slots.explicit(args.port)
@@ -140,7 +154,8 @@ def cmd_run(args) -> int:
                             "in (or give --port, or --usb-id for another bridge chip).")
         chosen = slots.select(found, wanted)
         cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), master=master, master_source=source,
-                             firmware=fw, broker=args.broker, broker_user=args.broker_user, prefix=args.prefix,
+                             firmware=fw, broker=args.broker, broker_user=args.broker_user, broker_ca=args.broker_ca,
+                             box_ca=box_ca, prefix=args.prefix,
                              baud=args.baud, support=args.support, operator=args.operator, box_config=box_config,
                              test_timeout=args.test_timeout)
         if args.station:
@@ -332,6 +347,8 @@ def cmd_history(args) -> int:
             n = s.get("retries") or 0
             retries = f" ({n} {'retry' if n == 1 else 'retries'})" if n else ""
             print(f"      [{s['n']:>2}] {s['step']:<12} {s['status']:<7} {s.get('seconds', 0):6.2f} s{retries}  {s.get('detail') or ''}")
+        for c in a.get("checks") or []:
+            print(f"      check {c['name']:<13} {c['status']:<5} {c.get('detail') or ''}")
     return 0
 
 

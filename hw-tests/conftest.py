@@ -9,7 +9,9 @@ def pytest_addoption(parser):
     g.addoption("--box-serial", default=None, help="the serial the ledger gave this box")
     g.addoption("--box-mac", default=None, help="the MAC esptool read from this box")
     g.addoption("--bench-broker", default=None,
-                help="HOST:PORT of the bench broker: the self-test's telemetry message must arrive there")
+                help="the bench broker (HOST:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT): the box's self-test "
+                     "sends one telemetry message there with its own credentials, and it must arrive")
+    g.addoption("--bench-broker-ca", default=None, help="CA certificate of an mqtts:// bench broker")
     g.addoption("--bench-broker-user", default=None,
                 help="account that may read the box's telemetry (password: $HOMEBOX_BENCH_BROKER_PASSWORD)")
     g.addoption("--no-reset", action="store_true", help="do not reset the box first (its boot banner is then not checked)")
@@ -20,4 +22,4 @@ def pytest_addoption(parser):
 def box_opts(request):
     o = request.config.option
     return {"serial": o.box_serial, "mac": o.box_mac, "broker": o.bench_broker,
-            "broker_user": o.bench_broker_user, "reset": not o.no_reset, "boot_timeout": o.boot_timeout}
+            "broker_user": o.bench_broker_user, "broker_ca": o.bench_broker_ca, "reset": not o.no_reset, "boot_timeout": o.boot_timeout}

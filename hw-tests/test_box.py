@@ -60,7 +60,7 @@ def test_info_matches_the_ledger(dut, box_opts):
 class _Subscriber:
     """Records the box's telemetry on the bench broker (paho-mqtt)."""
 
-    def __init__(self, hostport: str, serial: str, user: str | None):
+    def __init__(self, hostport: str, serial: str, user: str | None, ca: str | None = None):
         import paho.mqtt.client as mqtt
 
         from common.broker import parse_broker
@@ -73,6 +73,8 @@ class _Subscriber:
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"homebox/v1/{serial}/telemetry/+", qos=1)
         self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = self._msg
+        if b.tls:
+            self.c.tls_set(ca_certs=ca)
         self.c.connect(b.host, b.port)
         self.c.loop_start()
 
@@ -96,12 +98,19 @@ class _Subscriber:
         self.c.disconnect()
 
 
+def _url(broker: str) -> str:
+    """The bench broker as the box's console takes it: mqtt://host:port or mqtts://host:port."""
+    from common.broker import parse_broker
+    b = parse_broker(broker)
+    return f"{'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}"
+
+
 def test_selftest_passes_and_its_telemetry_reaches_the_bench_broker(dut, box_opts, record_property):
     sub = None
     if box_opts["broker"]:
         assert box_opts["serial"], "--bench-broker needs --box-serial"
         try:
-            sub = _Subscriber(box_opts["broker"], box_opts["serial"], box_opts["broker_user"])
+            sub = _Subscriber(box_opts["broker"], box_opts["serial"], box_opts["broker_user"], box_opts["broker_ca"])
         except OSError as e:
             record_property("failed_checks", json.dumps(["bench_broker"]))
             pytest.fail(f"cannot reach the bench broker {box_opts['broker']}: {e}")
@@ -109,13 +118,15 @@ def test_selftest_passes_and_its_telemetry_reaches_the_bench_broker(dut, box_opt
             record_property("failed_checks", json.dumps(["bench_broker"]))
             pytest.fail(f"cannot subscribe on the bench broker {box_opts['broker']}")
     try:
-        r = ask(dut, "selftest", timeout=60)
+        # the box tests MQTT against the bench broker, not the production broker in its settings
+        r = ask(dut, f"selftest {_url(box_opts['broker'])}" if box_opts["broker"] else "selftest", timeout=90)
         failed = {c["name"]: c["detail"] for c in r["checks"] if c["status"] == "fail"}
         record_property("failed_checks", json.dumps(sorted(failed)))
         record_property("checks", json.dumps(r["checks"]))
         assert r["ok"] and not failed, "self-test failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
         names = {c["name"] for c in r["checks"]}
-        assert {"filesystem", "identity", "documents", "wifi_scan", "tic_uart", "pulse_input", "mqtt"} <= names
+        assert {"filesystem", "identity", "documents", "wifi_scan", "access_point", "tic_uart", "pulse_input",
+                "mqtt"} <= names
         if sub is not None:
             t = r["telemetry"]
             arrived = sub.wait(lambda p: p.get("boot") == t["boot"] and p.get("seq") == t["seq"], 15)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,7 +16,7 @@ from common import credentials
 from flashing import label, slots
 from flashing.errors import LedgerError, SetupError
 from flashing.ledger import Ledger
-from tests.helpers import ROOT, Mosquitto
+from tests.helpers import ROOT, Mosquitto, mqtt_client
 
 MASTER = b"parts-test-master-secret-0123456789"
 
@@ -233,6 +234,9 @@ class _DevHal(_Hal):
     def water_edges(self):
         return 1000, [10, 120, 400]
 
+    def ap_info(self):
+        return {"ssid": "homebox-000001", "up": True, "security": "wpa2"}
+
 
 class _TestBox(_Box):
     def __init__(self, state, tic: bytes):
@@ -248,13 +252,16 @@ class _TestBox(_Box):
     def health(self):
         return {"fw": "0.1.0"}
 
+    def now_ts(self):
+        return 1767225600
+
     def emit(self, kind, data, *a, **k):
         self.seq += 1
         self.outbox.count += 1
         asyncio.get_event_loop().call_later(0.05, self.outbox.ack)     # the broker's PUBACK
 
 
-def test_selftest_checks_wifi_tic_pulse_and_mqtt(tmp_path):
+def test_selftest_checks_wifi_ap_tic_pulse_and_mqtt(tmp_path):
     from agent import selftest
     frame = (ROOT / "tests" / "data" / "tic" / "enedis-standard-frame.bin").read_bytes()
     (tmp_path / "docs").mkdir()
@@ -271,6 +278,7 @@ def test_selftest_checks_wifi_tic_pulse_and_mqtt(tmp_path):
     assert st["wifi_scan"] == ("pass", "1 access points seen")
     assert st["tic_uart"][0] == "pass" and "valid frames" in st["tic_uart"][1]
     assert st["pulse_input"] == ("pass", "input readable, 3 edges")
+    assert st["access_point"] == ("pass", "Wi-Fi homebox-000001 on, WPA2 with the label's key")
     assert st["mqtt"][0] == "pass" and r["telemetry"] == {"boot": 3, "seq": 1}
     assert st["documents"] == ("pass", "1 stored documents in force")
 
@@ -330,3 +338,73 @@ def test_port_lock_is_exclusive_and_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", denied)
     with pytest.raises(SetupError, match="dialout"):
         slots.PortLock(port).__enter__()
+
+
+
+def _silent_box(tmp_path, ap):
+    class Hal(_Hal):                            # no pulse input at all
+        def tic_read(self, buf):
+            return 0
+
+        def ap_info(self):
+            return ap
+    box = _TestBox(tmp_path, b"")
+    box.hal = Hal()
+    return box
+
+
+def test_selftest_fails_an_enabled_part_that_gives_nothing(tmp_path):
+    """TIC on but a silent line, water on but no pulse input, the AP off or
+    under another name: each a fail that says what to check, never n/a."""
+    from agent import selftest
+    box = _silent_box(tmp_path, {"ssid": "homebox-000001", "up": False, "security": "wpa2"})
+    box.connected.set()
+    r = asyncio.run(selftest.run(box))
+    st = {c["name"]: (c["status"], c["detail"]) for c in r["checks"]}
+    assert set(r["failed"]) == {"tic_uart", "pulse_input", "access_point"}, st
+    assert "no signal from the electricity meter" in st["tic_uart"][1] and "TIC test cable" in st["tic_uart"][1]
+    assert "no pulse input" in st["pulse_input"][1]
+    assert st["access_point"][1] == "the Wi-Fi access point homebox-000001 is not on"
+    box = _silent_box(tmp_path, {"ssid": "homebox-000999", "up": True, "security": "wpa2"})
+    assert selftest.ap(box)["detail"] == "the Wi-Fi name is homebox-000999, the label says homebox-000001"
+    # parts the settings do not enable are n/a
+    box.cfg.update(tic_mode=None, water_enabled=False, ap=False)
+    assert {selftest.pulse(box)["status"], selftest.ap(box)["status"]} == {"n/a"}
+    from flashing.errors import CHECK_ADVICE
+    assert {"tic_uart", "pulse_input", "access_point"} <= set(CHECK_ADVICE)
+
+
+def test_selftest_sends_to_the_broker_it_is_given_with_the_box_credentials(tmp_path):
+    """`selftest mqtt://HOST:PORT`: the mqtt check connects there as the box (its
+    own user and password), while the box's settings keep their broker."""
+    from agent import selftest
+    passwd = tmp_path / "passwd"
+    box = _TestBox(tmp_path, b"")
+    passwd.write_text(f"{box.id}:{credentials.broker_hash(box.cfg['mqtt_password'])}\n")
+    box.cfg.update(mqtt_user=box.id, broker_host="mqtt.operator.invalid", broker_port=8883)
+    broker = Mosquitto(tmp_path / "broker", extra=f"allow_anonymous false\npassword_file {passwd}\n").start()
+    try:
+        got = []
+        c = mqtt_client(broker.port, user=box.id, password=box.cfg["mqtt_password"])
+        c.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+        c.loop_start()
+        c.subscribe(f"homebox/v1/{box.id}/telemetry/+", qos=1)
+        time.sleep(0.5)
+        r, msg = asyncio.run(selftest.bench_mqtt(box, f"mqtt://127.0.0.1:{broker.port}", 5))
+        assert r["status"] == "pass" and f"127.0.0.1:{broker.port}" in r["detail"], r
+        end = time.monotonic() + 5
+        while not got and time.monotonic() < end:
+            time.sleep(0.05)
+        assert got and got[0]["box"] == box.id and got[0]["seq"] == msg["seq"] == 0 and got[0]["kind"] == "health"
+        c.loop_stop()
+        c.disconnect()
+        box.cfg["mqtt_password"] = "wrong-password"
+        r, _ = asyncio.run(selftest.bench_mqtt(box, f"mqtt://127.0.0.1:{broker.port}", 5))
+        assert r["status"] == "fail" and "refused this box's login" in r["detail"], r
+        assert box.cfg["broker_host"] == "mqtt.operator.invalid"
+    finally:
+        broker.stop()
+    assert selftest._other(box, "mqtt://127.0.0.1:1") and not selftest._other(box, "mqtts://mqtt.operator.invalid:8883")
+    assert not selftest._other(box, None)
+    assert selftest.parse_url("mqtts://bench.local") == ("bench.local", 8883, True)
+    assert selftest.parse_url("10.0.0.2:1884") == ("10.0.0.2", 1884, False)

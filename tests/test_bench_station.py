@@ -38,8 +38,8 @@ def bench_broker(tmp_path_factory):
     m.stop()
 
 
-def _bench(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+def _bench(args: list[str], timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env or {}))
     env.pop("HOMEBOX_MASTER_SECRET_FILE", None)
     env.pop("HOMEBOX_LEDGER", None)
     return subprocess.run(HOMEBOX + ["bench"] + args, cwd=str(ROOT), env=env, capture_output=True,
@@ -82,9 +82,14 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     out = tmp_path / "out"
     agent = tmp_path / "src" / "agent"          # the same agent for both runs
     shutil.copytree(ROOT / "agent", agent, ignore=shutil.ignore_patterns("__pycache__"))
+    # the boxes are built for the production broker (nothing listens there on this
+    # machine); the bench broker is given to each box's self-test on its console only
+    from tests.helpers import free_port
+    prod = free_port()
+    (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": prod}))
     args = ["run", "--virtual", "4", "--broker", f"127.0.0.1:{bench_broker.port}", "--master-secret-file",
             str(secret), "--out", str(out), "--support", "Assistance : Association Port-Boyer 02 40 00 00 00",
-            "--agent-dir", str(agent)]
+            "--agent-dir", str(agent), "--box-config", str(tmp_path / "box.json")]
     t0 = time.monotonic()
     r1 = _bench(args + ["--json"])
     t1 = time.monotonic()
@@ -100,9 +105,17 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
                                                    "flash", "reset", "test", "label", "record"]
         assert all(s["status"] == "ok" for s in b["steps"]), b["steps"]
         assert b["tests"]["passed"] and len(b["tests"]["tests"]) == 4
+        assert b["box_broker"] == f"127.0.0.1:{prod}"
+        checks = {c["name"]: c for c in b["tests"]["checks"]}
+        assert checks["mqtt"]["status"] == "pass" and f"127.0.0.1:{bench_broker.port}" in checks["mqtt"]["detail"]
+        assert checks["access_point"] == {"name": "access_point", "status": "pass",
+                                          "detail": f"Wi-Fi homebox-{b['serial'][3:]} on, WPA2 with the label's key"}
         assert set(b["images"]) >= {"base", "vfs", "agent_build", "firmware", "flash"}
 
     db = sqlite3.connect(out / "ledger.sqlite")
+    # the self-test's checks are in each box's ledger record
+    kept = [json.loads(c) for (c,) in db.execute("SELECT checks FROM attempts ORDER BY serial")]
+    assert len(kept) == 4 and all({c["name"] for c in k} >= {"mqtt", "access_point", "tic_uart"} for k in kept)
     rows = db.execute("SELECT serial, mac, mqtt_hash, verdict FROM boxes ORDER BY serial").fetchall()
     assert [r[0] for r in rows] == serials
     assert all(r[2].startswith("$7$") and r[3] == "PASS" for r in rows)
@@ -257,3 +270,41 @@ def test_a_real_bench_run_refuses_to_start_without_a_master_secret(tmp_path):
     r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path),
                 "--master-secret-file", str(weak)])
     assert r.returncode == 2 and "too short" in r.stderr
+
+
+def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
+    """Over TLS, as on a real bench: the bench broker is an mqtts:// fleet broker
+    that knows the box's password, the box is built for its production broker
+    and trusts the fleet CA (--box-ca). The box's settings turn the TIC on (a home
+    with a Linky) but nothing comes on the line: the self-test's tic_uart check
+    fails and the technician is told what to check, while its mqtt check passed
+    over TLS with the box's own credentials; no label, and the ledger keeps the checks."""
+    from tests.helpers import FleetBroker, free_port
+    secret = tmp_path / "master.key"
+    secret.write_bytes(MASTER)
+    serial = "HB-000001"                       # the first serial of a new ledger
+    broker = FleetBroker(tmp_path / "broker", {serial: credentials.derive(MASTER, serial).mqtt_password},
+                         plain=False).start()
+    try:
+        (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
+                                                       "tls": True, "scenario": "silent_linky",
+                                                       "selftest_tic_s": 2}))
+        out = tmp_path / "out"
+        env = {"HOMEBOX_BENCH_BROKER_PASSWORD": broker.passwords["homebox-ingest-1"]}
+        r = _bench(["run", "--virtual", "1", "--broker", f"mqtts://localhost:{broker.tls}", "--broker-ca",
+                    str(broker.ca), "--broker-user", "homebox-ingest-1", "--box-ca", str(broker.ca),
+                    "--master-secret-file", str(secret), "--out", str(out), "--box-config",
+                    str(tmp_path / "box.json"), "--vbox-heap", "256k", "--json"], env=env)
+    finally:
+        broker.stop()
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    b = json.loads(r.stdout)["boxes"][0]
+    assert b["serial"] == serial and b["verdict"] == "FAIL" and b["failure"]["kind"] == "test_failed", b["failure"]
+    assert b["failure"]["failed_checks"] == ["tic_uart"]
+    assert "TIC test cable" in b["failure"]["advice"] and "no signal from the electricity meter" in b["failure"]["detail"]
+    assert b["label"] is None and b["box_broker"].endswith("(TLS)")
+    h = json.loads(_bench(["history", "--serial", serial, "--out", str(out), "--json"]).stdout)
+    checks = {c["name"]: c for c in h["attempts"][-1]["checks"]}
+    assert checks["tic_uart"]["status"] == "fail" and checks["pulse_input"]["status"] == "n/a"
+    assert checks["mqtt"]["status"] == "pass" and "(TLS), with the box's credentials" in checks["mqtt"]["detail"]
+    assert not _leaks(_secrets([serial]), [out], {"stdout": r.stdout, "stderr": r.stderr})

@@ -15,6 +15,8 @@
 #   tic_read(buf)             bytes from the Linky TIC UART, no blocking     consumption
 #   tic_set_mode(mode)        switch the UART to "historic"/"standard" baud  consumption
 #   water_edges()             (now ms, [pulse edge ms, ...]) since the last call
+#   ap_info()                 the tenant access point: {"ssid": str, "up": bool,
+#                             "security": "wpa2" | "open"}             bench self-test
 # The sim HAL has them when its scenario and config enable the part
 # (agent/hal/sim_homes.py).
 

@@ -42,6 +42,12 @@ class SimHal:
     def mac(self):
         return self._mac
 
+    def ap_info(self):
+        # The tenant's access point as this HAL set it up (here: from the config).
+        c = self.config
+        return {"ssid": c.get("wifi_ssid"), "up": bool(c.get("wifi_ssid")),
+                "security": "wpa2" if c.get("wifi_key") else "open"}
+
     def health(self):
         f = getattr(self, "stations", None)
         return {"wifi_clients": len(f() if f else self.scenario.get("stations") or ()), "flash_ok": True}

@@ -71,6 +71,13 @@ HOMES = {
 }
 
 
+# A home whose Linky gives nothing (TIC cable unplugged): the bench self-test fails it.
+HOMES["silent_linky"] = {
+    "linky": {"mode": "standard", "silent": True},
+    "config": {"tic_mode": "standard"},
+}
+
+
 def home(name):
     h = HOMES.get(name)
     if h is None:
@@ -110,7 +117,8 @@ def attach(hal, config, sc):
         hal.linky = SimLinky(now, m, seed=lk.get("seed", 6 + seed), faults=lk.get("faults", 0.0),
                              three_phase=lk.get("three_phase", False), base_w=lk.get("base_w", 350),
                              line=time.time)
-        hal.tic_read = hal.linky.tic_read
+        # a "silent" Linky: wired in the settings, but nothing on the line
+        hal.tic_read = (lambda buf: 0) if lk.get("silent") else hal.linky.tic_read
     if config.get("water_enabled"):
         from agent.hal.sim_water import SimWater
         wt = sc.get("water") or {}
