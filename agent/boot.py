@@ -31,9 +31,10 @@ def build(cfg_path, secrets_path=None, overrides=None, prepare=None):
     if hasattr(gc, "threshold"):
         # MicroPython collects only when an allocation fails, by which time
         # the garbage of many cycles is scattered over the heap. Collecting
-        # every few KiB keeps the freed holes few and large (fragmentation
-        # was what broke a 64 KiB heap, not its size).
-        gc.threshold(4096)
+        # every 2 KiB keeps the freed holes few and large (fragmentation
+        # was what broke a 64 KiB heap, not its size; 4 KiB failed now and
+        # then on the board boot path: docs/performance.md).
+        gc.threshold(2048)
     return box
 
 
