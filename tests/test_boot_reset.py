@@ -63,3 +63,17 @@ def test_no_epoch_for_a_normal_fleet(db_url):  # noqa: F811
     assert s.epochs()["B"]["epoch"] == 0 and s.epochs()["B"]["top_boot"] == 4
     assert s.seqs("B") == [("B", 2, 7), ("B", 3, 1), ("B", 3, 2), ("B", 4, 1)]
     s.close()
+
+
+def test_bench_parts_leave_the_nvs_partition_alone():
+    from firmware import partitions as pt
+    from flashing.image import keep_nvs
+    from vbox import standin
+    base = standin.make_base("4MB")
+    table = pt.micropython_table(4 * pt.MB)
+    parts = keep_nvs([(0x1000, base), (0x200000, b"fs")], table)
+    assert [(o, len(d)) for o, d in parts] == [(0x1000, 0x8000), (0xF000, len(base) - 0xE000), (0x200000, 2)]
+    assert parts[0][1] + b"\xff" * 0x6000 + parts[1][1] == base
+    # a base that writes into the nvs partition is flashed whole
+    odd = base[:0x9000] + b"\0" + base[0x9001:]
+    assert keep_nvs([(0x1000, odd)], table) == [(0x1000, odd)]
