@@ -50,10 +50,26 @@ def next_boot(box, sd):
     # The boot counter is persisted before anything of this boot is stored,
     # and is always above any boot still in the outbox: sequence numbers of
     # an earlier boot are never reused, even if the counter file was lost.
+    # A HAL with NVS (the ESP32: agent/hal/__init__.py nvs_get/nvs_set) keeps
+    # a copy there, which a filesystem re-flash does not erase; the highest wins.
     path = sd + "/boot.json"
     saved = fsutil.read_json(path, {}) or {}
     last = saved.get("boot", 0) if isinstance(saved, dict) else 0
-    boot = max(last, box.outbox.top_boot) + 1
+    hal = box.hal
+    get = getattr(hal, "nvs_get", None)
+    nv = 0
+    if get is not None:
+        try:
+            nv = get("boot") or 0
+        except Exception as e:
+            log("nvs_failed", "error", repr(e))
+            get = None
+    boot = max(last, nv, box.outbox.top_boot) + 1
+    if get is not None:
+        try:
+            hal.nvs_set("boot", boot)
+        except Exception as e:
+            log("nvs_failed", "error", repr(e))
     fsutil.write_json(path, {"boot": boot})
     return boot
 

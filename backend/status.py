@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from backend.store import Store
+from backend.store import EPOCH_STRIDE, Store
 
 ALARMS = {
     "weak_coverage": "a station spends too much time in weak/unusable signal",
@@ -131,7 +131,11 @@ def fleet(store: Store, interval: float = 300, weak_share: float = 0.25,
         lt = by_box.get(box, {})
         alarms = []
         health = (lt.get("health") or {}).get("data") or {}
-        row = {"box": box, "state": b["state"] or "unknown", "boot": b["state_boot"],
+        sb = b["state_boot"]
+        # the stored boot holds the box's epoch (store.EPOCH_STRIDE): shown apart
+        row = {"box": box, "state": b["state"] or "unknown",
+               "boot": None if sb is None else sb % EPOCH_STRIDE,
+               "epoch": None if sb is None else sb // EPOCH_STRIDE,
                "fw": b["fw"] or health.get("fw"), "last_seen": b["last_seen"],
                "silent_s": None if b["last_seen"] is None else round(now - b["last_seen"], 1),
                "versions": {}, "desired": desired.get(box, {}), "pending": [],

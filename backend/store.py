@@ -25,6 +25,19 @@ Tables (same columns on both engines):
 - counters   running totals: received, stored, duplicates, invalid, ...
 - alarms     what ingest saw a box do wrong, per (box, code): e.g. retained_cleared
              (a retained message where the contract has none, which ingest cleared).
+- epochs     per box, its incarnation (epoch) and the highest boot counter seen in
+             it. A box whose boot counter went back (a filesystem re-flash of a box
+             without NVS, a replaced chip) starts a new epoch when a message comes
+             with a (boot, seq) already stored with another kind/ts/data: alarm
+             `boot_counter_reset`. (An online status with a lower boot alone is
+             taken for a late one, as before.) Messages identical to stored ones
+             are duplicates: a reset is seen at its first differing message.
+
+The boot column of messages, streams, gaps, drops, latest and boxes.state_boot holds
+the *stored boot*: epoch * EPOCH_STRIDE + the box's boot counter (epoch 0: the
+counter itself), so the dedup key (box, boot, seq) includes the epoch and a newer
+incarnation orders after an older one. A redelivered duplicate (same content) is
+still counted once.
 
 `write_batch` applies one batch of ingested records in one transaction; the caller
 acknowledges the MQTT messages only after it returns.
@@ -46,6 +59,8 @@ QUARANTINE_MAX_AGE = 30 * 86400
 # Errors of quarantined records that the store itself could not hold start with this.
 POISON = "ingest: "
 GAP_CAUSES = ("missing", "dropped")
+# The stored boot of a box's incarnation `epoch`: epoch * EPOCH_STRIDE + boot counter.
+EPOCH_STRIDE = 1_000_000_000
 
 
 @dataclass
@@ -113,6 +128,9 @@ def _schema(blob: str, serial: str) -> list[str]:
             box TEXT NOT NULL, code TEXT NOT NULL, detail TEXT NOT NULL, n BIGINT NOT NULL,
             first_at DOUBLE PRECISION NOT NULL, last_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (box, code))""",
+        """CREATE TABLE IF NOT EXISTS epochs (
+            box TEXT PRIMARY KEY, epoch BIGINT NOT NULL, top_boot BIGINT NOT NULL,
+            changed_at DOUBLE PRECISION)""",
     ]
 
 
@@ -289,8 +307,88 @@ class Store:
             return {}
         return self._tx(lambda cur: self._write(cur, recs))
 
+    def _epochs(self, cur, recs: list[Rec], now: float) -> None:
+        """Map each record's boot counter to its stored boot (the box's epoch), in
+        the batch's order; start a new epoch where a box's counter went back."""
+        mine = [r for r in recs if r.what in ("msg", "status") and r.box]
+        for r in mine:
+            # the doc as classified: a retried or bisected batch is mapped again from it
+            raw = r.__dict__.setdefault("raw_doc", r.doc)
+            r.doc = raw
+        boxes = sorted({r.box for r in mine})
+        if not boxes:
+            return
+        state: dict[str, list] = {}
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        for box in boxes:
+            cur.execute(self._sql("SELECT epoch, top_boot FROM epochs WHERE box=?" + lock), (box,))
+            row = cur.fetchone()
+            state[box] = [int(row[0]), int(row[1]), False] if row else [0, 0, row is None]
+        # The stored messages this batch's (boot, seq) would collide with, in the
+        # epochs in force at the batch's start.
+        want: dict[tuple[str, int], set[int]] = {}
+        for r in mine:
+            if r.what == "msg":
+                want.setdefault((r.box, state[r.box][0] * EPOCH_STRIDE + r.doc["boot"]), set()).add(r.doc["seq"])
+        stored: dict[tuple[str, int, int], tuple] = {}
+        for (box, sb), seqs in sorted(want.items()):
+            lo, hi = min(seqs), max(seqs)
+            cur.execute(self._sql("SELECT seq, kind, ts, data FROM messages WHERE box=? AND boot=? "
+                                  "AND seq BETWEEN ? AND ?"), (box, sb, lo, hi))
+            for seq, kind, ts, data in cur.fetchall():
+                if seq in seqs:
+                    stored[(box, sb, int(seq))] = (kind, ts, data)
+        start = {b: st[0] for b, st in state.items()}
+        for r in mine:
+            st = state[r.box]
+            d = r.doc
+            b = d["boot"]
+            why = None
+            # An online status below the highest boot is taken for a late one
+            # (stale, as before): only content proves that the counter went back.
+            if r.what == "msg" and st[0] == start[r.box]:
+                o = stored.get((r.box, st[0] * EPOCH_STRIDE + b, d["seq"]))
+                if o is not None and (o[0] != d["kind"] or o[1] != d.get("ts")
+                                      or o[2] != json.dumps(d["data"], separators=(",", ":"))):
+                    why = f"boot {b} seq {d['seq']} already stored with other content"
+            if why is not None:
+                st[0] += 1
+                st[1] = b
+                st[2] = True
+                sb = st[0] * EPOCH_STRIDE + b
+                self._alarm(cur, r.box, "boot_counter_reset",
+                            f"{why}: new epoch {st[0]} (stored boot {sb})", now)
+                # the new incarnation is the box's state now (its online status,
+                # older-looking, was set aside as stale)
+                cur.execute(self._sql("UPDATE boxes SET state='online', state_boot=?, state_at=? "
+                                      "WHERE box=?"), (sb, r.received_at, r.box))
+            elif b > st[1]:
+                st[1] = b
+                st[2] = True
+            if st[0]:
+                # _boot_off: the outbox_dropped ranges name boots of the same epoch
+                r.doc = dict(d, boot=st[0] * EPOCH_STRIDE + b, _boot_off=st[0] * EPOCH_STRIDE)
+        for box in boxes:
+            e, top, dirty = state[box]
+            if dirty:
+                cur.execute(self._sql(
+                    "INSERT INTO epochs (box, epoch, top_boot, changed_at) VALUES (?,?,?,?) "
+                    "ON CONFLICT (box) DO UPDATE SET epoch=excluded.epoch, top_boot=excluded.top_boot, "
+                    "changed_at=excluded.changed_at"), (box, e, top, now))
+
+    def _alarm(self, cur, box: str, code: str, detail: str, now: float) -> None:
+        cur.execute(self._sql(
+            "INSERT INTO alarms (box, code, detail, n, first_at, last_at) VALUES (?,?,?,1,?,?) "
+            "ON CONFLICT (box, code) DO UPDATE SET detail=excluded.detail, n=alarms.n + 1, "
+            "last_at=excluded.last_at"), (box, code, detail[:500], now, now))
+
+    def epochs(self) -> dict[str, dict]:
+        return {b: {"epoch": int(e), "top_boot": int(t), "changed_at": c}
+                for b, e, t, c in self._q("SELECT box, epoch, top_boot, changed_at FROM epochs")}
+
     def _write(self, cur, recs: list[Rec]) -> dict:
         now = time.time()
+        self._epochs(cur, recs, now)
         counts = dict.fromkeys(COUNTERS, 0)
         counts["received"] = len(recs)
         streams: dict[tuple[str, int], dict[int, Rec]] = {}
@@ -318,6 +416,7 @@ class Store:
                             b, f, la = (int(x) for x in rng)
                         except (TypeError, ValueError):
                             continue
+                        b += d.get("_boot_off", 0)
                         if 1 <= f <= la:
                             stream_drops.setdefault((d["box"], b), []).append((f, la))
             elif r.what == "status":
@@ -505,10 +604,7 @@ class Store:
     def note_alarm(self, box: str, code: str, detail: str) -> None:
         """Record (or count again) an alarm ingest raised for a box."""
         now = time.time()
-        self._tx(lambda cur: cur.execute(self._sql(
-            "INSERT INTO alarms (box, code, detail, n, first_at, last_at) VALUES (?,?,?,1,?,?) "
-            "ON CONFLICT (box, code) DO UPDATE SET detail=excluded.detail, n=alarms.n + 1, "
-            "last_at=excluded.last_at"), (box, code, detail[:500], now, now)))
+        self._tx(lambda cur: self._alarm(cur, box, code, detail, now))
 
     def alarms(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}

@@ -116,4 +116,22 @@ def build(fw: Firmware, flash_size: str, config: dict, secrets: dict, extra: dic
     base_off = fw.lock.get("offset", pt.BOOTLOADER_OFFSET)
     images = {"base": {"offset": base_off, "size": len(base), "sha256": sha256(base)},
               "vfs": {"offset": vfs_off, "size": len(vfs), "sha256": sha256(vfs)}}
-    return BoxImage([(base_off, base), (vfs_off, vfs)], images, build_id, fw.name)
+    return BoxImage(keep_nvs([(base_off, base), (vfs_off, vfs)], table), images, build_id, fw.name)
+
+
+def keep_nvs(parts: list[tuple[int, bytes]], table) -> list[tuple[int, bytes]]:
+    """Cut the nvs partition out of the parts where they only hold erased bytes
+    (0xFF) there, as the base .bin does: a re-flash then keeps the box's NVS (its
+    boot counter, agent/runtime_cold.py next_boot); erase_flash still wipes it."""
+    out = []
+    for off, data in parts:
+        for p in table:
+            if p.subtype != pt.SUBTYPE_NVS or p.type != pt.TYPE_DATA:
+                continue
+            a, b = p.offset - off, p.offset + p.size - off
+            if a >= 0 and b <= len(data) and data[a:b].count(0xFF) == b - a:
+                out += [x for x in ((off, data[:a]), (p.offset + p.size, data[b:])) if x[1]]
+                break
+        else:
+            out.append((off, data))
+    return out

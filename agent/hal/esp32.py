@@ -73,6 +73,13 @@ class Esp32Hal:
             self.boot_info = None
         return h
 
+    # ---- NVS (the boot counter's copy outside the filesystem) ----------------------
+    def nvs_get(self, key: str) -> int | None:
+        return cold(_MOD, "nvs_get", key)
+
+    def nvs_set(self, key: str, value: int) -> None:
+        cold(_MOD, "nvs_set", key, value)
+
     def enforce(self, section: str, doc: dict) -> None:
         # Nothing on the chip enforces parental rules or a lineup: the router
         # firmware does. The ESP32 only records what is in force.

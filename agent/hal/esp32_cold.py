@@ -32,6 +32,23 @@ def boot_info(hal) -> dict:
     return {"reset_cause": _CAUSES.get(cause, "unknown"), "prev_uptime_s": prev}
 
 
+def nvs_get(key: str) -> int | None:
+    # The "homebox" namespace of the nvs partition: a filesystem re-flash keeps
+    # it, erase_flash wipes it. None when the key was never set.
+    import esp32
+    try:
+        return esp32.NVS("homebox").get_i32(key)
+    except OSError:
+        return None
+
+
+def nvs_set(key: str, value: int) -> None:
+    import esp32
+    n = esp32.NVS("homebox")
+    n.set_i32(key, value)
+    n.commit()
+
+
 def keep_uptime(hal) -> None:
     try:
         machine.RTC().memory(b"up" + struct.pack("<I", hal.uptime_s()))
