@@ -201,7 +201,7 @@ async def bench_mqtt(box, url, wait_s):
     ctx = None
     if tls:
         from agent.compat import cold
-        ctx = cold("agent.runtime_cold", "ssl_context", box)
+        ctx = cold("agent.session_cold", "tls_context", box)
     c = Client(box.id, host, port, cfg.get("mqtt_user"), cfg.get("mqtt_password"), 30, ctx)
     msg = {"boot": box.boot, "seq": 0}
     try:

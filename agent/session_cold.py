@@ -25,7 +25,7 @@ async def open_session(box, attempt):
     if ready is not None:
         await ready(cfg.get("tls"))      # an address (and for TLS a clock) first
     c = Client(box.id, cfg["broker_host"], cfg["broker_port"], cfg.get("mqtt_user"), cfg.get("mqtt_password"),
-               cfg["keepalive"], _tls(box) if cfg.get("tls") else None)
+               cfg["keepalive"], tls_context(box) if cfg.get("tls") else None)
     c.on_message = box.on_message
     c.on_oversized = box.on_oversized
     c.on_close = box.wake.set      # the drain wakes when the session ends
@@ -57,7 +57,7 @@ async def backoff_wait(box, attempt):
     await asyncio.sleep(delay)
 
 
-def _tls(box):
+def tls_context(box):
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca = box.cfg.get("tls_ca")

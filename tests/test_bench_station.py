@@ -301,7 +301,7 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     b = json.loads(r.stdout)["boxes"][0]
     assert b["serial"] == serial and b["verdict"] == "FAIL" and b["failure"]["kind"] == "test_failed", b["failure"]
-    assert b["failure"]["failed_checks"] == ["tic_uart"]
+    assert b["failure"]["failed_checks"] == ["tic_uart"], b["failure"]
     assert "TIC test cable" in b["failure"]["advice"] and "no signal from the electricity meter" in b["failure"]["detail"]
     assert b["label"] is None and b["box_broker"].endswith("(TLS)")
     h = json.loads(_bench(["history", "--serial", serial, "--out", str(out), "--json"]).stdout)

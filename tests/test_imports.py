@@ -52,3 +52,24 @@ def test_the_checker_finds_rules_kept_resident(tmp_path):
     assert r.returncode == 1
     assert "RULES KEPT RESIDENT: agent.twin -> agent.rules.sections" in r.stdout
     assert "agent.runtime" not in r.stdout.split("RULES KEPT RESIDENT")[-1] and "1 problem(s)" in r.stdout
+
+
+def test_the_checker_finds_a_cold_call_to_nothing(tmp_path):
+    # the bug it was written for: a function moved to another cold module while a
+    # caller kept the old name (found only when a TLS self-test ran)
+    def write(rel, text):
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    write("agent/__init__.py", "")
+    write("agent/compat.py", "def cold(name, fn, *args):\n    pass\n")
+    write("agent/session_cold.py", "def tls_context(box):\n    pass\n")
+    write("agent/selftest.py", "from agent.compat import cold\n\n\ndef run(box):\n"
+                               "    cold('agent.session_cold', 'tls_context', box)\n"
+                               "    cold('agent.runtime_cold', 'ssl_context', box)\n"
+                               "    cold('agent.session_cold', 'ssl_context', box)\n")
+    r = _run("--root", str(tmp_path))
+    assert r.returncode == 1
+    assert "COLD CALL TO NOTHING: agent.selftest -> agent.runtime_cold.ssl_context" in r.stdout
+    assert "COLD CALL TO NOTHING: agent.selftest -> agent.session_cold.ssl_context" in r.stdout
+    assert "tls_context" not in r.stdout and "2 problem(s)" in r.stdout

@@ -1,4 +1,4 @@
-"""The import graph between the project's top-level packages, and its three rules.
+"""The import graph between the project's top-level packages, and its four rules.
 
     python -m tests.tools.imports            # from the checkout; exit 1 on a violation
     python -m tests.tools.imports --root DIR
@@ -10,6 +10,9 @@ Rules:
 3. The rest of `agent/` imports the section rules (`agent/rules/`, loaded for a
    check or an effects pass and released as a whole) only inside a function:
    a module-level import would keep them in the box's heap.
+4. A call cold("agent.x", "fn", ...) names a module that exists and a function
+   that it defines at module level: the call names them as strings, which no
+   linter follows, and a wrong one fails only when the rare code runs.
 
 Every import counts, lazy ones inside functions too: a lazy import still ties
 the two modules together. So does a call of agent.compat.cold("agent.x_cold", ...),
@@ -126,6 +129,33 @@ def resident_rules(root: Path, packages=PACKAGES) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _defined(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def dangling_cold_calls(root: Path, packages=PACKAGES) -> list[tuple[str, str, str]]:
+    """(calling module, cold module, function) for each cold("agent...", "fn") call
+    whose module or function does not exist (rule 4)."""
+    known = modules(root, packages)
+    out = set()
+    for mod, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and len(node.args) >= 2
+                    and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args[:2])):
+                continue
+            f = node.func
+            if (f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None) != "cold":
+                continue
+            target, fn = node.args[0].value, node.args[1].value
+            if not target.startswith("agent"):
+                continue
+            if target not in known or fn not in _defined(known[target]):
+                out.add((mod, target, fn))
+    return sorted(out)
+
+
 def unit(mod: str) -> str:
     return mod[: -len("_cold")] if mod.endswith("_cold") else mod
 
@@ -211,6 +241,9 @@ def main(argv=None) -> int:
     for m, t in resident_rules(a.root):
         bad += 1
         print(f"RULES KEPT RESIDENT: {m} -> {t} (import them inside the function that needs them)")
+    for m, t, fn in dangling_cold_calls(a.root):
+        bad += 1
+        print(f"COLD CALL TO NOTHING: {m} -> {t}.{fn} (no such module or function)")
     print(f"{len(g)} modules, {bad} problem(s)")
     return 1 if bad else 0
 
