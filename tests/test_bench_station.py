@@ -102,6 +102,10 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
         assert b["tests"]["passed"] and len(b["tests"]["tests"]) == 4
         assert set(b["images"]) >= {"base", "vfs", "agent_build", "firmware", "flash"}
 
+    # the virtual boxes are emulated ESP32 boards: they run the ESP32 HAL
+    cons = [(out / "vbox" / f"slot-{i}" / "console.log").read_bytes().decode(errors="replace") for i in range(1, 5)]
+    assert all(", hal esp32" in c and ", hal sim" not in c for c in cons), [c[-1500:] for c in cons]
+
     db = sqlite3.connect(out / "ledger.sqlite")
     rows = db.execute("SELECT serial, mac, mqtt_hash, verdict FROM boxes ORDER BY serial").fetchall()
     assert [r[0] for r in rows] == serials

@@ -78,7 +78,7 @@ def _check(emu, stubs, where):
     return problems
 
 
-@pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time"])
+@pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time", "select"])
 def test_emulated_board_matches_the_stubs(mod):
     emu = ast.parse((BOARD / f"{mod}.py").read_text())
     stub_tree = _stub(mod)
@@ -218,6 +218,29 @@ def test_uplink_loss_is_recovered_and_the_watchdog_bites_a_hung_loop(broker, tmp
         assert seqs == sorted(seqs)
         assert box.console().count("agent starting") == 1
         assert not (box.dir / "wdt.json").exists()
+    finally:
+        box.stop()
+        cap.close()
+
+
+def test_box_time_runs_at_the_configs_speedup(broker, tmp_path):
+    """The board's clock at the config's speedup: a 60 s telemetry interval comes
+    every second of real time, and the NTP answers (the vbox host's) are in the
+    same time base, so the reports' timestamps are 60 s apart."""
+    box_id = "vb-fast"
+    cap = Capture(broker.port)
+    box = boot(tmp_path, broker, box_id, coverage=False, tic_mode=None, water_enabled=False,
+               telemetry_interval=60, speedup=60, keepalive=600)
+    try:
+        t0 = time.monotonic()
+        assert cap.wait_for(lambda c: len([p for p in _kinds(c).get("health", ()) if json.loads(p[1])["ts"]]) >= 4,
+                            90), box.console()[-2000:]
+        real = time.monotonic() - t0
+        ts = [json.loads(p)["ts"] for _t, p in _kinds(cap)["health"] if json.loads(p)["ts"]]
+        gaps = [b - a for a, b in zip(ts, ts[1:])]
+        assert all(40 <= g <= 80 for g in gaps[1:]), gaps
+        assert real < 60, real
+        assert "hal esp32" in box.console() and "Traceback" not in box.console()
     finally:
         box.stop()
         cap.close()
