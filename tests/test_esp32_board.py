@@ -2,6 +2,7 @@
 vbox/boardhost.py) against micropython-esp32-stubs, and the agent's ESP32 HAL
 booted from littlefs, publishing what the contract says."""
 import ast
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_both_hals_publish_the_contract(broker, tmp_path, hal):
             assert cov[-1]["stations"] and all(s["signal_strength"] == "unsupported" for s in cov[-1]["stations"])
             assert cov[-1]["scan"]["aps"] == 2
             ap = json.loads((box.dir / "ap.json").read_text())
-            assert ap["ssid"] == "homebox-000042" and ap["key"] == "abcd-efgh-jkmn-pqrs" and ap["security"] == 3
+            assert ap["ssid"] == "homebox-000042" and ap["key_sha256"] == hashlib.sha256(b"abcd-efgh-jkmn-pqrs").hexdigest() and ap["security"] == 3
             uart = json.loads((box.dir / "uart.json").read_text())["1"]
             assert (uart["bits"], uart["parity"], uart["tx"], uart["rxbuf"]) == (7, "0", "17", "2048")
     finally:

@@ -11,17 +11,18 @@ One UDP socket (127.0.0.1, an ephemeral port given to the board in its argv):
                  b"A{json}" the AP's config, b"C<ssid>" a STA connect, b"M<bytes>"
                  the RTC memory, b"T<K>" box time now runs at K/1000 x real time,
                  a 48-byte SNTP request (answered in box time)
-  host -> board  b"S{json}" the radio's state, b"E27" an edge on GPIO27, the
+  host -> board  b"S{json}\n" the radio's state, b"E27\n" an edge on GPIO27, the
                  TIC bytes (to a UART's socket), an SNTP reply
 Box time (the board's clock, its NTP server, the simulated home's clocks) runs at
 a speedup: the vbox option (--speedup) at power-on, then what the board says (the
 config's "speedup", vbox/board/_board.py). The bytes on the TIC line and the
 watchdog run in real time (a sped-up box is not reset for being slow).
 The box directory's board.json ({"uplink": false}) unplugs the uplink; the host
-writes ap.json (the AP as the board configured it) and wdt.json (bites).
+writes ap.json (the AP as the board configured it, the key as its SHA-256) and wdt.json (bites).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -125,7 +126,7 @@ class BoardHost:
             if self.ctl is not None and now - last_state >= 1.0:
                 st = json.dumps(self.state()).encode()
                 if st != sent or now - last_state >= 5.0:
-                    self._send(b"S" + st, self.ctl)
+                    self._send(b"S" + st + b"\n", self.ctl)
                     sent = st
                 last_state = now
             self._tic()
@@ -166,8 +167,17 @@ class BoardHost:
         elif k == b"F":
             self.fed = time.monotonic()
         elif k == b"A":
+            # What a Wi-Fi adapter near the box can confirm: the SSID, security and
+            # channel it beacons, and whether a key joins it. The key itself is never
+            # written down (the box directory is no place for a secret): its SHA-256.
             tmp = self.dir / "ap.json.tmp"
-            tmp.write_bytes(data[1:])
+            try:
+                ap = json.loads(data[1:])
+                key = ap.pop("key", None)
+                ap["key_sha256"] = hashlib.sha256(key.encode()).hexdigest() if isinstance(key, str) and key else None
+                tmp.write_text(json.dumps(ap))
+            except (ValueError, AttributeError):
+                return
             os.replace(tmp, self.dir / "ap.json")
         elif k == b"I":
             self.water_pin = int(data[1:])
@@ -212,7 +222,7 @@ class BoardHost:
             return
         for _ in self.water.water_edges():
             self.edges += 1
-            self._send(b"E%d" % self.water_pin, self.ctl)
+            self._send(b"E%d\n" % self.water_pin, self.ctl)
 
     def _log_wdt(self) -> None:
         with open(self.dir / "wdt.json", "a") as f:

@@ -2,6 +2,7 @@
 # one UDP socket to the host, polled without blocking. The host sends
 #   b"S" + JSON   the radio's state: {"uplink", "scan", "stations", "channel"}
 #   b"E" + b"PIN" an edge on a GPIO (the Pin's irq handler runs at the next poll)
+# each ended by b"\n",
 # and receives b"H" (hello), b"F" (a watchdog feed), b"W" + JSON (a WDT start),
 # b"A" + JSON (the AP's config), b"C" + JSON (an uplink connect), b"M" (RTC memory).
 # Each UART has a socket of its own (machine.py): the kernel's socket buffer is
@@ -40,7 +41,9 @@ def send(msg):
 
 def pump():
     # What the host sent since the last poll; a GPIO edge runs its handler now,
-    # as the ISR would have when the edge came. One preallocated buffer.
+    # as the ISR would have when the edge came. The port's readinto reads every
+    # datagram queued (one stream read), so each message ends with a newline.
+    global _pend
     s = sock()
     b = _buf
     for _ in range(16):
@@ -50,16 +53,25 @@ def pump():
             return
         if not n:
             return
-        k = b[0]
-        if k == 83:                   # S: the radio's state
-            import json
-            state.update(json.loads(bytes(b[1:n])))
-        elif k == 69:                 # E: an edge
-            h = irqs.get(int(bytes(b[1:n])))
-            if h is not None and h[1] is not None:
-                h[1](h[0])
+        d = _pend + bytes(b[:n]) if _pend else bytes(b[:n])
+        ms = d.split(b"\n")
+        _pend = ms.pop()
+        for m in ms:
+            _msg(m)
 
 
+def _msg(m):
+    k = m[0] if m else 0
+    if k == 83:                   # S: the radio's state
+        import json
+        state.update(json.loads(m[1:]))
+    elif k == 69:                 # E: an edge
+        h = irqs.get(int(m[1:]))
+        if h is not None and h[1] is not None:
+            h[1](h[0])
+
+
+_pend = b""
 _buf = bytearray(512)
 
 
