@@ -25,12 +25,13 @@ sys.path[:] = ["", "/board", ".frozen", "/lib"] if vboxenv.board else ["", ".fro
 if vboxenv.board:
     # A board has these in C (in flash): loaded here, before the measurement, they
     # count as emulation (vbox/device.py BOARD_ALLOWANCE), not as the agent's heap.
+    import select  # noqa: E402,F401
+    import time  # noqa: E402,F401
+
     import _board  # noqa: E402,F401
     import esp32  # noqa: E402,F401
     import machine  # noqa: E402,F401
     import network  # noqa: E402,F401
-    import select  # noqa: E402,F401
-    import time  # noqa: E402,F401
     del _board, esp32, machine, network, select, time
 del vboxenv
 gc.collect()
