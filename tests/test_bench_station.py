@@ -261,3 +261,41 @@ def test_a_real_bench_run_refuses_to_start_without_a_master_secret(tmp_path):
     r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path),
                 "--master-secret-file", str(weak)])
     assert r.returncode == 2 and "too short" in r.stderr
+
+
+def test_a_virtual_box_flashed_by_the_bench_runs_the_esp32_path(tmp_path, bench_broker):
+    """Issue 14's acceptance: a virtual box flashed by `homebox bench run` boots
+    `hal esp32` and publishes health, coverage (neighbours from the scan, stations
+    without RSSI) and consumption (TIC and water) that validate against the
+    contract, through the emulated board (box time at 20x: the hour's end comes soon)."""
+    from backend.contract import validate
+    from tests.helpers import Capture
+    out = tmp_path / "out"
+    slot = out / "vbox" / "slot-1"
+    slot.mkdir(parents=True)
+    (slot / "board.json").write_text(json.dumps({"hour_end_in_s": 30}))
+    box_cfg = tmp_path / "box.json"
+    box_cfg.write_text(json.dumps({"coverage": True, "coverage_sample_s": 5, "coverage_interval": 60,
+                                   "tic_mode": "standard", "water_enabled": True, "consumption_curve_s": 60,
+                                   "speedup": 20}))
+    cap = Capture(bench_broker.port)
+    try:
+        r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{bench_broker.port}", "--out", str(out),
+                    "--box-config", str(box_cfg), "--json"])
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        con = (slot / "console.log").read_bytes().decode(errors="replace")
+        assert ", hal esp32" in con and "Traceback" not in con, con[-3000:]
+        kinds: dict = {}
+        for t, p, _r in cap.messages:
+            kinds.setdefault(t.rsplit("/", 1)[-1], []).append((t, p))
+        assert {"health", "coverage", "consumption"} <= set(kinds), (sorted(kinds), con[-3000:])
+        for kind in ("health", "coverage", "consumption"):
+            for t, p in kinds[kind]:
+                validate(t, p)
+        cov = json.loads(kinds["coverage"][-1][1])["data"]
+        assert cov["scan"]["aps"] >= 1 and cov["rssi"] == "unsupported"
+        assert cov["stations"] and all(s["signal_strength"] == "unsupported" for s in cov["stations"])
+        cons = [json.loads(p)["data"] for _t, p in kinds["consumption"]]
+        assert any(c.get("tic") for c in cons) and any(c.get("water") for c in cons), cons
+    finally:
+        cap.close()
