@@ -87,9 +87,15 @@ def _vboxenv(name):
 def _vnet(cfg):
     # A virtual box's emulated board (vbox/board/): its virtual network's NTP
     # server is the vbox host, as a DHCP server would hand it out.
+    # The config's speedup runs the board's box time fast (vbox/board/_board.py):
+    # ticks, sleeps and the host's NTP answers alike.
     port = _vboxenv("board")
     if port:
         cfg["ntp_servers"] = ["127.0.0.1:%d" % port]
+        sp = cfg.get("speedup") or 1
+        if sp != 1:
+            import _board
+            _board.rate(sp)
 
 
 def _sim_scenario(cfg):

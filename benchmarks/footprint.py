@@ -3,7 +3,8 @@
 
 - the smallest -X heapsize at which a full simulated day at the default cadence
   runs without MemoryError (bisected, 4 KiB steps), on the host runner and on the
-  board boot path (a virtual box booting the flashed firmware's main.py);
+  board boot path (a virtual box booting the flashed firmware's main.py), and on
+  the ESP32 path (the emulated ESP32 board, every feature on);
 - the live heap after collection, read from the box's own health reports
   (steady = median, peak = highest), and micropython.mem_peak();
 - heap growth over 10,000 telemetry cycles (least-squares slope of the live heap
@@ -28,8 +29,10 @@ DAY = 86400
 DEFAULT_INTERVAL = 300          # agent/config.py's telemetry_interval
 
 
-def day_ok(work, port, kb: int, speedup: float, board: bool = False) -> tuple[bool, dict]:
+def day_ok(work, port, kb: int, speedup: float, board: bool | str = False) -> tuple[bool, dict]:
     cycles = DAY // DEFAULT_INTERVAL
+    if board == "esp32":
+        return esp32_day_ok(work, port, kb, speedup, cycles)
     if board:
         return board_day_ok(work, port, kb, speedup, cycles)
     r = run_box(work, port, f"fp-day-{kb}k", heap=f"{kb}k", max_cycles=cycles, speedup=speedup,
@@ -62,7 +65,45 @@ def board_day_ok(work, port, kb: int, speedup: float, cycles: int) -> tuple[bool
     return ok, {"ok": ok, "wall_s": round(time.time() - t0, 1), "why": why}
 
 
-def smallest_heap(work, port, lo: int = 32, hi: int = 192, speedup: float = 8640, board: bool = False) -> dict:
+# Every feature on (issue 14, section 5): coverage, the TIC, the water meter, the
+# speed-test schedule (against a local speed-test server), the serial console.
+ALL_FEATURES = {"coverage": True, "coverage_sample_s": 60, "tic_mode": "auto", "water_enabled": True,
+                "speed_window": [0, 24], "speed_seconds": 2, "speed_streams": 2, "speed_daily_budget": 4000000,
+                "speed_budget": 2000000, "console": True, "uplink": "lan", "wifi_ssid": "homebox-000001"}
+
+
+def esp32_day_ok(work, port, kb: int, speedup: float, cycles: int) -> tuple[bool, dict]:
+    """A sim day on the ESP32 path: the firmware a bench flashes, on the emulated
+    ESP32 board (vbox/board/) in good_home, every feature on, box time at `speedup`."""
+    import json
+
+    from backend import speedtest_server
+    from vbox import boardrun
+    box_id = f"fp-esp32-{kb}k-{int(time.time() * 1000) % 100000}"
+    srv = speedtest_server.start()
+    cfg = {"box_id": box_id, "broker_host": "127.0.0.1", "broker_port": port, "state_dir": "/state",
+           "max_cycles": cycles, "speedup": speedup, "drain_rate": 5000,
+           "speed_url": "http://127.0.0.1:%d" % srv.server_address[1], **ALL_FEATURES}
+    sc = work / (box_id + ".home.json")
+    sc.write_text(json.dumps("good_home"))
+    t0 = time.time()
+    box = boardrun.boot_firmware(work / box_id, cfg, {"mqtt_user": box_id, "mqtt_password": "pw",
+                                                      "wifi_key": "abcd-efgh-jkmn-pqrs"},
+                                 heap=f"{kb}k", board="esp32", scenario=sc)
+    try:
+        ended = boardrun.wait_stopped(box, DAY / speedup * 4 + 60)
+        con = box.console()
+    finally:
+        box.stop()
+        srv.shutdown()
+    ok = (ended and f"stopped cycles={cycles} " in con and "MemoryError" not in con and "Traceback" not in con
+          and "hal esp32" in con)
+    why = None if ok else next((ln.strip() for ln in con.splitlines() if "Error" in ln),
+                               "did not end" if not ended else "stopped early")
+    return ok, {"ok": ok, "wall_s": round(time.time() - t0, 1), "why": why}
+
+
+def smallest_heap(work, port, lo: int = 32, hi: int = 192, speedup: float = 8640, board: bool | str = False) -> dict:
     """Bisect the smallest heap (KiB, multiple of 4) that runs a full sim day."""
     tried = {}
     ok, info = day_ok(work, port, hi, speedup, board)
@@ -147,6 +188,9 @@ def run(cycles: int = 10000) -> dict:
             out["day"] = smallest_heap(work, broker.port)
             # the path a box runs: what the 64 KiB bound is about
             out["day_board_boot_path"] = smallest_heap(work, broker.port, board=True)
+            # the ESP32 path on the emulated board, every feature on (goal <= 112 KiB)
+            out["day_esp32_all_features"] = smallest_heap(work, broker.port, lo=64, hi=256, speedup=2880,
+                                                          board="esp32")
             out["growth"] = growth(work, broker.port, cycles)
             out["cpu"] = cpu_per_cycle(work, broker.port)
             out["seconds"] = round(time.time() - t0, 1)

@@ -114,7 +114,9 @@ def compile_tree(dest: Path, exe: str | None = None, opt: int = 3,
     agent = Path(agent_dir or AGENT_DIR)
     top = agent.parent
     out: list[tuple[str, bytes]] = []
-    srcs = sorted(p for p in agent.rglob("*.py") if "__pycache__" not in p.parts)
+    # agent/manifest.py is the freezing manifest (a build input), not a module
+    srcs = sorted(p for p in agent.rglob("*.py")
+                  if "__pycache__" not in p.parts and p.relative_to(agent).as_posix() != "manifest.py")
     key = hashlib.sha256(f"{exe}|{opt}|{arch}".encode())
     for src in srcs + sorted(agent.rglob("*.json")):
         key.update(src.relative_to(top).as_posix().encode() + b"\0" + src.read_bytes())

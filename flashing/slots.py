@@ -146,16 +146,33 @@ def select(slots: list[Slot], wanted: list[int] | None) -> list[Slot]:
     return [s for s in slots if s.number in wanted]
 
 
+# A virtual box is an emulated ESP32 board (vbox/board/) in a simulated home: it
+# runs the ESP32 HAL, as a box on a real bench does. Its uplink is the board's
+# emulated Ethernet (the bench writes "uplink": "lan" into its config).
+VIRTUAL_HOME = "good_home"
+VIRTUAL_CONFIG = {"uplink": "lan"}
+
+
 def start_virtual(count: int, root: Path, baud_limit: bool = False, flash_size: str = "4MB",
-                  scenario: Path | None = None, heap: str = "128k") -> list[Slot]:
-    """N virtual boxes under root/slot-N (their flash and MAC persist there)."""
+                  scenario: Path | None = None, heap: str = "128k", board: str = "esp32") -> list[Slot]:
+    """N virtual boxes under root/slot-N (their flash and MAC persist there). board
+    "esp32": the emulated ESP32 board in the scenario's home (good_home by default),
+    with an uplink in each box's config; "none": the bare unix port (sim HAL)."""
+    import json
+
     import vbox
     slots = []
+    root = Path(root)
+    if board == "esp32" and scenario is None:
+        root.mkdir(parents=True, exist_ok=True)
+        scenario = root / "home.json"
+        scenario.write_text(json.dumps(VIRTUAL_HOME))
     try:
         for i in range(1, count + 1):
-            b = vbox.spawn(Path(root) / f"slot-{i}", flash_size=flash_size, name=f"vbox-{i}",
-                           baud_limit=baud_limit, scenario=scenario, heap=heap)
-            slots.append(Slot(i, b.url, f"vbox-{i} {b.url}", b))
+            b = vbox.spawn(root / f"slot-{i}", flash_size=flash_size, name=f"vbox-{i}",
+                           baud_limit=baud_limit, scenario=scenario, heap=heap, board=board)
+            slots.append(Slot(i, b.url, f"vbox-{i} {b.url}", b,
+                              config=dict(VIRTUAL_CONFIG) if board == "esp32" else {}))
     except vbox.VboxError as e:
         stop_virtual(slots)
         raise SetupError(f"cannot start the virtual boxes: {e}") from None

@@ -17,6 +17,10 @@ def register(sub) -> None:
     p.add_argument("--dir", type=Path, default=Path("state/vbox"), help="where the boxes keep their flash (default state/vbox)")
     p.add_argument("--base-port", type=int, default=0, help="first TCP port (default: any free port)")
     p.add_argument("--json", action="store_true", help="one JSON object per box")
+    p.add_argument("--board", choices=("esp32", "none"), default="esp32",
+                   help="esp32 (default): the emulated ESP32 board, the agent runs its ESP32 HAL (give it an "
+                        "uplink in its config: \"uplink\": \"lan\"); none: the bare unix port (sim HAL)")
+    p.add_argument("--speedup", type=float, default=1.0, help="esp32 board: box time at this many times real time")
     p.set_defaults(func=cmd_up)
 
 
@@ -31,7 +35,8 @@ def cmd_up(args) -> int:
             name = f"vbox-{i}"
             port = args.base_port + i - 1 if args.base_port else 0
             b = vbox.spawn(args.dir / name, flash_size=args.flash_size, name=name, port=port,
-                           scenario=args.scenario, baud_limit=args.baud_limit)
+                           scenario=args.scenario, baud_limit=args.baud_limit, board=args.board,
+                           speedup=args.speedup)
             boxes.append(b)
             if args.json:
                 print(json.dumps({"name": b.name, "url": b.url, "port": b.port, "mac": b.mac, "dir": str(b.dir)}), flush=True)

@@ -214,7 +214,7 @@ def run(args) -> int:
         # A whole sim home (Wi-Fi, Linky, water simulators in the box's own heap)
         # needs ~115-145 KB on this 64-bit port (and the vbox flash driver shares it);
         # a real box runs only the agent.
-        vslots = slots.start_virtual(len(HOMES), work / "vbox", heap="256k")
+        vslots = slots.start_virtual(len(HOMES), work / "vbox", heap="256k", board="none")
         for sl, (home, words) in zip(vslots, HOMES):
             sl.config = {"scenario": home, "speedup": args.speedup}
             say.line(f"slot {sl.number}: {sl.port}  sim home: {words}")

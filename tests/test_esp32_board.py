@@ -2,6 +2,7 @@
 vbox/boardhost.py) against micropython-esp32-stubs, and the agent's ESP32 HAL
 booted from littlefs, publishing what the contract says."""
 import ast
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def _check(emu, stubs, where):
     return problems
 
 
-@pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time"])
+@pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time", "select"])
 def test_emulated_board_matches_the_stubs(mod):
     emu = ast.parse((BOARD / f"{mod}.py").read_text())
     stub_tree = _stub(mod)
@@ -189,7 +190,7 @@ def test_both_hals_publish_the_contract(broker, tmp_path, hal):
             assert cov[-1]["stations"] and all(s["signal_strength"] == "unsupported" for s in cov[-1]["stations"])
             assert cov[-1]["scan"]["aps"] == 2
             ap = json.loads((box.dir / "ap.json").read_text())
-            assert ap["ssid"] == "homebox-000042" and ap["key"] == "abcd-efgh-jkmn-pqrs" and ap["security"] == 3
+            assert ap["ssid"] == "homebox-000042" and ap["key_sha256"] == hashlib.sha256(b"abcd-efgh-jkmn-pqrs").hexdigest() and ap["security"] == 3
             uart = json.loads((box.dir / "uart.json").read_text())["1"]
             assert (uart["bits"], uart["parity"], uart["tx"], uart["rxbuf"]) == (7, "0", "17", "2048")
     finally:
@@ -218,6 +219,29 @@ def test_uplink_loss_is_recovered_and_the_watchdog_bites_a_hung_loop(broker, tmp
         assert seqs == sorted(seqs)
         assert box.console().count("agent starting") == 1
         assert not (box.dir / "wdt.json").exists()
+    finally:
+        box.stop()
+        cap.close()
+
+
+def test_box_time_runs_at_the_configs_speedup(broker, tmp_path):
+    """The board's clock at the config's speedup: a 60 s telemetry interval comes
+    every second of real time, and the NTP answers (the vbox host's) are in the
+    same time base, so the reports' timestamps are 60 s apart."""
+    box_id = "vb-fast"
+    cap = Capture(broker.port)
+    box = boot(tmp_path, broker, box_id, coverage=False, tic_mode=None, water_enabled=False,
+               telemetry_interval=60, speedup=60, keepalive=600)
+    try:
+        t0 = time.monotonic()
+        assert cap.wait_for(lambda c: len([p for p in _kinds(c).get("health", ()) if json.loads(p[1])["ts"]]) >= 4,
+                            90), box.console()[-2000:]
+        real = time.monotonic() - t0
+        ts = [json.loads(p)["ts"] for _t, p in _kinds(cap)["health"] if json.loads(p)["ts"]]
+        gaps = [b - a for a, b in zip(ts, ts[1:])]
+        assert all(40 <= g <= 80 for g in gaps[1:]), gaps
+        assert real < 60, real
+        assert "hal esp32" in box.console() and "Traceback" not in box.console()
     finally:
         box.stop()
         cap.close()

@@ -101,13 +101,15 @@ def preflash(box_dir: Path | str, image: bytes, offset: int = 0x1000, flash_size
 
 def spawn(box_dir: Path | str, flash_size: str = "4MB", name: str | None = None, port: int = 0,
           scenario: Path | str | None = None, baud_limit: bool = False, heap: str = "128k",
-          python: str | None = None, board: str = "none") -> BoxProcess:
+          python: str | None = None, board: str = "none", speedup: float = 1.0) -> BoxProcess:
     """Start one virtual box process on box_dir (its flash persists there)."""
     box_dir = Path(box_dir).resolve()
     box_dir.mkdir(parents=True, exist_ok=True)
     cmd = [python or sys.executable, "-m", "vbox", "--dir", str(box_dir), "--flash-size", flash_size,
            "--port", str(port), "--heap", heap, "--json",
            "--board", board]
+    if speedup != 1.0:
+        cmd += ["--speedup", str(speedup)]
     if name:
         cmd += ["--name", name]
     if scenario:

@@ -24,11 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--board", choices=("esp32", "none"), default="none",
                    help="esp32: the emulated ESP32 board (the agent runs its esp32 HAL); none: the bare unix port (sim HAL)")
+    p.add_argument("--speedup", type=float, default=1.0,
+                   help="esp32 board: box time at this many times real time (the config's speedup can set it too)")
     args = p.parse_args(argv)
     name = args.name or args.dir.name
     device = Device(args.dir, pt.parse_flash_size(args.flash_size), load_identity(args.dir, name),
                     scenario=args.scenario.resolve() if args.scenario else None, heap=args.heap,
-                    board=args.board)
+                    board=args.board, speedup=args.speedup)
     link = Link(device, args.port, baud_limit=args.baud_limit)
     signal.signal(signal.SIGTERM, lambda *a: (link.close(), device.close(), sys.exit(0)))
     print(announce(name, link, device, args.json), flush=True)

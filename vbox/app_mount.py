@@ -62,6 +62,8 @@ def start(argv):
     Env.board = int(argv[9]) if len(argv) > 9 and argv[9] != "-" else None
     Env.reset = int(argv[10]) if len(argv) > 10 else 1
     Env.rtcmem = bytes.fromhex(argv[11]) if len(argv) > 11 and argv[11] != "-" else b""
+    # Box time's speedup at power-on (vbox --speedup; the config's may follow).
+    Env.speedup = float(argv[12]) if len(argv) > 12 else 1
     sys.modules["vboxenv"] = Env
     flash = open(path, "r+b")
     Env.flash = flash

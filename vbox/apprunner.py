@@ -16,6 +16,24 @@ import app_mount
 mount_bytes = app_mount.start(sys.argv)
 del app_mount
 del sys.modules["app_mount"]
+import vboxenv  # noqa: E402
+
+# The emulated board's modules (network, machine, time, select, esp32) come
+# before the built-ins: the unix port's machine and time are "extensible", so a
+# file module of that name shadows them (and imports them as umachine, utime).
+sys.path[:] = ["", "/board", ".frozen", "/lib"] if vboxenv.board else ["", ".frozen", "/lib"]
+if vboxenv.board:
+    # A board has these in C (in flash): loaded here, before the measurement, they
+    # count as emulation (vbox/device.py BOARD_ALLOWANCE), not as the agent's heap.
+    import select  # noqa: E402,F401
+    import time  # noqa: E402,F401
+
+    import _board  # noqa: E402,F401
+    import esp32  # noqa: E402,F401
+    import machine  # noqa: E402,F401
+    import network  # noqa: E402,F401
+    del _board, esp32, machine, network, select, time
+del vboxenv
 gc.collect()
 # The interpreter has ALLOWANCE more heap than the box is given (vbox/device.py):
 # whatever this emulation holds beyond what a board's C boot holds (the interpreter's
@@ -26,13 +44,6 @@ ballast = int(sys.argv[8]) - emulation
 print("vbox:heap emulation=%d mount=%d ballast=%d" % (emulation, mount_bytes, ballast))
 ballast = bytearray(ballast) if ballast > 0 else None
 del mount_bytes, emulation
-import vboxenv  # noqa: E402
-
-# The emulated board's modules (network, machine, time, esp32, ntptime) come
-# before the built-ins: the unix port's machine and time are "extensible", so a
-# file module of that name shadows them (and imports them as umachine, utime).
-sys.path[:] = ["", "/board", ".frozen", "/lib"] if vboxenv.board else ["", ".frozen", "/lib"]
-del vboxenv
 for name in ("boot.py", "main.py"):
     try:
         f = open(name)

@@ -9,14 +9,20 @@ One UDP socket (127.0.0.1, an ephemeral port given to the board in its argv):
   board -> host  b"H" hello (the board's control socket), b"U1,9600,7,0,1,17,16,2048"
                  a UART opened (its own socket), b"W5000" a WDT started, b"F" a feed,
                  b"A{json}" the AP's config, b"C<ssid>" a STA connect, b"M<bytes>"
-                 the RTC memory, a 48-byte SNTP request (answered)
-  host -> board  b"S{json}" the radio's state, b"E27" an edge on GPIO27, the
+                 the RTC memory, b"T<K>" box time now runs at K/1000 x real time,
+                 a 48-byte SNTP request (answered in box time)
+  host -> board  b"S{json}\n" the radio's state, b"E27\n" an edge on GPIO27, the
                  TIC bytes (to a UART's socket), an SNTP reply
+Box time (the board's clock, its NTP server, the simulated home's clocks) runs at
+a speedup: the vbox option (--speedup) at power-on, then what the board says (the
+config's "speedup", vbox/board/_board.py). The bytes on the TIC line and the
+watchdog run in real time (a sped-up box is not reset for being slow).
 The box directory's board.json ({"uplink": false}) unplugs the uplink; the host
-writes ap.json (the AP as the board configured it) and wdt.json (bites).
+writes ap.json (the AP as the board configured it, the key as its SHA-256) and wdt.json (bites).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -31,7 +37,8 @@ TIC_BAUD = {"historic": 1200, "standard": 9600}
 
 
 class BoardHost:
-    def __init__(self, box_dir: Path, scenario: dict | None, on_wdt: Callable[[], None], seed: int = 1):
+    def __init__(self, box_dir: Path, scenario: dict | None, on_wdt: Callable[[], None], seed: int = 1,
+                 speedup: float = 1.0):
         self.dir = Path(box_dir)
         self.sc = scenario or {}
         self.on_wdt = on_wdt
@@ -47,6 +54,8 @@ class BoardHost:
         self.rtcmem = b""
         self.stop = threading.Event()
         self.t0 = time.time()
+        self.k = float(speedup or 1.0)     # box time: v0 + (real - r0) x k
+        self.r0 = self.v0 = self.t0
         self.wifi = self.linky = self.water = None
         self.edges = 0
         self.water_pin: int | None = None
@@ -63,18 +72,26 @@ class BoardHost:
         w = sc.get("wifi")
         if w:
             from agent.hal.sim_wifi import SimWifi
-            self.wifi = SimWifi(w, self.seed, self.t0, time.time)
+            self.wifi = SimWifi(w, self.seed, self.t0, self.vnow)
         lk = sc.get("linky")
         if lk:
             from agent.hal.sim_linky import SimLinky
-            self.linky = SimLinky(time.time, lk.get("mode", "standard"), seed=lk.get("seed", 6 + self.seed),
+            self.linky = SimLinky(self.vnow, lk.get("mode", "standard"), seed=lk.get("seed", 6 + self.seed),
                                   faults=lk.get("faults", 0.0), three_phase=lk.get("three_phase", False),
                                   base_w=lk.get("base_w", 350), line=time.time)
         wt = sc.get("water")
         if wt:
             from agent.hal.sim_water import SimWater
-            self.water = SimWater(time.time, seed=wt.get("seed", 2 + self.seed), leak_lph=wt.get("leak_lph", 0.0),
+            self.water = SimWater(self.vnow, seed=wt.get("seed", 2 + self.seed), leak_lph=wt.get("leak_lph", 0.0),
                                   use=wt.get("use", True), quiet=wt.get("quiet"))
+
+    def vnow(self) -> float:
+        """Box time: the host's clock at the board's speedup."""
+        return self.v0 + (time.time() - self.r0) * self.k
+
+    def set_rate(self, k: float) -> None:
+        now = time.time()
+        self.v0, self.r0, self.k = self.vnow(), now, k
 
     # --- the radio's state -------------------------------------------------
     def uplink(self) -> bool:
@@ -89,7 +106,7 @@ class BoardHost:
         if self.wifi is not None:
             st["stations"] = [m for m, _rssi, _s in self.wifi.stations()]
             # AUTH_WPA2_PSK (3), not hidden: the sim's neighbours are home routers.
-            st["scan"] = [[s, b, c, r, 3, 0] for s, b, c, r in self.wifi.scan(time.time())]
+            st["scan"] = [[s, b, c, r, 3, 0] for s, b, c, r in self.wifi.scan(self.vnow())]
         return st
 
     # --- the loop ----------------------------------------------------------
@@ -109,7 +126,7 @@ class BoardHost:
             if self.ctl is not None and now - last_state >= 1.0:
                 st = json.dumps(self.state()).encode()
                 if st != sent or now - last_state >= 5.0:
-                    self._send(b"S" + st, self.ctl)
+                    self._send(b"S" + st + b"\n", self.ctl)
                     sent = st
                 last_state = now
             self._tic()
@@ -128,7 +145,7 @@ class BoardHost:
     def _rx(self, data: bytes, addr) -> None:
         k = data[:1]
         if len(data) == 48 and data[0] & 7 == 3:           # an SNTP client request
-            t = time.time() + self.clock_offset() + NTP_DELTA
+            t = self.vnow() + self.clock_offset() + NTP_DELTA
             sec, frac = int(t), int((t % 1) * 2 ** 32)
             reply = bytearray(48)
             reply[0] = 0x1C                                 # LI 0, version 3, server
@@ -150,13 +167,24 @@ class BoardHost:
         elif k == b"F":
             self.fed = time.monotonic()
         elif k == b"A":
+            # What a Wi-Fi adapter near the box can confirm: the SSID, security and
+            # channel it beacons, and whether a key joins it. The key itself is never
+            # written down (the box directory is no place for a secret): its SHA-256.
             tmp = self.dir / "ap.json.tmp"
-            tmp.write_bytes(data[1:])
+            try:
+                ap = json.loads(data[1:])
+                key = ap.pop("key", None)
+                ap["key_sha256"] = hashlib.sha256(key.encode()).hexdigest() if isinstance(key, str) and key else None
+                tmp.write_text(json.dumps(ap))
+            except (ValueError, AttributeError):
+                return
             os.replace(tmp, self.dir / "ap.json")
         elif k == b"I":
             self.water_pin = int(data[1:])
         elif k == b"M":
             self.rtcmem = data[1:]
+        elif k == b"T":
+            self.set_rate(int(data[1:]) / 1000.0)
 
     def clock_offset(self) -> float:
         # board.json {"hour_end_in_s": N}: the virtual network's time is set, at its
@@ -168,7 +196,7 @@ class BoardHost:
                 n = json.loads((self.dir / "board.json").read_text()).get("hour_end_in_s")
             except (OSError, ValueError, AttributeError):
                 pass
-            now = time.time()
+            now = self.vnow()
             self.offset = 0.0 if n is None else (3600 - now % 3600) - float(n)
         return self.offset
 
@@ -194,7 +222,7 @@ class BoardHost:
             return
         for _ in self.water.water_edges():
             self.edges += 1
-            self._send(b"E%d" % self.water_pin, self.ctl)
+            self._send(b"E%d\n" % self.water_pin, self.ctl)
 
     def _log_wdt(self) -> None:
         with open(self.dir / "wdt.json", "a") as f:

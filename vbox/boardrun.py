@@ -35,12 +35,14 @@ def build_firmware(out_dir: Path, config: dict, secrets: dict | None = None, fla
 
 
 def boot_firmware(box_dir: Path, config: dict, secrets: dict | None = None, heap: str = "128k",
-                  flash_size: str = "4MB", board: str = "none", scenario: Path | None = None) -> vbox.BoxProcess:
+                  flash_size: str = "4MB", board: str = "none", scenario: Path | None = None,
+                  speedup: float = 1.0) -> vbox.BoxProcess:
     """Build, pre-flash and power on one virtual box; it boots main.py at once."""
     box_dir = Path(box_dir)
     image = build_firmware(box_dir.parent / (box_dir.name + "-fw"), config, secrets, flash_size)
     vbox.preflash(box_dir, image, flash_size=flash_size)
-    return vbox.spawn(box_dir, flash_size=flash_size, heap=heap, board=board, scenario=scenario)
+    return vbox.spawn(box_dir, flash_size=flash_size, heap=heap, board=board, scenario=scenario,
+                      speedup=speedup)
 
 
 PROMPT = ">>> "          # the REPL prompt: main.py has returned (or died)

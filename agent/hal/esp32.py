@@ -105,6 +105,15 @@ class Esp32Hal:
     def channel(self) -> int:
         return self.ap.config("channel")
 
+    def ap_info(self) -> dict:
+        # What the AP interface itself says (the bench's AP check); its key
+        # cannot be read back from the chip, only whether it asks for one.
+        ap = self.ap
+        up = bool(ap.active())
+        sec = ap.config("security") if up else None
+        return {"ssid": ap.config("ssid") if up else None, "up": up,
+                "security": "open" if sec == 0 else "wpa2"}
+
     # ---- the network task and the watchdog ---------------------------------------------
     async def ready(self, tls: bool = False) -> None:
         # The connection waits for an address, and for a known clock before TLS

@@ -139,10 +139,9 @@ class RTC:
         if datetimetuple is None:
             t = time.localtime()
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
-        import utime
         y, mo, d, wd, h, mi, s = datetimetuple[:7]
-        # the board's clock (2000 epoch) is the host's time plus _board.rtc
-        _board.rtc = time.mktime((y, mo, d, h, mi, s, 0, 0)) - int(utime.time())
+        # the board's clock (2000 epoch) is its box time plus _board.rtc
+        _board.rtc = time.mktime((y, mo, d, h, mi, s, 0, 0)) - _board.ms() // 1000
 
     def init(self, datetime=None):
         if datetime is not None:
