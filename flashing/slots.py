@@ -154,10 +154,12 @@ VIRTUAL_CONFIG = {"uplink": "lan"}
 
 
 def start_virtual(count: int, root: Path, baud_limit: bool = False, flash_size: str = "4MB",
-                  scenario: Path | None = None, heap: str = "128k", board: str = "esp32") -> list[Slot]:
+                  scenario: Path | None = None, heap: str = "128k", board: str = "esp32",
+                  home: str | None = None) -> list[Slot]:
     """N virtual boxes under root/slot-N (their flash and MAC persist there). board
-    "esp32": the emulated ESP32 board in the scenario's home (good_home by default),
-    with an uplink in each box's config; "none": the bare unix port (sim HAL)."""
+    "esp32": the emulated ESP32 board in the scenario's home (`home`, a name of
+    agent/hal/sim_homes.py, good_home by default), with an uplink in each box's
+    config; "none": the bare unix port (sim HAL)."""
     import json
 
     import vbox
@@ -166,7 +168,7 @@ def start_virtual(count: int, root: Path, baud_limit: bool = False, flash_size: 
     if board == "esp32" and scenario is None:
         root.mkdir(parents=True, exist_ok=True)
         scenario = root / "home.json"
-        scenario.write_text(json.dumps(VIRTUAL_HOME))
+        scenario.write_text(json.dumps(home or VIRTUAL_HOME))
     try:
         for i in range(1, count + 1):
             b = vbox.spawn(root / f"slot-{i}", flash_size=flash_size, name=f"vbox-{i}",

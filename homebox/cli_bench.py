@@ -142,8 +142,10 @@ def cmd_run(args) -> int:
         box_ca = args.box_ca.read_bytes() if args.box_ca else None
         wanted = [int(x) for s in (args.slot or []) for x in s.split(",") if x.strip()]
         if args.virtual:
+            # a named sim home in --box-config is the home the emulated boards live in
+            home = box_config.get("scenario")
             vslots = slots.start_virtual(args.virtual, args.out / "vbox", baud_limit=args.vbox_baud_limit,
-                                         heap=args.vbox_heap)
+                                         heap=args.vbox_heap, home=home if isinstance(home, str) else None)
             found = vslots
         elif args.port:
             found = slots.explicit(args.port)

@@ -293,7 +293,7 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
     try:
         (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
                                                        "tls": True, "scenario": "silent_linky",
-                                                       "selftest_tic_s": 2}))
+                                                       "tic_mode": "standard", "selftest_tic_s": 2}))
         out = tmp_path / "out"
         env = {"HOMEBOX_BENCH_BROKER_PASSWORD": broker.passwords["homebox-ingest-1"]}
         r = _bench(["run", "--virtual", "1", "--broker", f"mqtts://localhost:{broker.tls}", "--broker-ca",

@@ -204,10 +204,8 @@ class BoardHost:
         # The Linky's line at its baud rate; a UART at another rate, or not 7E1,
         # reads garbage (what a misconfigured UART gets off the wire).
         lk = self.linky
-        if lk is None:
-            return
-        if not self.uarts:
-            return
+        if lk is None or not self.uarts or self.sc.get("linky", {}).get("silent"):
+            return          # no meter, no UART open, or a meter wired but silent
         u = next(iter(self.uarts.values()))
         buf = bytearray(64)
         n = lk.tic_read(buf)
