@@ -219,15 +219,25 @@ class Capture:
                  persistent: bool = False, user: str | None = None, password: str | None = None,
                  tls_ca: Path | str | None = None):
         # persistent: a fixed client id and clean_session=False, so a broker with
-        # persistence queues QoS 1 messages for us while we reconnect.
+        # persistence queues QoS 1 messages for us while we reconnect. The id is
+        # unique (id(self) is reused once an object is freed: two captures with one
+        # id take the session from each other, and messages are lost between).
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt_client(port, user, password, tls_ca, client_id=f"cap-{os.getpid()}-{id(self)}",
+        self.client = mqtt_client(port, user, password, tls_ca, client_id=f"cap-{uuid.uuid4().hex[:12]}",
                                   host=host, clean_session=not persistent)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        # Returns once the broker has acknowledged the subscription: a message
+        # published before that would not reach us (a loaded machine may take
+        # seconds to get there).
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.loop_start()
+        if not self.subscribed.wait(60):
+            self.client.loop_stop()
+            raise AssertionError(f"no SUBACK for {topic} from the broker on port {port} in 60 s")
 
     def _on_message(self, client, userdata, msg):
         with self.lock:
