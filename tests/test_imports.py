@@ -13,6 +13,14 @@ def _run(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+def _writer(root):
+    def write(rel, text):
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return write
+
+
 def test_the_code_base_follows_the_import_rules():
     r = _run()
     assert r.returncode == 0, r.stdout + r.stderr
@@ -20,10 +28,7 @@ def test_the_code_base_follows_the_import_rules():
 
 
 def test_the_checker_finds_a_circle_and_an_agent_escape(tmp_path):
-    def write(rel, text):
-        f = tmp_path / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
+    write = _writer(tmp_path)
     write("agent/__init__.py", "")
     write("agent/runtime.py", "from agent import runtime_cold\n")
     write("agent/runtime_cold.py", "from agent.runtime import Box\n")     # a hot/cold pair: allowed
@@ -39,10 +44,7 @@ def test_the_checker_finds_a_circle_and_an_agent_escape(tmp_path):
 
 
 def test_the_checker_finds_rules_kept_resident(tmp_path):
-    def write(rel, text):
-        f = tmp_path / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
+    write = _writer(tmp_path)
     write("agent/__init__.py", "")
     write("agent/rules/__init__.py", "SECTIONS = ()\n")
     write("agent/rules/sections.py", "from agent.rules import SECTIONS\n")
@@ -57,10 +59,7 @@ def test_the_checker_finds_rules_kept_resident(tmp_path):
 def test_the_checker_finds_a_cold_call_to_nothing(tmp_path):
     # the bug it was written for: a function moved to another cold module while a
     # caller kept the old name (found only when a TLS self-test ran)
-    def write(rel, text):
-        f = tmp_path / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
+    write = _writer(tmp_path)
     write("agent/__init__.py", "")
     write("agent/compat.py", "def cold(name, fn, *args):\n    pass\n")
     write("agent/session_cold.py", "def tls_context(box):\n    pass\n")
