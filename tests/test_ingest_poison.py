@@ -311,7 +311,9 @@ def test_through_the_generated_broker_a_box_writes_only_contract_topics(tmp_path
         s.loop_stop()
         s.disconnect()
         assert got == [(f"homebox/v1/{box}/status", True)]       # the contract's retained topic stays
-        assert ing.totals["retained_cleared"] == 1 and ing.totals["received"] == 2
+        # health and status (QoS 1 may deliver one twice on a loaded machine: the
+        # store below holds it once either way)
+        assert ing.totals["retained_cleared"] == 1 and ing.totals["received"] >= 2, ing.totals
         assert [s for _b, _o, s in reader.seqs(box)] == [1] and reader.quarantine() == []
         assert reader.alarms()[box][0]["code"] == "retained_cleared"
     finally:
