@@ -1,4 +1,5 @@
 import os
+import uuid
 
 import pytest
 
@@ -31,3 +32,18 @@ def pg_server():
     pg = ThrowawayPostgres(bindir).start()
     yield pg.url
     pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A store URL on each backend: a SQLite file, or a schema of its own on the
+    throwaway PostgreSQL server (dropped after the test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/backend.db"
+        return
+    base = request.getfixturevalue("pg_server")
+    schema = "hbtest_" + uuid.uuid4().hex[:10]
+    yield f"{base}?schema={schema}"
+    import psycopg
+    with psycopg.connect(base, autocommit=True) as c:
+        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -7,7 +7,7 @@ import json
 from backend import status
 from backend.ingest import classify
 from backend.store import EPOCH_STRIDE, Store
-from tests.test_ingest import db_url, tel  # noqa: F401  (the fixture)
+from tests.test_ingest import tel
 
 S = EPOCH_STRIDE
 
@@ -17,7 +17,7 @@ def _status(box, boot, state="online"):
                     json.dumps({"state": state, "box": box, "boot": boot}).encode(), retained=True)
 
 
-def test_counter_going_back_starts_an_epoch_and_keeps_every_message(db_url):  # noqa: F811
+def test_counter_going_back_starts_an_epoch_and_keeps_every_message(db_url):
     s = Store(db_url)
     old = [tel("A", 1, i) for i in range(1, 6)] + [tel("A", 2, i) for i in range(1, 4)]
     s.write_batch([_status("A", 1)] + old[:5])
@@ -55,7 +55,7 @@ def test_counter_going_back_starts_an_epoch_and_keeps_every_message(db_url):  # 
     s.close()
 
 
-def test_no_epoch_for_a_normal_fleet(db_url):  # noqa: F811
+def test_no_epoch_for_a_normal_fleet(db_url):
     s = Store(db_url)
     s.write_batch([_status("B", 3), tel("B", 3, 1), tel("B", 3, 2)])
     s.write_batch([_status("B", 2, "offline"), _status("B", 2), tel("B", 2, 7), tel("B", 4, 1)])

@@ -79,39 +79,38 @@ def _check(emu, stubs, where):
     return problems
 
 
+def _compare(e_fns, e_consts, s_fns, s_consts, where, private):
+    """What the emulation has (public functions with their signatures, upper-case
+    constants) that the stubs do not."""
+    problems = []
+    for name, fs in e_fns.items():
+        if private(name):
+            continue
+        if name not in s_fns:
+            problems.append(f"{where}.{name}: not in the stubs")
+            continue
+        problems += _check(fs[0], s_fns[name], f"{where}.{name}")
+    for c in sorted(e_consts):
+        if not c.startswith("_") and c.isupper() and c not in s_consts:
+            problems.append(f"{where}.{c}: not in the stubs")
+    return problems
+
+
 @pytest.mark.parametrize("mod", ["machine", "network", "esp32", "ntptime", "time", "select"])
 def test_emulated_board_matches_the_stubs(mod):
     emu = ast.parse((BOARD / f"{mod}.py").read_text())
     stub_tree = _stub(mod)
     e_fns, e_consts, e_classes = _defs(emu)
     s_fns, s_consts, s_classes = _defs(stub_tree)
-    problems = []
-    for name, fs in e_fns.items():
-        if name.startswith("_"):
-            continue
-        if name not in s_fns:
-            problems.append(f"{mod}.{name}: not in the stubs")
-            continue
-        problems += _check(fs[0], s_fns[name], f"{mod}.{name}")
-    for c in sorted(e_consts):
-        if not c.startswith("_") and c.isupper() and c not in s_consts:
-            problems.append(f"{mod}.{c}: not in the stubs")
+    problems = _compare(e_fns, e_consts, s_fns, s_consts, mod, lambda n: n.startswith("_"))
     for cls in sorted(e_classes):
         if cls not in s_classes:
             problems.append(f"{mod}.{cls}: not in the stubs")
             continue
         ce_fns, ce_consts, _ = _defs(emu, cls)
         cs_fns, cs_consts, _ = _defs(stub_tree, cls)
-        for name, fs in ce_fns.items():
-            if name.startswith("_") and name != "__init__":
-                continue
-            if name not in cs_fns:
-                problems.append(f"{mod}.{cls}.{name}: not in the stubs")
-                continue
-            problems += _check(fs[0], cs_fns[name], f"{mod}.{cls}.{name}")
-        for c in sorted(ce_consts):
-            if c.isupper() and c not in cs_consts:
-                problems.append(f"{mod}.{cls}.{c}: not in the stubs")
+        problems += _compare(ce_fns, ce_consts, cs_fns, cs_consts, f"{mod}.{cls}",
+                             lambda n: n.startswith("_") and n != "__init__")
     assert not problems, "\n".join(problems)
 
 

@@ -16,20 +16,6 @@ from backend.store import Store, _split_ranges
 from tests.helpers import ROOT, Capture, FleetBroker, mqtt_client, publish
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/backend.db"
-        return
-    # The tests' own throwaway server (conftest.pg_server); mandatory under CI=true.
-    PG_BASE = request.getfixturevalue("pg_server")
-    schema = "hbtest_" + uuid.uuid4().hex[:10]
-    yield f"{PG_BASE}?schema={schema}"
-    import psycopg
-    with psycopg.connect(PG_BASE, autocommit=True) as c:
-        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def env(box, boot, seq, kind="health", data=None, ts=1767225600):
     if data is None:
         data = {"fw": "0.1.0", "uptime_s": seq * 300, "outbox_backlog": 0, "outbox_bytes": 0,

@@ -10,7 +10,6 @@ import re
 import threading
 import time
 import urllib.request
-import uuid
 
 import pytest
 
@@ -18,19 +17,6 @@ from backend import contract
 from backend.ingest import Ingest, classify
 from backend.store import POISON, Rec, Store
 from tests.helpers import mqtt_client
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/backend.db"
-        return
-    base = request.getfixturevalue("pg_server")
-    schema = "hbpoison_" + uuid.uuid4().hex[:10]
-    yield f"{base}?schema={schema}"
-    import psycopg
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def env(box, seq, kind="health", data=None, boot=1):
