@@ -15,25 +15,32 @@ class Console:
         self.write = write or print
 
     async def run(self, read):
-        # read(): awaitable giving one character ("" at end of input).
+        # read(): awaitable giving one byte (b"" at end of input). Bytes, not text:
+        # a line noise byte (a baud mismatch, esptool's sync) must not end the reader.
         from agent.compat import cold
-        buf = ""
+        buf = bytearray()
         while True:
             ch = await read()
             if not ch:
                 return
-            if isinstance(ch, bytes):
-                ch = ch.decode()
-            if ch in "\r\n":
-                line, buf = buf, ""
-                if line.strip():
+            if isinstance(ch, str):
+                ch = ch.encode()
+            if ch in b"\r\n":
+                line = bytes(buf)
+                buf[:] = b""
+                try:
+                    line = line.decode().strip()
+                except UnicodeError:
+                    self.write('@error {"cmd": "?", "reason": "not text"}')
+                    continue
+                if line:
                     try:
                         await cold("agent.console_cmds", "handle", self, line)
                     except Exception as e:
                         self.write('@error {"cmd": "?", "reason": "%s"}' % type(e).__name__)
                     import gc
                     gc.collect()
-            elif ch == "\x03":
+            elif ch == b"\x03":
                 raise KeyboardInterrupt
             elif len(buf) < MAX_LINE:
                 buf += ch
@@ -47,7 +54,7 @@ async def serve(box, fw=None):
     task = None
     try:
         if MICROPYTHON:
-            s = asyncio.StreamReader(sys.stdin)
+            s = asyncio.StreamReader(sys.stdin.buffer)
         else:
             from agent.compat_cpy import stdin_stream
             s = await stdin_stream()

@@ -347,9 +347,11 @@ class Ingest:
             if not t or t[1] not in ("telemetry", "event"):
                 continue
             self.log(f"ingest: clearing an unexpected retained message on {_safe(r.topic)!r}")
+            # noted before the publish: the broker's echo of the clear may reach the
+            # network thread before publish() returns
+            self._cleared[r.topic] = time.time()
             if c is not None:
                 c.publish(r.topic, b"", qos=1, retain=True)
-            self._cleared[r.topic] = time.time()
             self.totals["retained_cleared"] += 1
             try:
                 self.store.note_alarm(_safe(t[0]), "retained_cleared", f"retained message on {_safe(r.topic)}")

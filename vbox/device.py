@@ -33,8 +33,9 @@ from vbox.loader import Loader, SlipDecoder, slip_encode
 # Time from EN going high to the strap sample (the EN RC delay). Over RFC 2217
 # each modem-line change waits for the server's acknowledgement, which pyserial
 # polls every 50 ms, so IO0 falls ~50 ms after EN rises in esptool's classic
-# reset and stays low >= 100 ms more: the RC constant is scaled to that link.
-STRAP_DELAY = 0.1
+# reset and stays low ~100 ms: the RC constant is scaled to that link, with room
+# for a loaded host, and IO0 low at any moment before the sample counts.
+STRAP_DELAY = 0.25
 ROM_BANNER = "ets Jul 29 2019 12:21:46\r\n\r\n"
 DOWNLOAD_BOOT = "boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
 FLASH_BOOT = "boot:0x13 (SPI_FAST_FLASH_BOOT)"
@@ -82,6 +83,7 @@ class Device:
         self.slip = SlipDecoder()
         self.app: subprocess.Popen | None = None
         self.boot_timer: threading.Timer | None = None
+        self.strap_low = False
         self.generation = 0
         self.boots = 0
         self.stats = {"rx_bytes": 0, "tx_bytes": 0, "flash_bytes_written": 0, "loader_payload_bytes": 0}
@@ -150,6 +152,8 @@ class Device:
                 self._enter_reset()
             elif self.en_low and not en_low:
                 self._schedule_boot()
+            elif not en_low and self.boot_timer is not None and self.io0_low():
+                self.strap_low = True
             self.en_low = en_low
 
     def io0_low(self) -> bool:
@@ -165,12 +169,17 @@ class Device:
         self.mode = "reset"
 
     def _schedule_boot(self) -> None:
+        # IO0 low at any moment before the strap sample selects the ROM loader: on
+        # a loaded host the sample may come after esptool has released IO0 (the
+        # chip would boot the app and esptool's sync bytes reach the console)
         gen = self.generation
+        self.strap_low = self.io0_low()
 
         def fire():
             with self.lock:
                 if gen == self.generation and not self.en_low:
-                    self._boot(reason="0x1 (POWERON_RESET)")
+                    self.boot_timer = None
+                    self._boot(reason="0x1 (POWERON_RESET)", download=self.strap_low or self.io0_low())
 
         self.boot_timer = threading.Timer(STRAP_DELAY, fire)
         self.boot_timer.daemon = True
