@@ -23,6 +23,10 @@ timed_out (online, no report after `box_timeout`) | offline (the box was offline
 when sent or at the timeout; the document stays retained and an offline box still
 moves to applied or rejected when its report arrives while the campaign runs).
 
+Pace: at most `rate` boxes a second, and at most `max_in_flight` boxes `sent` and
+not settled at once (a window: a document is published when the box can act on
+it, not queued behind a thousand others in the broker and the boxes' CPU).
+
 Abort: once `abort_min` boxes (default: the canary's size) are decided (applied,
 rejected or timed out), the campaign aborts when rejected + timed_out exceed
 `abort` of them. Abort sends nothing more; what was sent stays sent.
@@ -63,6 +67,7 @@ def _ddl(dialect: str) -> list[str]:
             id TEXT PRIMARY KEY, section TEXT NOT NULL, template TEXT NOT NULL, target TEXT NOT NULL,
             waves TEXT NOT NULL, success DOUBLE PRECISION NOT NULL, abort_share DOUBLE PRECISION NOT NULL,
             abort_min BIGINT NOT NULL, rate DOUBLE PRECISION NOT NULL, box_timeout DOUBLE PRECISION NOT NULL,
+            max_in_flight BIGINT NOT NULL,
             state TEXT NOT NULL, wave BIGINT NOT NULL, reason TEXT, author TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS campaign_boxes (
@@ -138,7 +143,7 @@ def wave_sizes(n: int, canary: float, waves: list[float]) -> list[int]:
 def create(store, section: str, template: dict, target: dict, *, name: str | None = None,
            canary: float = 0.1, waves: list[float] | None = None, success: float = 0.9,
            abort: float = 0.2, abort_min: int | None = None, rate: float = 50.0,
-           box_timeout: float = 60.0, author: str | None = None) -> dict:
+           box_timeout: float = 60.0, max_in_flight: int = 200, author: str | None = None) -> dict:
     """Record a campaign (state `created`) over the boxes the target names now."""
     ensure_schema(store)
     if section not in push.SECTIONS:
@@ -149,8 +154,8 @@ def create(store, section: str, template: dict, target: dict, *, name: str | Non
                                                                               (abort, "abort")]:
         if not (isinstance(v, (int, float)) and 0 < v <= 1):
             raise CampaignError(f"{what}: a share in (0, 1], not {v!r}")
-    if rate <= 0 or box_timeout <= 0:
-        raise CampaignError("rate and box_timeout must be positive")
+    if rate <= 0 or box_timeout <= 0 or max_in_flight < 1:
+        raise CampaignError("rate, box_timeout and max_in_flight must be positive")
     boxes = resolve(store, target)
     if not boxes:
         raise CampaignError(f"the target {json.dumps(target)} names no box")
@@ -168,10 +173,11 @@ def create(store, section: str, template: dict, target: dict, *, name: str | Non
             raise CampaignError(f"a campaign named {cid!r} exists")
         cur.execute(store._sql(
             "INSERT INTO campaigns (id, section, template, target, waves, success, abort_share, abort_min, "
-            "rate, box_timeout, state, wave, reason, author, created_at, updated_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
+            "rate, box_timeout, max_in_flight, state, wave, reason, author, created_at, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"),
             (cid, section, json.dumps(tmpl), json.dumps(target), json.dumps(sizes), success, abort,
-             amin, rate, box_timeout, "created", 0, None, author or history.default_author(), now, now))
+             amin, rate, box_timeout, int(max_in_flight), "created", 0, None, author or history.default_author(),
+             now, now))
         w = 0
         for pos, b in enumerate(boxes):
             while pos >= sizes[w]:
@@ -186,14 +192,14 @@ def create(store, section: str, template: dict, target: dict, *, name: str | Non
 def get(store, cid: str) -> dict:
     ensure_schema(store)
     rows = store._q("SELECT id, section, template, target, waves, success, abort_share, abort_min, rate, "
-                    "box_timeout, state, wave, reason, author, created_at, updated_at FROM campaigns WHERE id=?",
-                    (cid,))
+                    "box_timeout, max_in_flight, state, wave, reason, author, created_at, updated_at "
+                    "FROM campaigns WHERE id=?", (cid,))
     if not rows:
         raise NoSuchCampaign(f"no campaign {cid!r}")
-    (i, sec, tmpl, tgt, waves, succ, ab, amin, rate, bt, state, wave, reason, author, cat, uat) = rows[0]
+    (i, sec, tmpl, tgt, waves, succ, ab, amin, rate, bt, mif, state, wave, reason, author, cat, uat) = rows[0]
     return {"id": i, "section": sec, "template": json.loads(tmpl), "target": json.loads(tgt),
             "waves": json.loads(waves), "success": succ, "abort": ab, "abort_min": int(amin), "rate": rate,
-            "box_timeout": bt, "state": state, "wave": int(wave), "reason": reason, "author": author,
+            "box_timeout": bt, "max_in_flight": int(mif), "state": state, "wave": int(wave), "reason": reason, "author": author,
             "created_at": cat, "updated_at": uat}
 
 
@@ -394,6 +400,9 @@ def step(store, publisher, cid: str, master: bytes | None, budget: int) -> tuple
                    f"above the abort threshold {c['abort']:g}, in {'the canary' if c['wave'] == 0 else 'wave %d' % c['wave']}")
         return "aborted", 0
     w = c["wave"]
+    # a window: at most max_in_flight boxes sent and not settled, so that a box's
+    # document waits in no queue (the fleet's CPU and the broker set the pace)
+    budget = min(budget, c["max_in_flight"] - n["sent"])
     pend = [b for (b,) in store._q("SELECT box FROM campaign_boxes WHERE campaign=? AND wave=? AND state='pending' "
                                    "ORDER BY pos LIMIT ?", (cid, w, max(0, budget)))]
     if pend:

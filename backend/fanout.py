@@ -21,13 +21,30 @@ from backend.errors import BrokerRefused, BrokerTimeout, BrokerUnreachable
 from common.broker import Broker
 
 
+def plan(url: Broker | list[Broker], connections: int) -> list[Broker]:
+    """The connections to open. Anonymous: `connections` to the one broker. With
+    accounts: one connection per account, since a fleet broker makes the username
+    the client id (use_username_as_clientid) and two connections of one account
+    would take each other's session (broker-config makes homebox-push-1..N)."""
+    urls = list(url) if isinstance(url, (list, tuple)) else [url]
+    if not urls:
+        raise ValueError("no broker")
+    if all(u.username is None for u in urls):
+        return [urls[i % len(urls)] for i in range(max(1, connections))]
+    seen: dict[str | None, Broker] = {}
+    for u in urls:
+        seen.setdefault(u.username, u)
+    return list(seen.values())
+
+
 class Publisher:
-    def __init__(self, url: Broker, client_id: str, connections: int = 4, tls_ca: str | None = None,
-                 inflight: int = 100, connect_timeout: float = 10.0):
+    def __init__(self, url: Broker | list[Broker], client_id: str, connections: int = 4,
+                 tls_ca: str | None = None, inflight: int = 100, connect_timeout: float = 10.0):
         import paho.mqtt.client as mqtt
 
         from backend.ingest import make_client
-        self.url = url
+        urls = plan(url, connections)
+        self.url = urls[0]
         self.clients = []
         self.client_ids = []
         self._refused: list[str] = []
@@ -35,7 +52,7 @@ class Publisher:
         # the same prefix, a unique suffix: two publishers never take each other's session
         tag = uuid.uuid4().hex[:8]
         try:
-            for i in range(max(1, connections)):
+            for i, url in enumerate(urls):
                 cid = f"{client_id}-{tag}-{i}"
                 c = make_client(url, cid, tls_ca, protocol=mqtt.MQTTv311)
                 c.max_inflight_messages_set(inflight)

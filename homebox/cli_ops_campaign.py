@@ -42,6 +42,8 @@ def register(sub) -> None:
     c.add_argument("--abort", type=float, default=0.2, help="abort above this share of failed decided boxes (default 0.2)")
     c.add_argument("--abort-min", type=int, default=None, help="decided boxes before the abort rule applies (default: the canary's size)")
     c.add_argument("--rate", type=float, default=50.0, help="boxes sent per second at most (default 50)")
+    c.add_argument("--max-in-flight", type=int, default=200,
+                   help="boxes sent and not yet settled at most (a window; default 200)")
     c.add_argument("--box-timeout", type=float, default=60.0, help="seconds an online box has to report (default 60)")
     c.add_argument("--author", default=None, help="recorded with each document (default $HOMEBOX_AUTHOR or $USER)")
     _common(c)
@@ -51,8 +53,11 @@ def register(sub) -> None:
                       ("resume", "resume a paused or interrupted campaign and drive it")):
         c = cs.add_parser(name, help=hlp)
         c.add_argument("id")
-        c.add_argument("--broker", default="127.0.0.1:1883",
-                       help="mqtt://[user@]host:port (the push account; password: $HOMEBOX_MQTT_PASSWORD)")
+        c.add_argument("--broker", action="append", default=None,
+                       help="mqtt://[user[:password]@]host:port (default 127.0.0.1:1883); repeat with "
+                            "accounts homebox-push-1..N: one connection each (password: $HOMEBOX_MQTT_PASSWORD)")
+        c.add_argument("--connections", type=int, default=2,
+                       help="connections to an anonymous broker (with accounts: one per --broker)")
         c.add_argument("--tls-ca", default=None)
         c.add_argument("--master-secret-file", type=Path, default=None,
                        help=f"operator master secret (default ${credentials.ENV_SECRET})")
@@ -163,7 +168,8 @@ def cmd_create(args) -> int:
         waves = [float(x) for x in args.waves.split(",") if x.strip()]
         c = campaign.create(store, args.section, doc, target, name=args.name, canary=args.canary, waves=waves,
                             success=args.success, abort=args.abort, abort_min=args.abort_min, rate=args.rate,
-                            box_timeout=args.box_timeout, author=args.author)
+                            box_timeout=args.box_timeout, max_in_flight=args.max_in_flight,
+                            author=args.author)
         c["counts"] = campaign.counts(store, c["id"])
     except (OpsError, ValueError) as e:
         return _fail(args, e)
@@ -185,10 +191,11 @@ def cmd_drive(args) -> int:
             c["counts"] = campaign.counts(store, args.id)
             print(json.dumps(c) if args.json else _line(c))
             return EXIT.get(c["state"], 4) if c["state"] != "running" else 0
-        url = parse_broker(args.broker)
+        urls = [parse_broker(b) for b in (args.broker or ["127.0.0.1:1883"])]
         master = _master(args.master_secret_file)
         log = None if args.json else (lambda m: print(m, flush=True))
-        st = campaign.run(store, url, args.id, master, tls_ca=args.tls_ca, poll=args.poll, log=log)
+        st = campaign.run(store, urls, args.id, master, tls_ca=args.tls_ca, poll=args.poll, log=log,
+                          connections=args.connections)
     except ValueError as e:
         raise SystemExit(f"--broker: {e}") from None
     except OpsError as e:
