@@ -4,11 +4,11 @@ a box's rollback to an earlier one.
     from backend import history
     history.record(store, "HB-1", "options", 4, payload, author="alice", campaign="lineup-2026")
     history.list_docs(store, "HB-1", "options")      # newest first
-    history.rollback(broker, store, "HB-1", "options", to_version=2, master=m, author="alice")
+    rollback.rollback(broker, store, "HB-1", "options", to_version=2, master=m)   # backend/rollback.py
 
 The `desired` table keeps only the latest document per (box, section); this one
 (`desired_history`, a table of its own, created on first use) keeps them all, byte
-for byte. A rollback re-sends an earlier document's content under a new version
+for byte. A rollback (backend/rollback.py) re-sends an earlier document's content under a new version
 (the box refuses a lower version: replay protection), recorded like any push.
 """
 from __future__ import annotations
@@ -88,13 +88,3 @@ def document(store, box: str, section: str, version: int) -> dict:
             doc = json.loads(d["payload"])
             return {k: v for k, v in doc.items() if k not in ("version", "box", "sig")}
     raise NoSuchDocument(f"no {section} document v{version} was ever sent to {box}")
-
-
-def rollback(broker, store, box: str, section: str, to_version: int, master: bytes | None, *,
-             author: str | None = None, tls_ca: str | None = None, timeout: float = 30.0):
-    """Send the content of the earlier document `to_version` again, as a new
-    version; returns backend.push.PushResult."""
-    from backend import push
-    doc = document(store, box, section, to_version)
-    return push.push(broker, box, section, doc, master, store=store, tls_ca=tls_ca, timeout=timeout,
-                     validate=False, author=(author or default_author()) + f" (rollback to v{to_version})")

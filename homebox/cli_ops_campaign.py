@@ -300,7 +300,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from backend import history
+    from backend import rollback
     from backend.errors import OpsError
     from common.broker import parse_broker
     try:
@@ -309,7 +309,7 @@ def cmd_rollback(args) -> int:
         raise SystemExit(f"--broker: {e}") from None
     store = _store(args)
     try:
-        r = history.rollback(url, store, args.box, args.section, args.to, _master(args.master_secret_file),
+        r = rollback.rollback(url, store, args.box, args.section, args.to, _master(args.master_secret_file),
                              author=args.author, tls_ca=args.tls_ca, timeout=args.timeout)
     except OpsError as e:
         return _fail(args, e)

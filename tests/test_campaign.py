@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import campaign, history, push
+from backend import campaign, history, push, rollback
 from backend.ingest import Ingest
 from backend.store import Store
 from common.broker import parse_broker
@@ -159,7 +159,7 @@ def test_campaign_half_rejecting_aborts_after_the_canary_then_rollback(fleet):
     h = history.list_docs(store, box, "options")
     assert (h[0]["campaign"], h[0]["author"], h[1]["author"]) == (name, "bob", "dan")
     earlier = h[1]["version"]
-    r = history.rollback(fleet["url"], store, box, "options", earlier, MASTER, author="carol")
+    r = rollback.rollback(fleet["url"], store, box, "options", earlier, MASTER, author="carol")
     assert r.status == "applied" and r.version == h[0]["version"] + 1, r
     assert json.loads(history.list_docs(store, box, "options")[0]["payload"])["speed_tier"] == "10M"
     wait(lambda: (store.reported().get(box, {}).get("options") or {}).get("version") == r.version, 30,
