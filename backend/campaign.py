@@ -10,7 +10,7 @@ documents that ingest stores (the driver never waits on a box).
     campaign.status(store, c["id"])                   # waves, per-box states, counts
 
 Targets: {"boxes": [ids]}, {"tag": "tower-B"} (tags: `tag()`), {"plan": "10M"} (the
-speed_tier of the box's reported options), {"all": true} (every box the store knows).
+speed_tier of the box's options document in the store: the plan the operator set), {"all": true} (every box the store knows).
 The target is resolved at creation and frozen, in its order.
 
 Waves: `canary` then the cumulative shares in `waves` (the last is 1.0): with 20
@@ -51,6 +51,7 @@ STATES = ("created", "running", "paused", "completed", "aborted")
 BOX_STATES = ("pending", "sent", "applied", "rejected", "timed_out", "offline")
 FAILED = ("rejected", "timed_out")
 DECIDED = ("applied", "rejected", "timed_out")
+BELOW = "below the success threshold"
 
 
 class CampaignError(OpsError):
@@ -117,9 +118,14 @@ def resolve(store, target: dict) -> list[str]:
     if kind == "tag":
         return [b for (b,) in store._q("SELECT box FROM box_tags WHERE tag=? ORDER BY box", (str(val),))]
     if kind == "plan":
-        rep = store.reported()
-        return sorted(b for b, secs in rep.items()
-                      if (secs.get("options") or {}).get("speed_tier") == val)
+        out = []
+        for b, p in store._q("SELECT box, payload FROM desired WHERE section='options' ORDER BY box"):
+            try:
+                if json.loads(bytes(p)).get("speed_tier") == val:
+                    out.append(b)
+            except (ValueError, AttributeError):
+                continue
+        return out
     if kind == "all" and val is True:
         return [b["box"] for b in store.boxes()]
     raise CampaignError(f"unknown target {kind!r}: use boxes, tag, plan or all")
@@ -245,7 +251,7 @@ def resume(store, cid: str) -> dict:
     success threshold is passed over (the operator's decision)."""
     c = get(store, cid)
     wave = c["wave"]
-    if c["state"] == "paused" and (c["reason"] or "").startswith("wave "):
+    if c["state"] == "paused" and (c["reason"] or "").startswith(BELOW):
         wave = c["wave"] + 1
         if wave >= len(c["waves"]):
             return _set_state(store, cid, "completed", ("paused",), "completed (resumed after the last wave)")
@@ -417,8 +423,8 @@ def step(store, publisher, cid: str, master: bytes | None, budget: int) -> tuple
     name = "the canary" if w == 0 else f"wave {w}"
     if share < c["success"]:
         _set_state(store, cid, "paused", ("running",),
-                   f"wave {w} ({name}): {wn.get('applied', 0)} of {size} applied, below the success "
-                   f"threshold {c['success']:g} (resume goes on with the next wave, abort stops)")
+                   f"{BELOW} in {name}: {wn.get('applied', 0)} of {size} applied, under "
+                   f"{c['success']:g} (resume goes on with the next wave, abort stops)")
         return "paused", 0
     if w + 1 >= len(c["waves"]):
         _set_state(store, cid, "completed", ("running",), f"every wave passed ({n['applied']} applied)")

@@ -33,7 +33,7 @@ def register(sub) -> None:
     t = c.add_mutually_exclusive_group(required=True)
     t.add_argument("--box", action="append", help="a box id (repeat, or comma-separated)")
     t.add_argument("--tag", help="every box with this tag (ops campaign tag)")
-    t.add_argument("--plan", help="every box whose reported options have this speed_tier")
+    t.add_argument("--plan", help="every box whose options document (in the store) has this speed_tier")
     t.add_argument("--all", action="store_true", help="every box the store knows")
     c.add_argument("--name", default=None, help="campaign id (default: c-DATE-TIME-xxxx)")
     c.add_argument("--canary", type=float, default=0.1, help="share of the boxes in the first wave (default 0.1)")
