@@ -131,8 +131,8 @@ def test_timeouts_offline_pause_targets(db_url):
         campaign.create(store, "options", dict(OPTIONS, speed_tier="fast"), {"boxes": boxes})
     assert campaign.list_campaigns(store) == []                          # nothing recorded
 
-    c = campaign.create(store, "options", OPTIONS, {"boxes": boxes}, name="t", canary=1.0, waves=[1.0],
-                        box_timeout=0.3, success=0.5, abort=0.6)
+    campaign.create(store, "options", OPTIONS, {"boxes": boxes}, name="t", canary=1.0, waves=[1.0],
+                    box_timeout=30, success=0.5, abort=0.6)
     campaign.start(store, "t")
     pub = FakePublisher()
     drive(store, pub, "t")
@@ -140,7 +140,7 @@ def test_timeouts_offline_pause_targets(db_url):
     st = {b["box"]: b["state"] for b in campaign.boxes(store, "t")}
     assert st == {"t0": "sent", "t1": "sent", "t2": "sent", "t3": "offline"}
     answer(store, pub, silent={"t2", "t3"})
-    time.sleep(0.4)
+    campaign.refresh(store, "t", now=time.time() + 31)          # past the boxes' timeout
     state = drive(store, pub, "t")
     st = {b["box"]: b["state"] for b in campaign.boxes(store, "t")}
     assert st == {"t0": "applied", "t1": "applied", "t2": "timed_out", "t3": "offline"}
@@ -160,7 +160,7 @@ def test_timeouts_offline_pause_targets(db_url):
     pub.sent.clear()
 
     # pause stops sending; resume goes on
-    c = campaign.create(store, "options", OPTIONS, {"boxes": boxes[:3]}, name="p", canary=0.3, waves=[1.0])
+    campaign.create(store, "options", OPTIONS, {"boxes": boxes[:3]}, name="p", canary=0.3, waves=[1.0])
     campaign.start(store, "p")
     campaign.pause(store, "p")
     assert campaign.step(store, pub, "p", None, 10) == ("paused", 0) and not pub.sent
