@@ -193,6 +193,9 @@ def cmd_drive(args) -> int:
             return EXIT.get(c["state"], 4) if c["state"] != "running" else 0
         urls = [parse_broker(b) for b in (args.broker or ["127.0.0.1:1883"])]
         master = _master(args.master_secret_file)
+        if master is None:
+            print(f"warning: no master secret (--master-secret-file or ${credentials.ENV_SECRET}): sending "
+                  "unsigned; a box with a key will refuse it", file=sys.stderr)
         log = None if args.json else (lambda m: print(m, flush=True))
         st = campaign.run(store, urls, args.id, master, tls_ca=args.tls_ca, poll=args.poll, log=log,
                           connections=args.connections)
