@@ -32,7 +32,9 @@ rejected or timed out), the campaign aborts when rejected + timed_out exceed
 `abort` of them. Abort sends nothing more; what was sent stays sent.
 
 Every state is in the store (tables campaigns, campaign_boxes, box_tags); the driver
-keeps nothing that matters in memory. A driver killed at any point is resumed by
+keeps nothing that matters in memory. One driver at a time holds a lease on the
+campaign (LEASE_S, renewed as it runs; taken over at once from a dead process of
+the same host). A driver killed at any point is resumed by
 `run()` again: the documents of boxes `sent` but not settled are published again
 (the same bytes, so a box that had them ignores the replay).
 """
@@ -40,6 +42,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 import uuid
 
@@ -62,13 +66,17 @@ class NoSuchCampaign(CampaignError):
     pass
 
 
+class CampaignBusy(CampaignError):
+    """Another driver holds the campaign's lease (and is alive)."""
+
+
 def _ddl(dialect: str) -> list[str]:
     return [
         """CREATE TABLE IF NOT EXISTS campaigns (
             id TEXT PRIMARY KEY, section TEXT NOT NULL, template TEXT NOT NULL, target TEXT NOT NULL,
             waves TEXT NOT NULL, success DOUBLE PRECISION NOT NULL, abort_share DOUBLE PRECISION NOT NULL,
             abort_min BIGINT NOT NULL, rate DOUBLE PRECISION NOT NULL, box_timeout DOUBLE PRECISION NOT NULL,
-            max_in_flight BIGINT NOT NULL,
+            max_in_flight BIGINT NOT NULL, driver TEXT, lease_until DOUBLE PRECISION,
             state TEXT NOT NULL, wave BIGINT NOT NULL, reason TEXT, author TEXT NOT NULL,
             created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS campaign_boxes (
@@ -433,15 +441,66 @@ def step(store, publisher, cid: str, master: bytes | None, budget: int) -> tuple
     return "running", 0
 
 
+LEASE_S = 15.0
+
+
+def _me() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _gone(driver: str) -> bool:
+    """A driver of this host whose process is no more."""
+    host, _, rest = driver.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def claim(store, cid: str, me: str, ttl: float = LEASE_S) -> None:
+    """Take (or renew) the campaign's lease: one driver at a time. A lease is free
+    when released, expired, or held by a dead process of this host (kill -9)."""
+    def tx(cur):
+        cur.execute(store._sql("SELECT driver, lease_until FROM campaigns WHERE id=?"), (cid,))
+        row = cur.fetchone()
+        if not row:
+            raise NoSuchCampaign(f"no campaign {cid!r}")
+        drv, until = row
+        now = time.time()
+        if drv and drv != me and until and float(until) > now and not _gone(drv):
+            raise CampaignBusy(f"campaign {cid} is driven by {drv} (lease for {float(until) - now:.0f} s more)")
+        cur.execute(store._sql("UPDATE campaigns SET driver=?, lease_until=? WHERE id=?"), (me, now + ttl, cid))
+    store._tx(tx)
+
+
+def release(store, cid: str, me: str) -> None:
+    store._tx(lambda cur: cur.execute(store._sql(
+        "UPDATE campaigns SET driver=NULL, lease_until=NULL WHERE id=? AND driver=?"), (cid, me)))
+
+
 def run(store, broker, cid: str, master: bytes | None, *, tls_ca: str | None = None,
         poll: float = 0.2, connections: int = 2, log=None, until: float | None = None) -> dict:
     """Drive a running campaign until it is completed, paused or aborted (or until
-    the time `until`). Returns status()."""
+    the time `until`). One driver at a time: CampaignBusy when another one, alive,
+    holds the lease. Returns status()."""
     from backend.fanout import Publisher
     c = get(store, cid)
+    me = _me()
+    claim(store, cid, me)
     if c["state"] == "created":
         start(store, cid)
-    pub = Publisher(broker, f"homebox-campaign-{cid}"[:40], connections=connections, tls_ca=tls_ca)
+    try:
+        pub = Publisher(broker, f"homebox-campaign-{cid}"[:40], connections=connections, tls_ca=tls_ca)
+    except Exception:
+        release(store, cid, me)
+        raise
+    renewed = time.time()
     try:
         _republish_open(store, pub, cid)
         last = time.time()
@@ -449,6 +508,9 @@ def run(store, broker, cid: str, master: bytes | None, *, tls_ca: str | None = N
         prev = None
         while until is None or time.time() < until:
             now = time.time()
+            if now - renewed > LEASE_S / 3:
+                claim(store, cid, me)
+                renewed = now
             rate = get(store, cid)["rate"]
             tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
             last = now
@@ -464,4 +526,5 @@ def run(store, broker, cid: str, master: bytes | None, *, tls_ca: str | None = N
                 time.sleep(poll)
     finally:
         pub.close()
+        release(store, cid, me)
     return status(store, cid)

@@ -6,6 +6,8 @@ survives reopening the store, targets by tag and plan, and the history."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 
 import pytest
@@ -167,4 +169,23 @@ def test_timeouts_offline_pause_targets(db_url):
     assert campaign.resume(store, "p")["state"] == "running"
     drive(store, pub, "p")
     assert len(pub.sent) == 1
+    store.close()
+
+
+def test_one_driver_at_a_time(db_url):
+    store = Store(db_url)
+    online(store, ["l0"])
+    campaign.create(store, "options", OPTIONS, {"boxes": ["l0"]}, name="l")
+    campaign.claim(store, "l", "elsewhere:1:abc")                        # a live driver on another host
+    with pytest.raises(campaign.CampaignBusy):
+        campaign.claim(store, "l", "me:2:def")
+    campaign.release(store, "l", "elsewhere:1:abc")
+    campaign.claim(store, "l", "me:2:def")
+    # a driver of this host that was killed: its lease is taken over at once
+    p = subprocess.Popen(["true"])
+    p.wait()
+    store._tx(lambda cur: cur.execute(store._sql("UPDATE campaigns SET driver=? WHERE id='l'"),
+                                      (f"{socket.gethostname()}:{p.pid}:dead",)))
+    campaign.claim(store, "l", "me:3:ghi")
+    assert campaign.get(store, "l")["state"] == "created"
     store.close()
