@@ -58,3 +58,30 @@ def test_reconcile_pages_and_compares(broker, tmp_path):
     assert reconcile(store, f"127.0.0.1:{broker.port}") == 0                 # box 2: the broker holds a newer one
     assert reconcile(store, f"127.0.0.1:{broker.port}", compare=False) == 5
     store.close()
+
+
+def test_pushers_with_their_own_accounts_on_a_fleet_broker(tmp_path):
+    """broker-config's homebox-push-1..N: a publisher with two accounts keeps both
+    connections, and a `push` session of homebox-push stays connected meanwhile
+    (the broker makes the username the client id)."""
+    from backend.push import Session
+    from tests.helpers import FleetBroker
+    box = "fo-box-1"
+    fleet = FleetBroker(tmp_path, {box: "a-long-random-box-password-0123456789"}).start()
+    try:
+        def url(user):
+            return parse_broker(f"mqtt://{user}:{fleet.accounts[user]}@127.0.0.1:{fleet.plain}")
+        s = Session(url("homebox-push"), box, "options")
+        try:
+            assert s.wait(lambda: s.probed, 10)
+            with Publisher([url("homebox-push-1"), url("homebox-push-2")], "ignored-by-the-broker",
+                           connections=8) as p:
+                assert len(p.clients) == 2
+                assert p.publish([(f"homebox/v1/{box}/desired/options", b'{"version": 5}')] * 4) == 4
+                assert all(c.is_connected() for c in p.clients)
+            assert s.wait(lambda: (s.desired or {}).get("version") == 5, 10)
+            assert s.c.is_connected()                    # not kicked off by the publisher
+        finally:
+            s.close()
+    finally:
+        fleet.stop()
