@@ -192,13 +192,13 @@ def create(store, section: str, template: dict, target: dict, *, name: str | Non
             (cid, section, json.dumps(tmpl), json.dumps(target), json.dumps(sizes), success, abort,
              amin, rate, box_timeout, int(max_in_flight), "created", 0, None, author or history.default_author(),
              now, now))
-        w = 0
+        rows, w = [], 0
         for pos, b in enumerate(boxes):
             while pos >= sizes[w]:
                 w += 1
-            cur.execute(store._sql(
-                "INSERT INTO campaign_boxes (campaign, box, pos, wave, state) VALUES (?,?,?,?,?)"),
-                (cid, b, pos, w, "pending"))
+            rows.append((cid, b, pos, w, "pending"))
+        cur.executemany(store._sql(
+            "INSERT INTO campaign_boxes (campaign, box, pos, wave, state) VALUES (?,?,?,?,?)"), rows)
     store._tx(tx)
     return get(store, cid)
 
@@ -213,8 +213,8 @@ def get(store, cid: str) -> dict:
     (i, sec, tmpl, tgt, waves, succ, ab, amin, rate, bt, mif, state, wave, reason, author, cat, uat) = rows[0]
     return {"id": i, "section": sec, "template": json.loads(tmpl), "target": json.loads(tgt),
             "waves": json.loads(waves), "success": succ, "abort": ab, "abort_min": int(amin), "rate": rate,
-            "box_timeout": bt, "max_in_flight": int(mif), "state": state, "wave": int(wave), "reason": reason, "author": author,
-            "created_at": cat, "updated_at": uat}
+            "box_timeout": bt, "max_in_flight": int(mif), "state": state, "wave": int(wave), "reason": reason,
+            "author": author, "created_at": cat, "updated_at": uat}
 
 
 def list_campaigns(store) -> list[dict]:
