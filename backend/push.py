@@ -174,9 +174,11 @@ class PushResult:
 
 
 def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None, *,
-         store=None, tls_ca: str | None = None, timeout: float = 30.0, validate: bool = True) -> PushResult:
+         store=None, tls_ca: str | None = None, timeout: float = 30.0, validate: bool = True,
+         author: str | None = None) -> PushResult:
     """Sign `doc` for `box` (unsigned if `master` is None), record it in `store`
-    (if given) and publish it retained; wait up to `timeout` s for the report."""
+    (if given: the latest desired document, and the history with `author`) and
+    publish it retained; wait up to `timeout` s for the report."""
     if validate:
         check(section, doc)
     try:
@@ -197,6 +199,8 @@ def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None
         if store is not None:
             # recorded first: a document on the broker is always one the store knows
             store.put_desired(box, section, payload, source="push")
+            from backend import history
+            history.record(store, box, section, version, payload, author=author)
         s.publish(payload)
         res: list = []
         deadline = time.time() + timeout

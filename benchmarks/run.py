@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     out.setdefault("seconds", {})
     benches = {}
     # The agent under MicroPython, what it costs on the line, and a fleet on this machine.
-    for name in ("footprint", "wire", "fleet"):
+    for name in ("footprint", "wire", "fleet", "fanout"):
         benches[name] = importlib.import_module(f"benchmarks.{name}").run
     for name in ("tic", "speed", "ingest", "flash", "station", "cold"):
         try:

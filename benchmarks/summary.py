@@ -190,6 +190,23 @@ def render(res: dict) -> str:
         if h:
             L += ["Reconnects per second after the broker came back: " + " ".join(str(x) for x in h), ""]
 
+    fo = res.get("fanout")
+    if fo is not None:
+        L += [f"## Update fan-out to {_n(_g(fo, 'boxes'))} agents (publish to the box's applied report)", ""]
+        if _problem(fo):
+            L += [f"- {_problem(fo)}", ""]
+        else:
+            L += ["| how | acked | p50 / p99 | all applied after |", "|---|---|---|---|"]
+            for k, label in (("single", "one client, all at once (the old way)"),
+                             ("fanout", "4 connections, all at once"),
+                             ("campaign", "a one-wave campaign, window of 100 boxes")):
+                r = fo.get(k) or {}
+                L.append(f"| {label} | {_n(r.get('acked'))} of {_n(r.get('pushed'))} | "
+                         f"{_n(_g(r, 'ack_latency_s', 'p50'), ' s', 2)} / {_n(_g(r, 'ack_latency_s', 'p99'), ' s', 2)} | "
+                         f"{_n(r.get('all_acked_after_s'), ' s', 2)} |")
+            L += ["", f"Target p99 <= {_n(fo.get('target_p99_s'), ' s')}; the figure before campaigns: "
+                      f"p99 {_n(fo.get('old_p99_s'), ' s', 2)}.", ""]
+
     if any(k in res for k in PREVIOUS):
         L += ["## Previous figures", ""]
     for key, (label, lines) in PREVIOUS.items():

@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help=DB_HELP + "; the pushed document is recorded there")
     p.add_argument("--no-record", action="store_true",
                    help="do not record the document in the store (reconcile will not re-publish it)")
+    p.add_argument("--author", default=None,
+                   help="recorded with the document in the history (default $HOMEBOX_AUTHOR or $USER)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_push)
 
@@ -109,7 +111,7 @@ def cmd_push(args) -> int:
         store = _store(args)
     try:
         r = push.push(url, args.box, args.section, doc, master, store=store, tls_ca=args.tls_ca,
-                      timeout=args.timeout, validate=False)
+                      timeout=args.timeout, validate=False, author=args.author)
     except BrokerError as e:
         say("timeout" if isinstance(e, BrokerTimeout) else "error", str(e), None)
         return 2

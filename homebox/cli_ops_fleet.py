@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help=DB_HELP)
     p.add_argument("--tls-ca", default=None)
     p.add_argument("--box", action="append", default=None, help="only these boxes")
+    p.add_argument("--client-id", default=None, help="MQTT client id prefix (default homebox-reconcile-RANDOM)")
+    p.add_argument("--all", action="store_true",
+                   help="publish every stored document, even those the broker holds at the same version")
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("broker-config", help="generate a Mosquitto configuration for the fleet")
@@ -59,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--client-certs", action="store_true", help="also issue a client certificate per box")
     p.add_argument("--fleet-size", type=int, default=1000, help="boxes the broker serves (sizes the queues)")
     p.add_argument("--ingest-accounts", type=int, default=4, help="ingest accounts homebox-ingest-1..N, one per ingest process (default 4)")
+    p.add_argument("--push-accounts", type=int, default=4,
+                   help="push accounts homebox-push-1..N besides homebox-push, one per campaign driver, "
+                        "reconcile or fan-out connection (default 4)")
     p.add_argument("--run-as", default=None, help="user Mosquitto switches to when started as root (default: mosquitto)")
     p.set_defaults(func=cmd_broker_config)
 
@@ -127,7 +133,8 @@ def cmd_report(args) -> int:
 def cmd_reconcile(args) -> int:
     from backend import reconcile
     store = _store(args)
-    n = reconcile.reconcile(store, args.broker, tls_ca=args.tls_ca, boxes=args.box)
+    n = reconcile.reconcile(store, args.broker, tls_ca=args.tls_ca, boxes=args.box, client_id=args.client_id,
+                            compare=not args.all)
     print(f"re-published {n} desired documents (retained)")
     return 0
 
@@ -138,6 +145,7 @@ def cmd_broker_config(args) -> int:
     out = broker_config.generate(args.out, creds, port=args.port, plain_port=args.plain_port,
                                  hosts=args.host or ["localhost"], client_certs=args.client_certs,
                                  fleet_size=args.fleet_size, ingest_accounts=args.ingest_accounts,
+                                 push_accounts=args.push_accounts,
                                  run_as=args.run_as)
     for k, v in out.items():
         if k != "passwords":

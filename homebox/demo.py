@@ -156,6 +156,32 @@ def _push(section: str, doc: dict, box: str, broker: str, master: bytes, db: str
     return r.message
 
 
+def _campaign(section: str, doc: dict, boxes: list[str], broker: str, master: bytes, db: str) -> list[str]:
+    """What `homebox ops campaign create` + `start` do (backend.campaign): a canary
+    box, then the rest; one line per wave and per box."""
+    from backend import campaign
+    from backend.errors import OpsError
+    from backend.store import Store
+    from common.broker import parse_broker
+    store = Store(db)
+    try:
+        c = campaign.create(store, section, doc, {"boxes": boxes}, canary=1 / len(boxes) if boxes else 1.0,
+                            waves=[1.0], success=1.0, box_timeout=30, author="demo")
+        st = campaign.run(store, parse_broker(broker), c["id"], master, until=time.time() + 60)
+    except OpsError as e:
+        return [f"{e} (campaign not run)"]
+    finally:
+        store.close()
+    lines = []
+    for w in st["wave_stats"]:
+        mine = [b for b in st["boxes"] if b["wave"] == w["wave"]]
+        lines.append(f"{w['name']}: " + ", ".join(
+            f"{b['box']} {b['state']}" + (f" v{b['version']}" if b["version"] else "") +
+            (f" ({b['reason']})" if b["reason"] and b["state"] != "applied" else "") for b in mine))
+    lines.append(f"campaign {st['id']}: {st['state']}" + (f" - {st['reason']}" if st["reason"] else ""))
+    return lines
+
+
 def _add_labels(index: Path, labels: list[tuple[str, dict]]) -> None:
     out = index.parent / "labels"
     out.mkdir(exist_ok=True)
@@ -257,6 +283,11 @@ def run(args) -> int:
                     if leak_box:
                         say.line(f"options (consent to detailed consumption) -> {leak_box}: "
                                  + _push("options", options, leak_box, url, credentials.load_master(key), db))
+                    say.step("A new TV lineup for every box, as a campaign: a canary box first, then the rest")
+                    lineup = json.loads((EXAMPLES / "desired-channels.json").read_text())
+                    for ln in _campaign("channels", lineup, [r["serial"] for r in passed], url,
+                                        credentials.load_master(key), db):
+                        say.line(ln)
                     say.step("Still watching")
                 rows = status.fleet(store, interval=30)
                 say.line(f"[{time.strftime('%H:%M:%S')}] " + _plain_fleet(rows, names))

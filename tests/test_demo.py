@@ -38,6 +38,8 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     assert len(re.findall(r"^\s+PASS\s+slot", log, re.M)) == 3, log[-3000:]
     assert len(re.findall(r"parental -> HB-\d+: applied v1", log)) == 3, log[-3000:]
     assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v1", log), log[-3000:]
+    assert re.search(r"campaign c-[\w-]+: completed", log), log[-3000:]
+    assert re.search(r"canary: HB-\d+ applied v\d+", log), log[-3000:]
     m = re.search(r"^Report: (.+index\.html)$", log, re.M)
     assert m, log[-2000:]
     index = Path(m.group(1))
