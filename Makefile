@@ -39,8 +39,11 @@ $(STAMP): pyproject.toml requirements/dev.lock
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
+# Two workers: most tests wait on real processes (brokers, boxes, esptool), so two
+# share the machine's two cores well; TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: setup
 	$(VENV)/bin/homebox demo

@@ -113,9 +113,12 @@ def compile_agent(dest: Path | None = None, opt: int = 3) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data, target)
     (tmp / ".complete").write_text("ok")
-    if out.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
         os.replace(tmp, out)
+    except OSError:
+        # another process (a second test worker) got there first with the same bytes
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not stamp.exists():
+            raise
     return out
