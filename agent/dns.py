@@ -132,6 +132,7 @@ class Forwarder:
     hits = fwd = refused = nx = dropped = timeouts = 0
     state = None             # the parental enforcement state (agent/rules/schedule.py)
     sock = usock = None
+    miss = None              # the last address not found in the leases
 
     def __init__(self, box, cfg):
         self.box = box
@@ -157,10 +158,14 @@ class Forwarder:
 
     # ---- the parental state and the per-device report -------------------------------
     def mac_of(self, ip):
+        # A new address is looked up at once (the kernel or the DHCP server has it
+        # by the time its first packet arrives); one not found is looked up again
+        # at most once a second.
         m = self.macs.get(ip)
-        if m is None and self.maps and ticks_diff(ticks_ms(), self.map_ms) > 1000:
+        if m is None and self.maps and (ip != self.miss or ticks_diff(ticks_ms(), self.map_ms) > 1000):
             self.refresh()
             m = self.macs.get(ip)
+            self.miss = None if m is not None else ip
         return m
 
     def refresh(self):
