@@ -33,12 +33,10 @@ DEFAULTS = {
     "speed_url": None,          # scheduled speed tests against this URL (agent/speedtest.py)
     "tic_mode": None,           # "auto" | "historic" | "standard": Linky TIC (agent/consumption.py)
     "water_enabled": False,     # water pulse meter (agent/consumption.py)
-    # The home network's services (issue 15, docs/parental-dns.md), off unless a port is set:
-    "dns_port": None,           # DNS forwarder enforcing parental rules (agent/dns.py); 53 on a box
-    "dns_upstreams": None,      # {"standard"|"family"|"child": ["ip:port", ...]}; None: public resolvers
-    "dns_blocklist": [],        # names refused on top of the upstream's filtering (and their subdomains)
-    "dns_cache": 16,            # answers kept (each <= 512 bytes), for their TTL (capped at dns_ttl_cap s)
-    "playlist_port": None,      # HTTP: /playlist.m3u and /lineup.json (agent/playlist.py)
+    # The home network's services (issue 15, docs/parental-dns.md), off unless the
+    # config sets a port; not listed here, since every key costs the box's heap:
+    #   "dns_port" (53 on a box), "dns_upstreams", "dns_blocklist", "dns_cache",
+    #   "leases_file" (agent/dns.py); "playlist_port" (agent/playlist.py).
     # Stop conditions for host runs: 0 means run forever.
     "max_cycles": 0,
     "duration": 0,
