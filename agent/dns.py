@@ -20,7 +20,7 @@ from agent.log import log
 
 MAXQ = const(512)            # a query longer than this is dropped (oversized)
 MAXR = const(1232)           # the largest upstream answer taken (EDNS's safe size)
-PENDING = const(8)           # queries in flight to the upstreams
+PENDING = const(16)          # queries in flight to the upstreams
 TIMEOUT_MS = const(3000)     # an unanswered query's slot is freed after this
 PROFILES = ("standard", "family", "child")
 # Public resolvers per profile (the config replaces them): Quad9 (malware
@@ -129,7 +129,7 @@ def walk(b, n, qend, age):
 class Forwarder:
     # Counters (health): answered from cache, forwarded, refused, blocklisted,
     # dropped (malformed, oversized, unmatched answers), upstream timeouts.
-    hits = fwd = refused = nx = dropped = timeouts = 0
+    hits = fwd = refused = nx = dropped = timeouts = evicted = 0
     state = None             # the parental enforcement state (agent/rules/schedule.py)
     sock = usock = None
     miss = None              # the last address not found in the leases
@@ -146,7 +146,7 @@ class Forwarder:
         self.cmax = cfg.get("dns_cache", 16)
         self.ttl_cap = cfg.get("dns_ttl_cap", 3600)
         self.buf = bytearray(MAXQ + 1)
-        self.rbuf = bytearray(MAXR)
+        self.rbuf = bytearray(MAXR + 1)
         # the table of queries in flight: [upstream id, client addr, client id (2 bytes), key, sent ms, profile]
         self.slots = [[-1, None, 0, None, 0, 0] for _ in range(PENDING)]
         self.macs = {}       # ip -> mac, from the HAL's leases()
@@ -205,7 +205,8 @@ class Forwarder:
 
     def health(self):
         return {"dns_hits": self.hits, "dns_forwarded": self.fwd, "dns_refused": self.refused,
-                "dns_blocklisted": self.nx, "dns_dropped": self.dropped, "dns_timeouts": self.timeouts}
+                "dns_blocklisted": self.nx, "dns_dropped": self.dropped, "dns_timeouts": self.timeouts,
+                "dns_evicted": self.evicted}
 
     # ---- the sockets and their tasks ---------------------------------------------------
     def open(self):
@@ -227,23 +228,32 @@ class Forwarder:
                     d, a = s.recvfrom(MAXQ + 1)
                 except OSError:
                     break
+                except MemoryError:         # a fragmented heap: this packet is lost, not the task
+                    self.dropped += 1
+                    break
                 try:
                     self.on_query(d, a)
                 except Exception as e:      # never let one packet stop the resolver
                     self.dropped += 1
                     log("dns_error", "error", repr(e))
+                d = a = None
 
     async def relay(self):
+        # Answers are read straight into the preallocated buffer: no allocation.
         u = self.usock
+        rin = getattr(u, "recv_into", None) or u.readinto
+        r = self.rbuf
         while True:
             await _readable(u)
             for _ in range(16):
                 try:
-                    d = u.recv(MAXR)
+                    n = rin(r)
                 except OSError:
                     break
+                if n is None:
+                    break
                 try:
-                    self.on_answer(d)
+                    self.answer(n)
                 except Exception as e:
                     self.dropped += 1
                     log("dns_error", "error", repr(e))
@@ -298,19 +308,21 @@ class Forwarder:
         if not ups:
             self.reply(a, q, 2)           # SERVFAIL: no upstream for this profile
             return
+        # A free slot, else the oldest query in flight gives way (its device
+        # retries): a lost answer never blocks the table.
         slot = None
         for x in self.slots:
             if x[0] < 0:
                 slot = x
                 break
-            if ticks_diff(now, x[4]) > TIMEOUT_MS:
-                self.timeouts += 1
-                self.turn[x[5]] += 1      # that upstream did not answer: try the next one
+            if slot is None or ticks_diff(x[4], slot[4]) < 0:
                 slot = x
-                break
-        if slot is None:
-            self.reply(a, q, 2)           # busy: the device retries
-            return
+        if slot[0] >= 0:
+            if ticks_diff(now, slot[4]) > TIMEOUT_MS:
+                self.timeouts += 1
+                self.turn[slot[5]] += 1   # that upstream did not answer: try the next one
+            else:
+                self.evicted += 1
         uid = self.rand(16)
         slot[0], slot[1], slot[2], slot[3], slot[4], slot[5] = uid, a, (b[0] << 8) | b[1], key, now, prof
         b[0], b[1] = uid >> 8, uid & 255
@@ -328,11 +340,18 @@ class Forwarder:
     # ---- an answer from an upstream ------------------------------------------------------
     def on_answer(self, d):
         n = len(d)
+        if n > MAXR:
+            self.dropped += 1
+            return
+        self.rbuf[:n] = d
+        self.answer(n)
+
+    def answer(self, n):
+        # An upstream's answer, in rbuf[:n] (n > MAXR: it did not fit, dropped).
         r = self.rbuf
         if n < 17 or n > MAXR:
             self.dropped += 1
             return
-        r[:n] = d
         uid = (r[0] << 8) | r[1]
         for x in self.slots:
             if x[0] == uid:
