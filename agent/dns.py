@@ -151,7 +151,9 @@ class Forwarder:
         self.slots = [[-1, None, 0, None, 0, 0] for _ in range(PENDING)]
         self.macs = {}       # ip -> mac, from the HAL's leases()
         self.maps = getattr(box.hal, "leases", None) is not None
-        self.map_ms = ticks_ms() - 60000
+        self.map_ms = ticks_ms()
+        if self.maps:
+            self.refresh()   # also learns whether this HAL can map at all
         self.seen = {}       # mac -> ticks of its last query (bounded): who really uses us
         import random
         self.rand = random.getrandbits

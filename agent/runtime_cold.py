@@ -110,6 +110,8 @@ def start(box):
         tasks += dns.start(box)
         fx = box.sections
         box.dns.state = fx.parental if fx is not None else (box.fx_state or (None,))[0]
+        if "parental" in box.twin.applied:
+            box.effects_pass(False)      # the report now says what the forwarder does
     if c.get("playlist_port") is not None:
         from agent import playlist
         tasks += playlist.start(box)

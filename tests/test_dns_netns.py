@@ -24,10 +24,10 @@ pytestmark = pytest.mark.skipif(why is not None, reason=f"home network in namesp
 PARIS = "CET-1CEST,M3.5.0,M10.5.0/3"
 TABLET, PHONE = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 SPEEDUP = 60
-# Monday 2026-01-05 06:45 in Paris (CET, UTC+1): the tablet's day opens at 07:00,
-# 15 s of real time after the start.
-START = tz.days(2026, 1, 5) * 86400 + 5 * 3600 + 45 * 60
-OPEN = START + 15 * 60
+# Monday 2026-01-05 06:48 in Paris (CET, UTC+1): the tablet's day opens at 07:00,
+# 12 s of real time after the start.
+START = tz.days(2026, 1, 5) * 86400 + 5 * 3600 + 48 * 60
+OPEN = START + 12 * 60
 CINEMA = [{"lcn": 40, "name": "Ciné Un", "url": "udp://@239.1.1.40:1234", "bouquet": "cinema"},
           {"lcn": 41, "name": "Ciné Deux", "url": "udp://@239.1.1.41:1234", "bouquet": "cinema"}]
 
