@@ -1,9 +1,11 @@
 # The effects of the applied documents:
 # - parental: the enforcement state (agent/rules/schedule.py), recomputed every minute
 #   of box time and whenever a document is applied; each change goes to the
-#   HAL's enforce_parental(state) and into the parental reported document.
+#   HAL's enforce_parental(state), to the DNS forwarder (agent/dns.py) when it runs,
+#   and into the parental reported document, with what is really enforced per device.
 # - channels/options: the effective lineup goes to the HAL's enforce_lineup(list)
-#   and into the channels reported document ("effective": bouquets and LCNs).
+#   and into the channels reported document ("effective": bouquets and LCNs, and
+#   "served": the versions the playlist server, agent/playlist.py, serves).
 # It works from the stored documents only, so it keeps enforcing the last
 # applied schedule while the broker or the backend is unreachable.
 #
