@@ -23,6 +23,15 @@ system-deps:
 	    echo "note: mosquitto is not installed and we are not root: the demo uses the pure-Python broker; tests need mosquitto (apt-get install mosquitto)"; \
 	  fi; \
 	fi
+	@# The home-network tests (tests/test_dns_netns.py) resolve through the box with dig.
+	@if ! command -v dig >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's bind9-dnsutils (dig)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null; \
+	  else \
+	    echo "note: dig is not installed and we are not root: the DNS tests skip (apt-get install bind9-dnsutils)"; \
+	  fi; \
+	fi
 	@# The backend's PostgreSQL tests start a throwaway server from Debian's binaries.
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -33,6 +33,10 @@ DEFAULTS = {
     "speed_url": None,          # scheduled speed tests against this URL (agent/speedtest.py)
     "tic_mode": None,           # "auto" | "historic" | "standard": Linky TIC (agent/consumption.py)
     "water_enabled": False,     # water pulse meter (agent/consumption.py)
+    # The home network's services (issue 15, docs/parental-dns.md), off unless the
+    # config sets a port; not listed here, since every key costs the box's heap:
+    #   "dns_port" (53 on a box), "dns_upstreams", "dns_blocklist", "dns_cache",
+    #   "leases_file" (agent/dns.py); "playlist_port" (agent/playlist.py).
     # Stop conditions for host runs: 0 means run forever.
     "max_cycles": 0,
     "duration": 0,

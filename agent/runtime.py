@@ -36,6 +36,8 @@ class Box:
     fx_task = None               # their task, while they need a tick every minute
     fx_state = None              # (parental state, lineup) handed to the HAL so far
     consumption = None           # agent/consumption.py, when a meter is enabled
+    dns = None                   # agent/dns.py Forwarder, when "dns_port" is set
+    playlist = None              # agent/playlist.py Server, when "playlist_port" is set
     failed = None                # the name of a task that died
     _reporting_drop = False
 
@@ -130,6 +132,8 @@ class Box:
              "outbox_backlog": self.outbox.count, "outbox_bytes": self.outbox.bytes,
              "outbox_dropped": self.outbox.dropped_total, "reconnects": self.reconnects}
         h.update(self.hal.health())
+        if self.dns is not None:
+            h.update(self.dns.health())
         return h
 
     def uptime(self):

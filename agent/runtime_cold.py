@@ -105,6 +105,16 @@ def start(box):
         cons = consumption.start(box)
         if cons.task is not None:
             tasks.append(cons.task)
+    if c.get("dns_port") is not None:
+        from agent import dns
+        tasks += dns.start(box)
+        fx = box.sections
+        box.dns.state = fx.parental if fx is not None else (box.fx_state or (None,))[0]
+        if "parental" in box.twin.applied:
+            box.effects_pass(False)      # the report now says what the forwarder does
+    if c.get("playlist_port") is not None:
+        from agent import playlist
+        tasks += playlist.start(box)
     dur = c["duration"]
     if dur:
         tasks.append(asyncio.create_task(box.timer(dur)))

@@ -272,10 +272,19 @@ def _cold_lines(c: dict) -> list[str]:
             f"{_kib(c.get('max_heap_alloc_gc_off'))} (MicroPython)"]
 
 
+def _dns_lines(d: dict) -> list[str]:
+    mp, cp = d.get("micropython_64k") or {}, d.get("cpython") or {}
+    return [f"- DNS forwarder under MicroPython (.mpy, 64 KiB heap): module {_n(mp.get('module'))} B, "
+            f"running {_n(mp.get('running'))} B, with a full cache {_n(mp.get('after'))} B of heap; "
+            f"{_n(mp.get('qps_cached'))} cached and {_n(mp.get('qps_forwarded'))} forwarded answers/s "
+            f"(CPython: {_n(cp.get('qps_cached'))} and {_n(cp.get('qps_forwarded'))})"]
+
+
 # The other issues' benchmarks: results key -> (label on a problem, lines when fine).
 PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
             "ingest": ("ingest", _ingest_lines), "flash": ("flash", _flash_lines),
-            "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines)}
+            "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines),
+            "dns": ("DNS forwarder", _dns_lines)}
 
 
 def write(res: dict, path: Path) -> None:

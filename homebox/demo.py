@@ -307,6 +307,11 @@ def run(args) -> int:
             say.line(f"{r['box']} ({names.get(r['box'], '?')}): {alarms}")
         totals = dict(ingest.totals)
         say.line(f"ingest: {totals['stored']} messages stored, {totals['invalid']} outside the contract")
+
+        say.step("A home network: the box's DNS enforces the parental hours, and it serves the TV playlist")
+        from homebox import demo_home
+        if not demo_home.run(say, url, master, lambda s, d, b: _push(s, d, b, url, master, db), work / "home-net"):
+            rc = 1
         print(f"\nReport: {index}")
         if totals["invalid"] or len(passed) < len(HOMES):
             rc = 1

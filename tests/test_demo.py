@@ -54,6 +54,10 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     assert re.search(r"\(weak Wi-Fi in one bedroom\): .*weak_coverage", log)
     assert re.search(r"\(a leaking tap\): .*water_leak", log)
     assert "0 outside the contract" in log
+    # the home network (issue 15): a device refused in its blocked hours, the playlist following options
+    assert re.search(r"the tablet asks for \S+ at 21:30: REFUSED", log), log[-3000:]
+    assert re.search(r"the phone asks for the same name: answered", log), log[-3000:]
+    assert "new: Ciné Un (40), Ciné Deux (41)" in log, log[-3000:]
     # The master secret never shows, and no process the demo started survives it.
     master = (out / "master.key").read_text()
     assert len(master) >= 32 and master not in log

@@ -17,6 +17,8 @@
 #   water_edges()             (now ms, [pulse edge ms, ...]) since the last call
 #   ap_info()                 the tenant access point: {"ssid": str, "up": bool,
 #                             "security": "wpa2" | "open"}             bench self-test
+#   leases()                  {ip: mac} of the home's devices, or None where the HAL
+#                             cannot tell (the ESP32)                    DNS forwarder
 #   nvs_get(key)              an int kept outside the filesystem (ESP32 NVS), or None
 #   nvs_set(key, value)       store and commit it; the boot counter's second copy
 #                             (agent/runtime_cold.py next_boot), which survives a

@@ -85,6 +85,12 @@ class Esp32Hal:
         # firmware does. The ESP32 only records what is in force.
         pass
 
+    def leases(self) -> dict | None:
+        # MicroPython gives no MAC to IP map: ESP-IDF's DHCP server keeps its
+        # leases in C, and status('stations') has MACs only. The DNS forwarder
+        # (agent/dns.py) then enforces per device nothing, and says so.
+        return None
+
     # ---- coverage -------------------------------------------------------------------
     def stations(self) -> list:
         # MACs only (micropython#3818): rssi None, association time unknown.

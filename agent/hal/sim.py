@@ -60,3 +60,23 @@ class SimHal:
 
     def enforce_lineup(self, channels):
         self.enforced["lineup"] = len(channels)
+
+    def leases(self):
+        # IP -> MAC of the home's devices, for the DNS forwarder (agent/dns.py). A
+        # host has no DHCP server of ours: a dnsmasq leases file if the config
+        # names one ("leases_file": "expiry mac ip name id" lines), else the
+        # kernel's neighbour table (/proc/net/arp), which holds the MAC of every
+        # device that sent us a packet. None where neither can be read.
+        path = self.config.get("leases_file")
+        try:
+            with open(path or "/proc/net/arp") as f:
+                out = {}
+                for line in f:
+                    w = line.split()
+                    if path and len(w) >= 3:
+                        out[w[2]] = w[1].lower()
+                    elif not path and len(w) >= 4 and w[3].count(":") == 5 and w[3] != "00:00:00:00:00:00":
+                        out[w[0]] = w[3].lower()
+                return out
+        except OSError:
+            return None
