@@ -17,7 +17,8 @@ Box time (the board's clock, its NTP server, the simulated home's clocks) runs a
 a speedup: the vbox option (--speedup) at power-on, then what the board says (the
 config's "speedup", vbox/board/_board.py). The bytes on the TIC line and the
 watchdog run in real time (a sped-up box is not reset for being slow).
-The box directory's board.json ({"uplink": false}) unplugs the uplink; the host
+The box directory's board.json ({"uplink": false}) unplugs the uplink ({"hang": true}
+hangs the Wi-Fi driver until the watchdog resets the chip); the host
 writes ap.json (the AP as the board configured it, the key as its SHA-256) and wdt.json (bites).
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class BoardHost:
         self.ctl: tuple | None = None
         self.uarts: dict[int, dict] = {}
         self.wdt: float | None = None    # timeout, s
+        self.hang_reset = False          # board.json's hang has been ended by a bite
         self.fed = 0.0
         self.rtcmem = b""
         self.stop = threading.Event()
@@ -94,15 +96,25 @@ class BoardHost:
         self.v0, self.r0, self.k = self.vnow(), now, k
 
     # --- the radio's state -------------------------------------------------
-    def uplink(self) -> bool:
+    def _faults(self) -> dict:
         try:
             d = json.loads((self.dir / "board.json").read_text())
         except (OSError, ValueError):
-            return True
-        return not (isinstance(d, dict) and d.get("uplink") is False)
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def uplink(self) -> bool:
+        return self._faults().get("uplink") is not False
+
+    def hang(self) -> bool:
+        # A Wi-Fi driver call that never returns, once: the reset the watchdog
+        # causes clears it, as a real chip's reset clears a stuck driver.
+        return self._faults().get("hang") is True and not self.hang_reset
 
     def state(self) -> dict:
         st: dict = {"uplink": self.uplink()}
+        if self.hang():
+            st["hang"] = True
         if self.wifi is not None:
             st["stations"] = [m for m, _rssi, _s in self.wifi.stations()]
             # AUTH_WPA2_PSK (3), not hidden: the sim's neighbours are home routers.
@@ -133,6 +145,7 @@ class BoardHost:
             self._water()
             if self.wdt is not None and time.monotonic() - self.fed > self.wdt:
                 self.wdt = None
+                self.hang_reset = self.hang_reset or self.hang()
                 self._log_wdt()
                 self.on_wdt()
 

@@ -37,6 +37,11 @@ _NOIP = ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
 def _up():
     _board.pump()
+    if _board.state.get("hang"):
+        # a stuck driver: the call never returns and the event loop stops with it
+        import time
+        while True:
+            time.sleep_ms(200)
     return bool(_board.state.get("uplink"))
 
 
