@@ -152,3 +152,23 @@ def test_full_table_gives_way_to_the_oldest_and_timeouts_move_upstream(tmp):
         s[4] = ticks_add(s[4], -10000)
     f.on_query(query("more.org", 100), PIP)
     assert f.timeouts == 1 and f.turn[2] == 1 and len(f.usock.sent) == dns.PENDING + 2
+
+
+def test_clock_unknown_refuses_devices_with_time_rules_only(tmp):
+    # Before the first NTP answer the schedule fails closed (agent/rules/schedule.py):
+    # the forwarder refuses the tablet, whose profile has hours, and serves the phone.
+    from agent.rules import schedule
+    doc = {"tz": "CET-1CEST,M3.5.0,M10.5.0/3", "filter": "off",
+           "profiles": [{"name": "kids", "macs": [TABLET.upper()], "filter": "strict",
+                         "schedule": [{"days": ["mon"], "from": "07:00", "to": "21:00"}]},
+                        {"name": "adults", "macs": [PHONE]}]}
+    f = fwd()
+    f.state = schedule.enforcement(doc, None)
+    assert f.state["clock"] == "unknown" and f.state["blocked"] == [TABLET]
+    f.on_query(query("example.org"), TIP)
+    assert len(f.sock.sent) == 1 and rcode(f.sock.sent[0][0]) == 5 and f.refused == 1
+    f.on_query(query("example.org", 0x4321), PIP)
+    assert len(f.usock.sent) == 1 and f.usock.sent[0][1] == f.ups[0][0]   # the phone: standard
+    f.state = schedule.enforcement(doc, 1764576000 + 4 * 3600)            # a Monday, 13:00 in Paris
+    f.on_query(query("example.net", 0x5555), TIP)
+    assert len(f.usock.sent) == 2 and f.usock.sent[1][1] == f.ups[2][0]   # inside its hours: child
