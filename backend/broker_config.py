@@ -97,6 +97,8 @@ def acl_text(ingest_accounts: int, push_accounts: int = 0) -> str:
               "pattern write homebox/v1/%u/event"]
     lines += [f"pattern write homebox/v1/%u/telemetry/{k}" for k in box_telemetry_kinds()]
     lines += [f"pattern write homebox/v1/%u/reported/{s}" for s in box_sections()]
+    # key rotation (backend/keys.py): the box reports applied/confirmed
+    lines += ["pattern write homebox/v1/%u/reported/keys"]
     lines += ["pattern read homebox/v1/%u/desired/+", ""]
     return "\n".join(lines)
 

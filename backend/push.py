@@ -54,12 +54,17 @@ def check(section: str, doc) -> None:
         raise DocumentInvalid(section, errs)
 
 
-def prepare(doc: dict, box_id: str, version: int, master: bytes | None) -> dict:
+def prepare(doc: dict, box_id: str, version: int, master: bytes | None, key: bytes | None = None) -> dict:
+    """The document as published: version, box, and the signature under the box's
+    own key (`key`, from the registry: backend/keys.py) or, legacy, under the key
+    derived from a master secret."""
     d = {k: v for k, v in doc.items() if k != "sig"}
     d["version"] = version
     d["box"] = box_id
-    if master is not None:
-        d["sig"] = sign.sign(d, credentials.box_key(master, box_id))
+    if key is None and master is not None:
+        key = credentials.box_key(master, box_id)
+    if key is not None:
+        d["sig"] = sign.sign(d, key)
     return d
 
 
@@ -175,10 +180,11 @@ class PushResult:
 
 def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None, *,
          store=None, tls_ca: str | None = None, timeout: float = 30.0, validate: bool = True,
-         author: str | None = None) -> PushResult:
-    """Sign `doc` for `box` (unsigned if `master` is None), record it in `store`
-    (if given: the latest desired document, and the history with `author`) and
-    publish it retained; wait up to `timeout` s for the report."""
+         author: str | None = None, key: bytes | None = None) -> PushResult:
+    """Sign `doc` for `box` with its key `key` (backend/keys.py Registry.hmac_key), or
+    the legacy `master` (unsigned if both are None), record it in `store` (if given:
+    the latest desired document, and the history with `author`) and publish it
+    retained; wait up to `timeout` s for the report."""
     if validate:
         check(section, doc)
     try:
@@ -194,7 +200,7 @@ def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None
         if store is not None:
             # the store may know a later version than the broker still retains
             version = max(version, store.desired_version(box, section) + 1)
-        d = prepare(doc, box, version, master)
+        d = prepare(doc, box, version, master, key)
         payload = json.dumps(d, separators=(",", ":")).encode()
         if store is not None:
             # recorded first: a document on the broker is always one the store knows
