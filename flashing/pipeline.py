@@ -51,6 +51,8 @@ class Job:
     broker: str                           # the bench broker: HOST:PORT, mqtt:// or mqtts://
     broker_user: str | None = None
     broker_ca: str | None = None          # CA file of an mqtts:// bench broker (its subscriber)
+    bench_passwd: Path | None = None      # the bench broker's password file (the box's self-test logs in)
+    bench_pid: str | None = None          # the bench broker's pid or pid file, for a reload
     box_ca: bytes | None = field(default=None, repr=False)   # the CA the boxes trust, as /ca.pem
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
@@ -159,6 +161,28 @@ def provision(ledger: Ledger, serial: str, operator_pub: bytes, run_id: str | No
     return creds
 
 
+def bench_broker_login(passwd: Path, serial: str, mqtt_hash: str, pid: str | None) -> None:
+    """Let the box's self-test log in to a bench broker that checks passwords: its
+    hash replaces the box's line in the bench broker's password file (under a lock:
+    slots run at once), then the broker reloads. Only the hash is written."""
+    import fcntl
+    import os
+    passwd = Path(passwd)
+    with open(passwd.with_name(passwd.name + ".lock"), "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        lines = passwd.read_text().splitlines() if passwd.exists() else []
+        lines = [ln for ln in lines if ln.split(":", 1)[0] != serial] + [f"{serial}:{mqtt_hash}"]
+        tmp = passwd.with_name(passwd.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        if passwd.exists():
+            os.chmod(tmp, passwd.stat().st_mode & 0o777)
+        os.replace(tmp, passwd)
+        if pid:
+            import signal
+            p = str(pid)
+            os.kill(int(p) if p.isdigit() else int(Path(p).read_text().strip()), signal.SIGHUP)
+
+
 def _for_ledger(result: dict) -> dict:
     r = dict(result)
     r["steps"] = [{k: v for k, v in s.items() if k != "t0"} for s in result["steps"]]
@@ -206,6 +230,9 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
     # 4
     st.start("credentials")
     creds = provision(ledger, ident.serial, job.operator_pub, job.run_id)
+    if job.bench_passwd:
+        bench_broker_login(job.bench_passwd, ident.serial, credentials.mosquitto_hash(creds.mqtt_password),
+                           job.bench_pid)
     st.done(detail=f"key version {creds.key_version}: generated in memory, sealed to the operator")
     # 5
     st.start("image")

@@ -44,6 +44,8 @@ class Config:
     broker: str
     broker_user: str | None = None
     broker_ca: str | None = None
+    bench_passwd: Path | None = None      # the bench broker's password file: each new box's hash goes in
+    bench_pid: str | None = None          # ... and the bench broker reloads (pid or pid file)
     box_ca: bytes | None = field(default=None, repr=False)
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
@@ -113,7 +115,7 @@ class Station:
         c = self.cfg
         return [pipeline.Job(run_id=run_id, slot=s.name, port=s.port, ledger=c.ledger, operator_pub=c.operator_pub,
                              firmware=c.firmware, out_dir=c.out_dir, broker=c.broker, broker_user=c.broker_user,
-                             broker_ca=c.broker_ca, box_ca=c.box_ca, prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
+                             broker_ca=c.broker_ca, bench_passwd=c.bench_passwd, bench_pid=c.bench_pid, box_ca=c.box_ca, prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
                              tools=tools, support=c.support, operator=c.operator, box_config={**c.box_config, **s.config},
                              test_timeout=c.test_timeout, run_tests=c.run_tests) for s in slots]
 

@@ -22,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--broker", required=True,
                    help="the bench broker, HOST:PORT or mqtts://HOST:PORT (TLS): the boxes' self-tests send to it "
                         "with their own credentials; the boxes keep the production broker of --box-config")
+    p.add_argument("--bench-broker-passwd", type=Path, default=None, metavar="FILE",
+                   help="the bench broker's Mosquitto password file, when it checks passwords: each box's "
+                        "new hash is written there for its self-test (with --bench-broker-pid: then a reload)")
+    p.add_argument("--bench-broker-pid", default=None, metavar="PID|FILE",
+                   help="the bench broker's pid (or pid file), signalled to reload its password file")
     p.add_argument("--broker-ca", default=None, metavar="FILE",
                    help="CA certificate of an mqtts:// bench broker (the bench's own subscriber)")
     p.add_argument("--broker-user", default=None,
@@ -164,6 +169,7 @@ def cmd_run(args) -> int:
         chosen = slots.select(found, wanted)
         cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), operator_pub=pub, key_source=source,
                              firmware=fw, broker=args.broker, broker_user=args.broker_user, broker_ca=args.broker_ca,
+                             bench_passwd=args.bench_broker_passwd, bench_pid=args.bench_broker_pid,
                              box_ca=box_ca, prefix=args.prefix,
                              baud=args.baud, support=args.support, operator=args.operator, box_config=box_config,
                              test_timeout=args.test_timeout)
