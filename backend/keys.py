@@ -100,6 +100,11 @@ class Registry:
         """The active HMAC key of a box (bytes), to sign its desired documents."""
         return bytes.fromhex(self.credentials(box, key).hmac_key)
 
+    def signer(self, key: bytes):
+        """A function box id -> its active HMAC key, for the signers that take a
+        `master` (backend/push.py prepare, backend/campaign.py run)."""
+        return lambda box: self.hmac_key(box, key)
+
     def broker_hashes(self) -> dict[str, str]:
         """{box: $7$ hash} of every box's active version; revoked boxes are absent."""
         return {r["box"]: r["mqtt_hash"]

@@ -56,12 +56,14 @@ def check(section: str, doc) -> None:
 
 def prepare(doc: dict, box_id: str, version: int, master: bytes | None, key: bytes | None = None) -> dict:
     """The document as published: version, box, and the signature under the box's
-    own key (`key`, from the registry: backend/keys.py) or, legacy, under the key
-    derived from a master secret."""
+    own key (`key`, from the registry: backend/keys.py), or under `master`'s: a
+    signer (a function box id -> key, Registry.signer) or, legacy, a master secret."""
     d = {k: v for k, v in doc.items() if k != "sig"}
     d["version"] = version
     d["box"] = box_id
-    if key is None and master is not None:
+    if key is None and callable(master):
+        key = master(box_id)                  # a signer: box id -> its key (backend/keys.py Registry.signer)
+    elif key is None and master is not None:
         key = credentials.box_key(master, box_id)
     if key is not None:
         d["sig"] = sign.sign(d, key)
