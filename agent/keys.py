@@ -110,3 +110,17 @@ def confirm(box):
         fsutil.write_json(path(box), keys)
     _report(box, {"version": cfg.get("key_version") or 0, "status": "confirmed"})
 
+
+
+def salt(cfg):
+    # The box's own random salt (hex), made once and kept in STATE/salt.json (the
+    # same file as the coverage's station salt): hashes of a meter number or a MAC
+    # cannot be brute-forced from the public box id.
+    path = cfg["state_dir"] + "/salt.json"
+    d = fsutil.read_json(path, {}) or {}
+    if not isinstance(d, dict) or not d.get("salt"):
+        from agent import compat
+        fsutil.makedirs(cfg["state_dir"])
+        d = {"salt": hexlify(compat.urandom(16)).decode()}
+        fsutil.write_json(path, d)
+    return d["salt"]
