@@ -66,8 +66,23 @@ def prepare(doc: dict, box_id: str, version: int, master: bytes | None, key: byt
     elif key is None and master is not None:
         key = credentials.box_key(master, box_id)
     if key is not None:
-        d["sig"] = sign.sign(d, key)
+        try:
+            d["sig"] = sign.sign(d, key)
+        except UnicodeEncodeError as e:
+            raise DocumentError(f"the document holds text that is not valid Unicode ({e.reason})") from None
     return d
+
+
+def wire(d: dict) -> bytes:
+    """The bytes published: raw UTF-8 (ensure_ascii=False), so that the box parses
+    exactly the strings that were signed. With \\u escapes, a character outside the
+    BMP travels as a surrogate pair, which MicroPython decodes half by half into other
+    bytes than CPython signed (tests/test_fuzz_unicode.py). A string that is not
+    valid Unicode (a lone surrogate) cannot be signed: DocumentError."""
+    try:
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        raise DocumentError(f"the document holds text that is not valid Unicode ({e.reason})") from None
 
 
 class Session:
@@ -203,7 +218,7 @@ def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None
             # the store may know a later version than the broker still retains
             version = max(version, store.desired_version(box, section) + 1)
         d = prepare(doc, box, version, master, key)
-        payload = json.dumps(d, separators=(",", ":")).encode()
+        payload = wire(d)
         if store is not None:
             # recorded first: a document on the broker is always one the store knows
             store.put_desired(box, section, payload, source="push")
