@@ -167,6 +167,12 @@ def test_rotate_then_revoke_by_delivery(tmp_path, interp):
         assert not connects(fb.plain, f"{box_id}", creds.mqtt_password)       # the old password is gone
         stored = json.loads((box.state_dir / "keys.json").read_text())
         assert stored["key_version"] == 2 and "prev_mqtt_password" not in stored
+        from backend import contract
+        assert cap.wait_for(lambda c: any(d.get("status") == "confirmed" for d in c.payloads("/reported/keys")), 30)
+        with cap.lock:
+            for topic, payload, _r in list(cap.messages):
+                if payload:
+                    contract.validate(topic, payload)           # the keys section follows the contract
         # the rotated box keeps publishing, and takes documents signed with its new key
         n = len(cap.payloads("/telemetry/"))
         assert cap.wait_for(lambda c: len(c.payloads("/telemetry/")) > n + 1, 60), box.output()
