@@ -137,6 +137,21 @@ def test_stolen_bench_pc_opens_no_box(tmp_path):
         reg.close()
 
 
+def _ops(args: list[str], env: dict) -> dict:
+    """`homebox ops ARGS --json` in its own process: its JSON answer (and exit code)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    p = subprocess.run([sys.executable, "-m", "homebox.cli", "ops"] + args + ["--json"], cwd=str(ROOT),
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), **env), capture_output=True, text=True, timeout=120)
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {}
+    out = {"rows": out} if isinstance(out, list) else out
+    out["rc"] = p.returncode
+    return out if p.stdout.strip() else {"rc": p.returncode, "stderr": p.stderr}
+
+
 def _box_with_registry(tmp_path, box_id):
     priv, pub = operator(tmp_path)
     creds = credentials.generate(box_id)
@@ -160,7 +175,15 @@ def test_rotate_then_revoke_by_delivery(tmp_path, interp):
         assert cap.wait_for(lambda c: len(c.payloads("/telemetry/")) >= 1, 60), box.output()
         push = parse_broker(f"mqtt://homebox-push@127.0.0.1:{fb.plain}",
                             env={"HOMEBOX_MQTT_PASSWORD": fb.passwords["homebox-push"]})
-        r = keys.rotate(reg, priv, push, box_id, broker_dir=fb.out, reload=fb.proc.pid, timeout=60)
+        env = {"HOMEBOX_REGISTRY": str(tmp_path / "registry.sqlite"),
+               "HOMEBOX_OPERATOR_KEY": str(tmp_path / "op" / "operator.key")}
+        if interp == "cpython":          # the library call; under MicroPython, the CLI
+            r = keys.rotate(reg, priv, push, box_id, broker_dir=fb.out, reload=fb.proc.pid, timeout=60)
+        else:
+            r = _ops(["rotate", box_id, "--broker", f"mqtt://homebox-push@127.0.0.1:{fb.plain}", "--broker-dir",
+                      str(fb.out), "--broker-pid", str(fb.proc.pid), "--timeout", "60"],
+                     dict(env, HOMEBOX_MQTT_PASSWORD=fb.passwords["homebox-push"]))
+            assert r.pop("rc") == 0, r
         assert r["status"] == "confirmed" and r["version"] == 2, (r, box.output())
         new = reg.credentials(box_id, priv)
         assert new.key_version == 2 and new.mqtt_password != creds.mqtt_password
@@ -183,8 +206,15 @@ def test_rotate_then_revoke_by_delivery(tmp_path, interp):
         assert res.status in ("applied", "rejected") and "sig" not in res.message, res
         # revoked: the broker drops the session and refuses every reconnect
         mark = len(box.lines)
-        out = keys.revoke(reg, box_id, broker_dir=fb.out, reload=fb.proc.pid)
+        if interp == "cpython":
+            out = keys.revoke(reg, box_id, broker_dir=fb.out, reload=fb.proc.pid)
+        else:
+            out = _ops(["revoke", box_id, "--broker-dir", str(fb.out), "--broker-pid", str(fb.proc.pid)], env)
+            assert out.pop("rc") == 0, out
         assert out["broker_reloaded"] and out["revoked_versions"] == 2
+        lst = _ops(["keys", "list"], env)
+        assert lst["rc"] == 0 and lst["rows"] == [{"box": box_id, "active": None, "pending": None,
+                                                   "revoked": True, "versions": 2}]
         assert box.wait_log("refused", 60, start=mark), box.output()
         n = len(cap.payloads("/telemetry/"))
         mark = len(box.lines)
