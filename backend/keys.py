@@ -305,15 +305,19 @@ def _rejected(s, version: int) -> bool:
     return r.get("status") == "rejected" and r.get("version", 0) < version and bool(r.get("rejected"))
 
 
-def revoke(reg: Registry, box: str, *, broker_dir: Path | None, reload=None) -> dict:
-    """Revoke every key version of `box`: its broker line goes, the broker reloads and
-    drops its session; documents can no longer be signed for it."""
+def revoke(reg: Registry, box: str, *, broker_dir: Path | None, reload=None, ca_dir: Path | None = None) -> dict:
+    """Revoke every key version of `box`: its broker line goes (and its client
+    certificate, if it has one, onto the CRL), the broker reloads and drops its
+    session; documents can no longer be signed for it."""
     if box not in reg.boxes():
         raise RegistryError(f"{box}: not in the registry")
     n = reg.revoke(box)
+    cert = False
     if broker_dir is not None:
+        from backend import broker_config
         write_passwd(broker_dir, reg)
+        cert = broker_config.revoke_cert(broker_dir, box, ca_dir)
     reloaded = reload_broker(reload)
-    return {"box": box, "revoked_versions": n, "broker_reloaded": reloaded,
+    return {"box": box, "revoked_versions": n, "broker_reloaded": reloaded, "certificate_revoked": cert,
             "message": f"{box} revoked" + ("" if reloaded else "; reload the broker (SIGHUP) to drop its session")}
 

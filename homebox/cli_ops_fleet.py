@@ -61,7 +61,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     p.add_argument("--plain-port", type=int, default=0, help="also a plain listener on 127.0.0.1:PORT (tests, local backend)")
     p.add_argument("--host", action="append", default=None, help="server certificate names (default: localhost)")
-    p.add_argument("--client-certs", action="store_true", help="also issue a client certificate per box")
+    p.add_argument("--client-certs", action="store_true",
+                   help="also issue a client certificate per box and backend account (bound to it, short-lived, with a CRL)")
+    p.add_argument("--ca-dir", type=Path, default=None,
+                   help="where the CA's private key is kept, apart from the broker's files (default: OUT-ca/)")
     p.add_argument("--fleet-size", type=int, default=1000, help="boxes the broker serves (sizes the queues)")
     p.add_argument("--ingest-accounts", type=int, default=4, help="ingest accounts homebox-ingest-1..N, one per ingest process (default 4)")
     p.add_argument("--push-accounts", type=int, default=4,
@@ -155,7 +158,7 @@ def cmd_broker_config(args) -> int:
                                  hosts=args.host or ["localhost"], client_certs=args.client_certs,
                                  fleet_size=args.fleet_size, ingest_accounts=args.ingest_accounts,
                                  push_accounts=args.push_accounts,
-                                 run_as=args.run_as)
+                                 run_as=args.run_as, ca_dir=args.ca_dir)
     for k, v in out.items():
         if k != "passwords":
             print(f"{k}: {v}")

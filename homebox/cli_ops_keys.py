@@ -53,6 +53,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("revoke", help="revoke every key of a box: the broker refuses it from the reload on")
     p.add_argument("box")
+    p.add_argument("--ca-dir", type=Path, default=None,
+                   help="with client certificates: the CA's directory (default: BROKER_DIR-ca/), for the CRL")
     p.add_argument("--registry", type=Path, default=None, help=REG_HELP)
     p.add_argument("--json", action="store_true")
     _broker(p)
@@ -154,7 +156,7 @@ def cmd_revoke(args) -> int:
     from backend import keys
     with registry(args) as reg:
         try:
-            r = keys.revoke(reg, args.box, broker_dir=args.broker_dir, reload=args.broker_pid)
+            r = keys.revoke(reg, args.box, broker_dir=args.broker_dir, reload=args.broker_pid, ca_dir=args.ca_dir)
         except keys.RegistryError as e:
             raise SystemExit(f"ops: {e}") from None
     _out(args, r, r["message"])

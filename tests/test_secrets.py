@@ -282,3 +282,83 @@ def test_bench_provision_never_writes_a_secret(tmp_path):
         raw += wal.read_bytes()
     for secret in (c.mqtt_password, c.hmac_key, c.wifi_key):
         assert secret.encode() not in raw
+
+
+def _tls_client(port: int, out, cert_of: str, user: str, password: str | None = None):
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(out / "ca.crt"))
+    ctx.load_cert_chain(str(out / "clients" / f"{cert_of}.crt"), str(out / "clients" / f"{cert_of}.key"))
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4().hex[:6]}")
+    c.username_pw_set(user, password)
+    c.tls_set_context(ctx)
+    return c
+
+
+def test_client_certificates_are_bound_to_the_box_and_revocable(tmp_path):
+    """A box's certificate names the box: with another box's username (and that box's
+    password) it is still itself, and can publish nothing for the other box; the CA key
+    is not among the broker's files; a revoked certificate no longer connects."""
+    import getpass
+    import ssl
+    import threading
+
+    from backend import broker_config
+    from tests.helpers import free_port, start_mosquitto, stop_process
+    pa, pb = credentials.random_mqtt_password(), credentials.random_mqtt_password()
+    out, port = tmp_path / "cfg", free_port()
+    files = broker_config.generate(out, {"box-a": pa, "box-b": pb}, port=port, hosts=["localhost"],
+                                   client_certs=True, run_as=getpass.getuser())
+    assert not (out / "ca.key").exists() and (tmp_path / "cfg-ca" / "ca.key").exists()
+    assert files["crl"] and "use_identity_as_username true" in (out / "mosquitto.conf").read_text()
+    from cryptography import x509
+    crt = x509.load_pem_x509_certificate((out / "clients" / "box-a.crt").read_bytes())
+    life = crt.not_valid_after_utc - crt.not_valid_before_utc
+    assert life.days <= broker_config.CLIENT_DAYS
+    proc = start_mosquitto(out / "mosquitto.conf", port, out / "mosquitto.log")
+    got: list = []
+    sub = None
+    try:
+        ready = threading.Event()
+        sub = _tls_client(port, out, "homebox-ingest-1", "homebox-ingest-1")
+        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("homebox/v1/+/status", 1)
+        sub.on_subscribe = lambda *a: ready.set()
+        sub.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+        sub.connect("localhost", port)
+        sub.loop_start()
+        assert ready.wait(30)
+        # box A's certificate with box B's username and password: it is box A
+        a = _tls_client(port, out, "box-a", "box-b", pb)
+        a.connect("localhost", port)
+        a.loop_start()
+        a.publish("homebox/v1/box-b/status", b'{"forged": true}', qos=1).wait_for_publish(10)
+        a.publish("homebox/v1/box-a/status", b'{"mine": true}', qos=1).wait_for_publish(10)
+        deadline = __import__("time").time() + 30
+        while not got and __import__("time").time() < deadline:
+            __import__("time").sleep(0.05)
+        a.loop_stop()
+        a.disconnect()
+        assert got == [("homebox/v1/box-a/status", b'{"mine": true}')], got
+        # revoked: the CRL names the certificate, and after a reload it is refused
+        assert broker_config.revoke_cert(out, "box-a")
+        proc.send_signal(__import__("signal").SIGHUP)
+        refused = False
+        for _ in range(50):
+            c = _tls_client(port, out, "box-a", "box-a")
+            try:
+                c.connect("localhost", port)
+                rc = []
+                c.on_connect = lambda cl, u, f, r, p: rc.append(r)
+                for _ in range(40):
+                    c.loop(0.05)
+                refused = not rc or rc[0].is_failure
+            except (ssl.SSLError, OSError):
+                refused = True
+            c.disconnect()
+            if refused:
+                break
+            __import__("time").sleep(0.2)
+        assert refused, (out / "mosquitto.log").read_text()[-2000:]
+    finally:
+        if sub:
+            sub.loop_stop()
+        stop_process(proc)
