@@ -110,16 +110,17 @@ def test_good_home_with_consent_sends_the_curve(interp, broker, tmp_path):
 
 
 @pytest.mark.parametrize("interp", INTERPRETERS)
-def test_weak_bedroom_has_a_poorly_covered_station_and_no_sub_daily_figure(interp, broker, tmp_path):
-    # a whole simulated day (1 sim day = 14.4 s) without consent: daily totals only
-    box_id, cap, box = _run(tmp_path, broker, interp, "weak_bedroom", speedup=6000)
+def test_a_day_without_consent_has_no_sub_daily_figure(interp, broker, tmp_path):
+    # a whole simulated day (1 sim day = 14.4 s) of a home with a Linky, a water meter
+    # and Wi-Fi, without consent: every message checked, daily totals only
+    box_id, cap, box = _run(tmp_path, broker, interp, "good_home", speedup=6000)
     try:
         assert cap.wait_for(lambda c: any(d["scope"] == "day" for d in _msgs(c, "consumption")), 60), \
             box.output()
     finally:
         box.kill()
         cap.close()
-    _check_common(cap, box, box_id, "historic")           # found by auto-detection
+    _check_common(cap, box, box_id, "standard")
     assert not _hours(cap)
     with cap.lock:
         msgs = [(t, json.loads(p)) for t, p, _r in cap.messages]
@@ -127,7 +128,20 @@ def test_weak_bedroom_has_a_poorly_covered_station_and_no_sub_daily_figure(inter
     bad = [(t, d) for t, d in msgs if _sub_daily(t, d)]
     assert not bad, bad[:3]
     day = next(d for d in _msgs(cap, "consumption") if d["scope"] == "day")
-    assert day["elec"]["wh_total"] > 0 and day["detailed"] is False
+    assert day["elec"]["wh_total"] > 0 and day["water"]["l"] > 0 and day["detailed"] is False
+
+
+@pytest.mark.parametrize("interp", INTERPRETERS)
+def test_weak_bedroom_has_a_poorly_covered_station(interp, broker, tmp_path):
+    # with consent (hours are sent: the TIC's mode is seen in them); the case without
+    # consent is test_a_day_without_consent_has_no_sub_daily_figure
+    box_id, cap, box = _run(tmp_path, broker, interp, "weak_bedroom", consent_first=True)
+    try:
+        assert cap.wait_for(lambda c: len(_hours(c)) >= 3, WAIT), box.output()
+    finally:
+        box.kill()
+        cap.close()
+    _check_common(cap, box, box_id, "historic")           # found by auto-detection
     cov = _msgs(cap, "coverage")
     # the phone spends half its time in the bedroom at -80 dBm: the backend's
     # weak-coverage alarm (more than 25% weak or unusable) fires on every report
