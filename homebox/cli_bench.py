@@ -5,6 +5,7 @@
     homebox bench slots
     homebox bench export-broker FILE
     homebox bench export-escrow FILE      # sealed per-box secrets, for `homebox ops keys import`
+    homebox bench purge-labels [--older-than-days N]   # labels carry the tenants' Wi-Fi keys
 """
 from __future__ import annotations
 
@@ -84,6 +85,12 @@ def register(sub) -> None:
     _usb_id_option(p)
     p.set_defaults(func=cmd_slots)
 
+    p = sub.add_parser("purge-labels", help="delete printed labels (they carry the tenants' Wi-Fi keys)")
+    p.add_argument("--older-than-days", type=float, default=1.0,
+                   help="only labels older than this (default 1 day; 0: all)")
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_purge_labels)
     p = sub.add_parser("export-escrow", help="the boxes' sealed secrets, for `homebox ops keys import`")
     p.add_argument("file", type=Path, help="JSON list of escrow records (or - for stdout)")
     p.add_argument("--ledger", type=Path, default=None)
@@ -381,6 +388,21 @@ def cmd_slots(args) -> int:
     for s in found:
         print(f"slot {s.number:>2}  {s.location}")
     print(f"(numbers kept in {args.slots_file})")
+    return 0
+
+
+def cmd_purge_labels(args) -> int:
+    d = args.out / "labels"
+    cutoff = time.time() - args.older_than_days * 86400
+    gone = []
+    for p in sorted(d.glob("*")) if d.is_dir() else []:
+        if p.suffix in (".png", ".pdf") and p.stat().st_mtime <= cutoff:
+            p.unlink()
+            gone.append(p.name)
+    if args.json:
+        print(json.dumps({"deleted": gone}))
+    else:
+        print(f"{len(gone)} label file(s) deleted from {d}")
     return 0
 
 

@@ -362,3 +362,22 @@ def test_client_certificates_are_bound_to_the_box_and_revocable(tmp_path):
         if sub:
             sub.loop_stop()
         stop_process(proc)
+
+
+def test_purge_labels_deletes_the_wifi_keys_left_on_the_bench(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for n in ("HB-000001.png", "HB-000001.pdf", "HB-000002.png", "notes.txt"):
+        (labels / n).write_bytes(b"x")
+    os.utime(labels / "HB-000002.png", (0, 0))                   # an old one
+    run = [sys.executable, "-m", "homebox.cli", "bench", "purge-labels", "--out", str(tmp_path), "--json"]
+    p = subprocess.run(run, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and json.loads(p.stdout) == {"deleted": ["HB-000002.png"]}, p.stderr
+    p = subprocess.run(run + ["--older-than-days", "0"], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert json.loads(p.stdout) == {"deleted": ["HB-000001.pdf", "HB-000001.png"]}
+    assert sorted(x.name for x in labels.iterdir()) == ["notes.txt"]
