@@ -176,5 +176,21 @@ def push_key(args, box: str) -> bytes | None:
             raise SystemExit(f"ops: {e}") from None
 
 
+def signer_from_env():
+    """With $HOMEBOX_REGISTRY (and $HOMEBOX_OPERATOR_KEY): a function box id -> its
+    active key, for the commands that sign many boxes (ops campaign, rollback)."""
+    path = os.environ.get("HOMEBOX_REGISTRY")
+    if not path:
+        return None
+    from backend.keys import Registry
+    try:
+        key = credentials.load_operator_key()
+    except credentials.MasterSecretError as e:
+        raise SystemExit(f"ops: {e}") from None
+    if key is None:
+        raise SystemExit(f"ops: $HOMEBOX_REGISTRY needs ${credentials.ENV_OPERATOR_KEY} (the operator key)")
+    return Registry(path).signer(key)
+
+
 if __name__ == "__main__":      # pragma: no cover
     sys.exit("use: homebox ops keys ...")
