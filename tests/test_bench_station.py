@@ -365,10 +365,19 @@ def test_a_virtual_box_flashed_by_the_bench_runs_the_esp32_path(tmp_path, bench_
                                    "tic_mode": "standard", "water_enabled": True, "consumption_curve_s": 60,
                                    "telemetry_interval": 5}))
     cap = Capture(bench_broker.port)
+    key_file, pub_file = _operator(tmp_path)
     try:
         r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{bench_broker.port}", "--out", str(out),
-                    "--box-config", str(box_cfg), "--json"])
+                    "--box-config", str(box_cfg), "--operator-pubkey", str(pub_file), "--json"])
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        # the tenant's consent, signed with the box's own key (the operator opens the
+        # escrow): an hourly report is a sub-daily figure, sent only with consent
+        from backend import push
+        from tests.helpers import publish
+        serial = json.loads(r.stdout)["boxes"][0]["serial"]
+        hkey = bytes.fromhex(_latest(_boxes_creds(out / "ledger.sqlite", key_file), serial).hmac_key)
+        consent = push.prepare({"speed_tier": "10M", "consent": {"detailed_consumption": True}}, serial, 1, None, hkey)
+        publish(bench_broker.port, f"homebox/v1/{serial}/desired/options", consent)
         # the bench powers its boxes off when it is done: power the flashed box on
         # again, on its bench, until its first hourly consumption report is out
         box = vbox.spawn(slot, name="vbox-1", board="esp32", scenario=out / "vbox" / "home.json")
