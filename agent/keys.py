@@ -74,10 +74,7 @@ def handle(box, payload):
             return "replay"           # changes nothing (signed with a key the box may have left)
         if not cfg.get("hmac_key"):
             raise Invalid("sig", "this box has no key to check a key update with")
-        try:
-            sign.Verifier(box.id, cfg["hmac_key"])("keys", doc)
-        finally:
-            release()
+        sign.Verifier(box.id, cfg["hmac_key"])("keys", doc)
         nonce, enc = doc.get("nonce"), doc.get("enc")
         try:
             data = wrap(unhexlify(cfg["hmac_key"]), unhexlify(nonce), unhexlify(enc))
@@ -91,6 +88,8 @@ def handle(box, payload):
         _report(box, {"version": cur, "status": "rejected",
                       "rejected": {"field": e.field, "reason": e.rule}})
         return "rejected"
+    finally:
+        release()                     # the rules package (the HMAC) leaves RAM again
     keys = {"key_version": v, "mqtt_password": p, "hmac_key": k,
             "prev_mqtt_password": cfg.get("mqtt_password"), "prev_hmac_key": cfg.get("hmac_key")}
     fsutil.write_json(path(box), keys)    # atomic: old or new after a power cut
