@@ -5,14 +5,19 @@
 # (real time). Energy comes from index differences between checksum-valid
 # frames; an implausible difference (backwards, or over 12 Wh a second) is not
 # used: the baseline is reset and it is counted. Deltas go into three buckets:
-# curve slot (`consumption_curve_s`, 600 s), hour and day (UTC). Closed hours
-# and days are sent as kind "consumption"; the hour message carries the curve
-# only while options.consent.detailed_consumption is true.
+# curve slot (`consumption_curve_s`, 600 s), hour and day (UTC). Closed days
+# are sent as kind "consumption". Every sub-daily figure is a load curve (CNIL):
+# the hour messages, and the 10-minute curve in them, are sent only while
+# options.consent.detailed_consumption is true; without it the box sends daily
+# totals only (hours closed meanwhile are dropped, not held back). The leak alarm
+# (an event) is a safety signal and is always sent.
+# The meter number is hashed with a per-box random salt kept on the box
+# (STATE/salt.json, agent/keys.py salt), or the config's hash_salt.
 import asyncio
 import binascii
 import hashlib
 
-from agent.compat import ticks_diff, ticks_ms
+from agent.compat import cold, ticks_diff, ticks_ms
 
 MAX_WH_PER_S = 12          # 36 kVA, the largest residential supply, is 10 Wh/s
 AUTOBAUD_MS = 10000        # auto mode: switch baud rate after this long without a frame
@@ -47,7 +52,7 @@ class Consumption:
         hal = box.hal
         self.box = box
         self.hal = hal
-        self.salt = str(cfg.get("hash_salt") or box.id)
+        self.salt = str(cfg.get("hash_salt") or cold("agent.keys", "salt", cfg))
         cs = int(cfg.get("consumption_curve_s") or 600)
         self.curve_s = cs if cs >= 60 and 3600 % cs == 0 else 600
         self.poll_ms = int(cfg.get("consumption_poll_ms") or 250)
@@ -257,7 +262,9 @@ class Consumption:
             return
         detailed = consent(box)
         while self.ready:
-            box.emit("consumption", self.render(self.ready.pop(0), detailed))
+            m = self.ready.pop(0)
+            if detailed or m[0] == "day":
+                box.emit("consumption", self.render(m, detailed))
 
     def _spawn(self):
         # Under the runtime's guard when there is one: a poll task that dies stops

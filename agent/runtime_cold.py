@@ -28,6 +28,8 @@ def init(box, cfg, hal, validators):
     box.t_reported = box.t_base + "/reported/"
     sd = cfg["state_dir"]
     fsutil.makedirs(sd)
+    if fsutil.exists(sd + "/keys.json"):
+        cold("agent.keys", "overlay", cfg)     # keys rotated over MQTT override /secrets.json
     box.outbox = Outbox(sd + "/outbox", cfg["outbox_max_bytes"], cfg["outbox_seg_bytes"])
     box.boot = next_boot(box, sd)
     if validators is None:
@@ -158,6 +160,11 @@ def on_desired(box, topic, payload, oversized=None):
     s = topic[len(p):]
     if oversized is None:
         try:
+            if s == "keys":
+                result = cold("agent.keys", "handle", box, payload)
+                log("keys", "result", result, "version", box.cfg.get("key_version") or 0)
+                box.wake.set()
+                return
             result = box.twin.handle(s, payload)
         except Exception as e:
             # Never let one document kill the MQTT reader: it would stay retained
@@ -186,6 +193,7 @@ def check(box, section, doc):
 def verify(box, section, doc):
     from agent.rules import release, sign
     try:
-        sign.Verifier(box.id, box.cfg.get("hmac_key"))(section, doc)
+        sign.Verifier(box.id, box.cfg.get("hmac_key"), box.cfg.get("prev_hmac_key"),
+                      box.twin.version if box.twin else None)(section, doc)
     finally:
         release()

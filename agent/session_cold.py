@@ -24,7 +24,11 @@ async def open_session(box, attempt):
     ready = getattr(box.hal, "ready", None)
     if ready is not None:
         await ready(cfg.get("tls"))      # an address (and for TLS a clock) first
-    c = Client(box.id, cfg["broker_host"], cfg["broker_port"], cfg.get("mqtt_user"), cfg.get("mqtt_password"),
+    # After a key rotation (agent/keys.py) the new password first, the old one every
+    # other attempt until the broker takes the new one.
+    fallback = cfg.get("prev_mqtt_password") and attempt % 2 == 1
+    pw = cfg["prev_mqtt_password"] if fallback else cfg.get("mqtt_password")
+    c = Client(box.id, cfg["broker_host"], cfg["broker_port"], cfg.get("mqtt_user"), pw,
                cfg["keepalive"], tls_context(box) if cfg.get("tls") else None)
     c.on_message = box.on_message
     c.on_oversized = box.on_oversized
@@ -41,6 +45,8 @@ async def open_session(box, attempt):
     except Exception as e:
         log("connect_failed", "reason", e)
     else:
+        if cfg.get("prev_mqtt_password") and not fallback:
+            cold("agent.keys", "confirm", box)
         box.client = c
         box.connected.set()
         log("connected", "broker", "%s:%s" % (cfg["broker_host"], cfg["broker_port"]),

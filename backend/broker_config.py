@@ -9,7 +9,13 @@ Writes into OUT:
                   own telemetry/status/reported/event and reads only its own desired.
                   With use_username_as_clientid, %u is also the client id, so a box
                   can neither pick another box's client id nor take over its session;
-- ca.crt/ca.key, server.crt/server.key, and optionally clients/<box>.crt|key;
+- ca.crt, server.crt/server.key, and optionally clients/<box>.crt|key (and one per
+  backend account): client certificates live CLIENT_DAYS days and are bound to the
+  box (use_identity_as_username: the certificate's CN is the username, so a box's
+  certificate cannot log in as another box), with a CRL (crl.pem) that
+  `homebox ops revoke` extends. The CA's private key is kept apart from the broker's
+  files, in CA_DIR (default OUT-ca/, mode 0700; a ca.key found in OUT from an older
+  run is moved there);
 - backend-accounts.json (mode 0600) the generated passwords of the backend
   accounts: homebox-ingest-1..N (read everything boxes send, and the desired
   documents), homebox-push (write desired documents, read reported/status) and
@@ -41,6 +47,8 @@ PUSH_USER = "homebox-push"
 PUSHER_USER = "homebox-push-%d"
 # Messages per box per 5 minutes (health, plus coverage/consumption/speed/events on
 # average) and how long the backend may be away before its queue overflows.
+CLIENT_DAYS = 90          # client certificates: short, re-issued by re-running broker-config
+CRL_DAYS = 30             # the CRL's next update: re-run broker-config (or ops revoke) before
 MSGS_PER_BOX_5MIN = 2
 OUTAGE_S = 3600
 
@@ -97,6 +105,8 @@ def acl_text(ingest_accounts: int, push_accounts: int = 0) -> str:
               "pattern write homebox/v1/%u/event"]
     lines += [f"pattern write homebox/v1/%u/telemetry/{k}" for k in box_telemetry_kinds()]
     lines += [f"pattern write homebox/v1/%u/reported/{s}" for s in box_sections()]
+    # key rotation (backend/keys.py): the box reports applied/confirmed
+    lines += ["pattern write homebox/v1/%u/reported/keys"]
     lines += ["pattern read homebox/v1/%u/desired/+", ""]
     return "\n".join(lines)
 
@@ -124,7 +134,60 @@ def _write_private(path: Path, data: bytes | str) -> None:
     os.chmod(path, 0o600)
 
 
-def _pki(out: Path, hosts: list[str], client_boxes: list[str]) -> dict[str, str]:
+def default_ca_dir(out: Path) -> Path:
+    out = Path(out).resolve()
+    return out.parent / (out.name + "-ca")
+
+
+def _load_ca(out: Path, ca_dir: Path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    return (x509.load_pem_x509_certificate((out / "ca.crt").read_bytes()),
+            serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None))
+
+
+def write_crl(out: Path, ca_dir: Path | None = None) -> Path:
+    """OUT/crl.pem from CA_DIR/revoked.json ({box: [serial, ...]}), signed by the CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    out = Path(out).resolve()
+    ca_dir = Path(ca_dir) if ca_dir else default_ca_dir(out)
+    ca, key = _load_ca(out, ca_dir)
+    revoked = json.loads((ca_dir / "revoked.json").read_text()) if (ca_dir / "revoked.json").exists() else {}
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+         .last_update(now).next_update(now + dt.timedelta(days=CRL_DAYS)))
+    for serials in revoked.values():
+        for sn in serials:
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(int(sn))
+                                          .revocation_date(now).build())
+    crl = b.sign(key, hashes.SHA256())
+    p = out / "crl.pem"
+    tmp = p.with_name("crl.pem.tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, p)
+    return p
+
+
+def revoke_cert(out: Path, box: str, ca_dir: Path | None = None) -> bool:
+    """Put the box's client certificate (OUT/clients/BOX.crt) on the CRL; False if it has none."""
+    from cryptography import x509
+    out = Path(out).resolve()
+    crt = out / "clients" / f"{box}.crt"
+    if not crt.exists():
+        return False
+    ca_dir = Path(ca_dir) if ca_dir else default_ca_dir(out)
+    sn = x509.load_pem_x509_certificate(crt.read_bytes()).serial_number
+    path = ca_dir / "revoked.json"
+    revoked = json.loads(path.read_text()) if path.exists() else {}
+    if sn not in revoked.setdefault(box, []):
+        revoked[box].append(sn)
+    _write_private(path, json.dumps(revoked, indent=1))
+    write_crl(out, ca_dir)
+    return True
+
+
+def _pki(out: Path, hosts: list[str], client_boxes: list[str], ca_dir: Path) -> dict[str, str]:
     import ipaddress
 
     from cryptography import x509
@@ -137,7 +200,11 @@ def _pki(out: Path, hosts: list[str], client_boxes: list[str]) -> dict[str, str]
                                serialization.NoEncryption())
 
     now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    ca_crt, ca_key = out / "ca.crt", out / "ca.key"
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(ca_dir, 0o700)
+    ca_crt, ca_key = out / "ca.crt", ca_dir / "ca.key"
+    if (out / "ca.key").exists() and not ca_key.exists():
+        os.replace(out / "ca.key", ca_key)          # an older run kept it beside the broker's files
     if ca_crt.exists() and ca_key.exists():
         ca = x509.load_pem_x509_certificate(ca_crt.read_bytes())
         key = serialization.load_pem_private_key(ca_key.read_bytes(), None)
@@ -181,10 +248,12 @@ def _pki(out: Path, hosts: list[str], client_boxes: list[str]) -> dict[str, str]
         cdir = out / "clients"
         cdir.mkdir(exist_ok=True)
         for box in client_boxes:
-            k, c = issue(box, [], ExtendedKeyUsageOID.CLIENT_AUTH, 3650)
+            k, c = issue(box, [], ExtendedKeyUsageOID.CLIENT_AUTH, CLIENT_DAYS)
             _write_private(cdir / f"{box}.key", pem_key(k))
             (cdir / f"{box}.crt").write_bytes(c.public_bytes(serialization.Encoding.PEM))
         files["client_certs"] = str(cdir)
+        files["crl"] = str(write_crl(out, ca_dir))
+    files["ca_key"] = str(ca_key)
     return files
 
 
@@ -198,7 +267,7 @@ def queue_size(fleet_size: int) -> int:
 def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int = 0,
              hosts: list[str] | None = None, client_certs: bool = False, fleet_size: int = 1000,
              ingest_accounts: int = 4, tls: bool = True, run_as: str | None = None,
-             push_accounts: int = 4) -> dict[str, str]:
+             push_accounts: int = 4, ca_dir: Path | None = None) -> dict[str, str]:
     """Write the configuration; returns the paths written. `boxes`: {box id: password or $7$ hash}.
     run_as: the `user` Mosquitto switches to when started as root (default: Mosquitto's
     own default, `mosquitto`, which must be able to read OUT)."""
@@ -224,7 +293,10 @@ def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int
         lines.append(f"{box}:{secret if is_hash(secret) else mosquitto_hash(secret)}")
     _write_private(out / "passwd", "\n".join(lines) + "\n")
     (out / "acl").write_text(acl_text(ingest_accounts, push_accounts))
-    files = _pki(out, hosts, sorted(boxes) if client_certs else []) if tls else {}
+    ca_dir = Path(ca_dir).resolve() if ca_dir else default_ca_dir(out)
+    # with client certificates the backend accounts get one too (the TLS listener
+    # then takes the certificate's CN as the username, not a password)
+    files = _pki(out, hosts, sorted(boxes) + sorted(accounts) if client_certs else [], ca_dir) if tls else {}
     data = out / "data"
     data.mkdir(exist_ok=True)
     conf = [
@@ -267,7 +339,10 @@ def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int
             "tls_version tlsv1.2",
         ]
         if client_certs:
-            conf += ["require_certificate true"]
+            conf += ["# a client certificate is required and names its holder: its CN is the",
+                     "# username (a box's certificate cannot log in as another box)",
+                     "require_certificate true", "use_identity_as_username true",
+                     f"crlfile {out / 'crl.pem'}"]
         conf.append("")
     if plain_port:
         conf += ["# plain listener on loopback only: the backend on the broker host, and tests",

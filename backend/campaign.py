@@ -371,7 +371,7 @@ def send(store, publisher, cid: str, ids: list[str], master: bytes | None) -> in
     items = []
     for box in ids:
         d = push.prepare(tmpl, box, versions[box], master)
-        items.append((box, versions[box], json.dumps(d, separators=(",", ":")).encode()))
+        items.append((box, versions[box], push.wire(d)))
 
     def tx(cur):
         for box, v, payload in items:

@@ -54,13 +54,35 @@ def check(section: str, doc) -> None:
         raise DocumentInvalid(section, errs)
 
 
-def prepare(doc: dict, box_id: str, version: int, master: bytes | None) -> dict:
+def prepare(doc: dict, box_id: str, version: int, master: bytes | None, key: bytes | None = None) -> dict:
+    """The document as published: version, box, and the signature under the box's
+    own key (`key`, from the registry: backend/keys.py), or under `master`'s: a
+    signer (a function box id -> key, Registry.signer) or, legacy, a master secret."""
     d = {k: v for k, v in doc.items() if k != "sig"}
     d["version"] = version
     d["box"] = box_id
-    if master is not None:
-        d["sig"] = sign.sign(d, credentials.box_key(master, box_id))
+    if key is None and callable(master):
+        key = master(box_id)                  # a signer: box id -> its key (backend/keys.py Registry.signer)
+    elif key is None and master is not None:
+        key = credentials.box_key(master, box_id)
+    if key is not None:
+        try:
+            d["sig"] = sign.sign(d, key)
+        except UnicodeEncodeError as e:
+            raise DocumentError(f"the document holds text that is not valid Unicode ({e.reason})") from None
     return d
+
+
+def wire(d: dict) -> bytes:
+    """The bytes published: raw UTF-8 (ensure_ascii=False), so that the box parses
+    exactly the strings that were signed. With \\u escapes, a character outside the
+    BMP travels as a surrogate pair, which MicroPython decodes half by half into other
+    bytes than CPython signed (tests/test_fuzz_unicode.py). A string that is not
+    valid Unicode (a lone surrogate) cannot be signed: DocumentError."""
+    try:
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError as e:
+        raise DocumentError(f"the document holds text that is not valid Unicode ({e.reason})") from None
 
 
 class Session:
@@ -175,10 +197,11 @@ class PushResult:
 
 def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None, *,
          store=None, tls_ca: str | None = None, timeout: float = 30.0, validate: bool = True,
-         author: str | None = None) -> PushResult:
-    """Sign `doc` for `box` (unsigned if `master` is None), record it in `store`
-    (if given: the latest desired document, and the history with `author`) and
-    publish it retained; wait up to `timeout` s for the report."""
+         author: str | None = None, key: bytes | None = None) -> PushResult:
+    """Sign `doc` for `box` with its key `key` (backend/keys.py Registry.hmac_key), or
+    the legacy `master` (unsigned if both are None), record it in `store` (if given:
+    the latest desired document, and the history with `author`) and publish it
+    retained; wait up to `timeout` s for the report."""
     if validate:
         check(section, doc)
     try:
@@ -194,8 +217,8 @@ def push(broker: Broker, box: str, section: str, doc: dict, master: bytes | None
         if store is not None:
             # the store may know a later version than the broker still retains
             version = max(version, store.desired_version(box, section) + 1)
-        d = prepare(doc, box, version, master)
-        payload = json.dumps(d, separators=(",", ":")).encode()
+        d = prepare(doc, box, version, master, key)
+        payload = wire(d)
         if store is not None:
             # recorded first: a document on the broker is always one the store knows
             store.put_desired(box, section, payload, source="push")

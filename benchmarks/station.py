@@ -31,8 +31,8 @@ def run_one(count: int, work: Path, broker_port: int, fw: image.Firmware) -> dic
     out = work / f"n{count}"
     vs = slots.start_virtual(count, out / "vbox", baud_limit=True)
     try:
-        cfg = station.Config(out_dir=out, ledger=out / "ledger.sqlite", master=credentials.throwaway_master(),
-                             master_source="throwaway", firmware=fw, broker=f"127.0.0.1:{broker_port}",
+        cfg = station.Config(out_dir=out, ledger=out / "ledger.sqlite", operator_pub=credentials.new_operator_key()[1],
+                             key_source="throwaway", firmware=fw, broker=f"127.0.0.1:{broker_port}",
                              baud=BAUD, station="bench", technician="bench")
         t0 = time.monotonic()
         rep = station.Station(cfg).run(vs)

@@ -4,14 +4,15 @@ labels. `homebox bench ...` (homebox/cli_bench.py) is a thin layer over it.
     from flashing import slots, station, image
     from common import credentials
     fw = image.load_firmware(base_bin, virtual=False)
-    cfg = station.Config(out_dir, ledger, master, "file", fw, broker="10.0.0.2:1883")
+    pub = credentials.load_operator_pub("operator.pub")   # the operator's public key
+    cfg = station.Config(out_dir, ledger, pub, "file", fw, broker="10.0.0.2:1883")
     report = station.Station(cfg).run(slots.discover(Path("bench-slots.json")))
 
 Modules:
     errors       typed failures: kind, verdict (FAIL / QUARANTINE) and advice
     esp          one box over esptool's API (connect, identify, flash, reset)
     slots        ports by USB location, explicit lists, virtual boxes
-    ledger       SQLite record of serials, attempts and verdicts (no secrets)
+    ledger       SQLite record of serials, attempts, verdicts, sealed escrow (no secret in clear)
     image        the per-box filesystem image, built in memory
     acceptance   hw-tests/ (pytest-embedded) on the box console
     label        the tenant's sticker (PNG + PDF, Wi-Fi QR code)

@@ -3,12 +3,15 @@ every bench that points at the same file. Transactional (WAL, BEGIN IMMEDIATE),
 so serial numbers stay unique across processes and benches.
 
 It never holds a secret in clear: per box it keeps the broker's password hash
-(Mosquitto's $7$ format); the HMAC and Wi-Fi keys are re-derived from the
-operator master secret when needed.
+(Mosquitto's $7$ format), and each set of credentials the bench generated as an
+escrow record sealed to the operator's public key (common/credentials.py escrow),
+which nothing on the bench can open.
 
 Tables:
     boxes     one row per box (by MAC): serial, chip, flash, broker hash, last verdict
     runs      one row per `bench run`: station, technician, tool versions, summary
+    escrow    one row per box per key version: the broker hash and the sealed secrets,
+              until `bench export-escrow` hands them to the operator
     attempts  one row per box per run: slot, port, images flashed (SHA-256),
               each step with its timing and retries, verdict, failure and advice,
               and the box's self-test checks (name, pass/fail/n/a, plain detail)
@@ -56,6 +59,17 @@ CREATE TABLE IF NOT EXISTS attempts (
     station TEXT, technician TEXT, tools TEXT,
     label TEXT,
     checks TEXT
+);
+CREATE TABLE IF NOT EXISTS escrow (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    serial TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    mqtt_hash TEXT NOT NULL,
+    wifi_ssid TEXT,
+    sealed TEXT NOT NULL,
+    run_id TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (serial, version)
 );
 CREATE INDEX IF NOT EXISTS attempts_serial ON attempts(serial);
 CREATE INDEX IF NOT EXISTS attempts_mac ON attempts(mac);
@@ -160,6 +174,27 @@ class Ledger:
         with self._tx():
             self.db.execute("UPDATE boxes SET mqtt_hash = ?, wifi_ssid = COALESCE(?, wifi_ssid), updated_at = ? "
                             "WHERE serial = ?", (mqtt_hash, wifi_ssid, time.time(), serial))
+
+    def add_escrow(self, rec: dict, run_id: str | None = None) -> None:
+        """One sealed escrow record (common/credentials.py escrow) and the box's broker hash."""
+        if not rec.get("sealed") or not str(rec.get("mqtt_hash", "")).startswith("$7$"):
+            raise LedgerError("an escrow record needs a sealed blob and a $7$ hash")
+        with self._tx():
+            self.db.execute("INSERT INTO escrow (serial, version, mqtt_hash, wifi_ssid, sealed, run_id, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (rec["box"], int(rec["version"]), rec["mqtt_hash"],
+                                                             rec.get("wifi_ssid"), rec["sealed"], run_id, time.time()))
+            self.db.execute("UPDATE boxes SET mqtt_hash = ?, wifi_ssid = COALESCE(?, wifi_ssid), updated_at = ? "
+                            "WHERE serial = ?", (rec["mqtt_hash"], rec.get("wifi_ssid"), time.time(), rec["box"]))
+
+    def next_key_version(self, serial: str) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM escrow WHERE serial = ?", (serial,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def escrow_records(self) -> list[dict]:
+        """Every escrow record, oldest first, as `ops keys import` takes them."""
+        return [{"box": r["serial"], "version": r["version"], "mqtt_hash": r["mqtt_hash"],
+                 "wifi_ssid": r["wifi_ssid"], "sealed": r["sealed"], "created_at": r["created_at"]}
+                for r in self.db.execute("SELECT * FROM escrow ORDER BY id")]
 
     # --- runs and attempts -----------------------------------------------------
     def start_run(self, run_id: str, station: str, technician: str, tools: dict) -> None:

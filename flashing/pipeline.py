@@ -4,8 +4,8 @@ device. Runs in the slot's own process (esptool's logger is global).
     1 connect      sync with the ROM loader, start the flasher stub
     2 identify     chip, revision, MAC, flash ID and size
     3 allocate     the serial, from the ledger (idempotent per MAC)
-    4 credentials  derived in memory from the master secret; the ledger gets
-                   only the broker's password hash
+    4 credentials  generated at random in memory; the ledger gets only the broker's
+                   password hash and the secrets sealed to the operator's public key
     5 image        base firmware + this box's littlefs image, in memory
     6 flash        compressed, MD5-verified, unchanged pieces skipped
     7 reset        the box boots what was flashed
@@ -38,18 +38,21 @@ STEPS = ["connect", "identify", "allocate", "credentials", "image", "flash", "re
 
 @dataclass
 class Job:
-    """Everything one slot process needs. `master` is the only secret: it stays
-    in memory, and the result never holds it or anything derived from it."""
+    """Everything one slot process needs. It holds no secret: `operator_pub` is the
+    operator's public key, which the box's fresh secrets are sealed to; the secrets
+    stay in memory, and the result never holds them."""
     run_id: str
     slot: str
     port: str
     ledger: Path
-    master: bytes = field(repr=False)
+    operator_pub: bytes
     firmware: image.Firmware = field(repr=False)
     out_dir: Path
     broker: str                           # the bench broker: HOST:PORT, mqtt:// or mqtts://
     broker_user: str | None = None
     broker_ca: str | None = None          # CA file of an mqtts:// bench broker (its subscriber)
+    bench_passwd: Path | None = None      # the bench broker's password file (the box's self-test logs in)
+    bench_pid: str | None = None          # the bench broker's pid or pid file, for a reload
     box_ca: bytes | None = field(default=None, repr=False)   # the CA the boxes trust, as /ca.pem
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
@@ -149,6 +152,37 @@ def run(job: Job, emit: Callable[[dict], None], logline: Callable[[str], None] |
     return result
 
 
+def provision(ledger: Ledger, serial: str, operator_pub: bytes, run_id: str | None = None) -> credentials.Credentials:
+    """Step 4: fresh random credentials for the box, in memory; the ledger keeps the
+    broker hash and the secrets sealed to the operator's public key, nothing that
+    opens the box (docs/decisions/0013-per-box-secrets.md)."""
+    creds = credentials.generate(serial, ledger.next_key_version(serial))
+    ledger.add_escrow(credentials.escrow(creds, operator_pub), run_id)
+    return creds
+
+
+def bench_broker_login(passwd: Path, serial: str, mqtt_hash: str, pid: str | None) -> None:
+    """Let the box's self-test log in to a bench broker that checks passwords: its
+    hash replaces the box's line in the bench broker's password file (under a lock:
+    slots run at once), then the broker reloads. Only the hash is written."""
+    import fcntl
+    import os
+    passwd = Path(passwd)
+    with open(passwd.with_name(passwd.name + ".lock"), "w") as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        lines = passwd.read_text().splitlines() if passwd.exists() else []
+        lines = [ln for ln in lines if ln.split(":", 1)[0] != serial] + [f"{serial}:{mqtt_hash}"]
+        tmp = passwd.with_name(passwd.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        if passwd.exists():
+            os.chmod(tmp, passwd.stat().st_mode & 0o777)
+        os.replace(tmp, passwd)
+        if pid:
+            import signal
+            p = str(pid)
+            os.kill(int(p) if p.isdigit() else int(Path(p).read_text().strip()), signal.SIGHUP)
+
+
 def _for_ledger(result: dict) -> dict:
     r = dict(result)
     r["steps"] = [{k: v for k, v in s.items() if k != "t0"} for s in result["steps"]]
@@ -195,10 +229,11 @@ def _steps(job: Job, st: _Steps, result: dict, dev: esp.Device, ledger: Ledger, 
     emit({"event": "serial", "slot": job.slot, "serial": ident.serial, "mac": info.mac})
     # 4
     st.start("credentials")
-    creds = credentials.derive(job.master, ident.serial)
-    ledger.set_broker_hash(ident.serial, credentials.broker_hash(creds.mqtt_password, ident.mqtt_hash),
-                           creds.wifi_ssid)
-    st.done(detail="derived in memory; broker hash recorded")
+    creds = provision(ledger, ident.serial, job.operator_pub, job.run_id)
+    if job.bench_passwd:
+        bench_broker_login(job.bench_passwd, ident.serial, credentials.mosquitto_hash(creds.mqtt_password),
+                           job.bench_pid)
+    st.done(detail=f"key version {creds.key_version}: generated in memory, sealed to the operator")
     # 5
     st.start("image")
     config = {"state_dir": "/state", "telemetry_interval": 300}

@@ -7,8 +7,9 @@ FAIL of that slot alone.
     st = Station(config)
     report = st.run(slots, on_event=print)
 
-The report and the ledger hold no secret: no master secret, no derived key or
-password; the Wi-Fi key appears only on the labels.
+The report and the ledger hold no secret: no key or password in clear (the
+ledger's escrow records are sealed to the operator's public key); the Wi-Fi key
+appears only on the labels.
 """
 from __future__ import annotations
 
@@ -37,12 +38,14 @@ from flashing.slots import PortLock, Slot
 class Config:
     out_dir: Path
     ledger: Path
-    master: bytes = field(repr=False)
-    master_source: str                    # "file" or "throwaway": said in the report, never the value
+    operator_pub: bytes                   # the operator's public key: the boxes' secrets are sealed to it
+    key_source: str                       # "file" or "throwaway" (a virtual run's key, opened by no one)
     firmware: image.Firmware = field(repr=False)
     broker: str
     broker_user: str | None = None
     broker_ca: str | None = None
+    bench_passwd: Path | None = None      # the bench broker's password file: each new box's hash goes in
+    bench_pid: str | None = None          # ... and the bench broker reloads (pid or pid file)
     box_ca: bytes | None = field(default=None, repr=False)
     prefix: str = "HB"
     baud: int = esp.DEFAULT_BAUD
@@ -110,9 +113,9 @@ class Station:
 
     def jobs(self, run_id: str, slots: list[Slot], tools: dict) -> list[pipeline.Job]:
         c = self.cfg
-        return [pipeline.Job(run_id=run_id, slot=s.name, port=s.port, ledger=c.ledger, master=c.master,
+        return [pipeline.Job(run_id=run_id, slot=s.name, port=s.port, ledger=c.ledger, operator_pub=c.operator_pub,
                              firmware=c.firmware, out_dir=c.out_dir, broker=c.broker, broker_user=c.broker_user,
-                             broker_ca=c.broker_ca, box_ca=c.box_ca, prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
+                             broker_ca=c.broker_ca, bench_passwd=c.bench_passwd, bench_pid=c.bench_pid, box_ca=c.box_ca, prefix=c.prefix, baud=c.baud, station=c.station, technician=c.technician,
                              tools=tools, support=c.support, operator=c.operator, box_config={**c.box_config, **s.config},
                              test_timeout=c.test_timeout, run_tests=c.run_tests) for s in slots]
 
@@ -220,7 +223,7 @@ class Station:
             "seconds": round(secs, 2),
             "broker": c.broker,
             "firmware": c.firmware.name,
-            "master_secret": c.master_source,
+            "operator_key": c.key_source,
             "ledger": str(c.ledger),
             "tools": tools,
             "summary": {"total": len(results), "pass": counts[PASS], "fail": counts[FAIL],

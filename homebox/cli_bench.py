@@ -4,6 +4,8 @@
     homebox bench history (--serial S | --mac M)
     homebox bench slots
     homebox bench export-broker FILE
+    homebox bench export-escrow FILE      # sealed per-box secrets, for `homebox ops keys import`
+    homebox bench purge-labels [--older-than-days N]   # labels carry the tenants' Wi-Fi keys
 """
 from __future__ import annotations
 
@@ -21,6 +23,11 @@ def register(sub) -> None:
     p.add_argument("--broker", required=True,
                    help="the bench broker, HOST:PORT or mqtts://HOST:PORT (TLS): the boxes' self-tests send to it "
                         "with their own credentials; the boxes keep the production broker of --box-config")
+    p.add_argument("--bench-broker-passwd", type=Path, default=None, metavar="FILE",
+                   help="the bench broker's Mosquitto password file, when it checks passwords: each box's "
+                        "new hash is written there for its self-test (with --bench-broker-pid: then a reload)")
+    p.add_argument("--bench-broker-pid", default=None, metavar="PID|FILE",
+                   help="the bench broker's pid (or pid file), signalled to reload its password file")
     p.add_argument("--broker-ca", default=None, metavar="FILE",
                    help="CA certificate of an mqtts:// bench broker (the bench's own subscriber)")
     p.add_argument("--broker-user", default=None,
@@ -32,8 +39,9 @@ def register(sub) -> None:
     src.add_argument("--virtual", type=int, default=0, metavar="N", help="start N virtual boxes and use them")
     p.add_argument("--slot", action="append", default=None, metavar="N",
                    help="only these slots (e.g. --slot 3 to run slot 3 again)")
-    p.add_argument("--master-secret-file", type=Path, default=None,
-                   help="the operator master secret (default: $HOMEBOX_MASTER_SECRET_FILE); required for real boxes")
+    p.add_argument("--operator-pubkey", type=Path, default=None,
+                   help="the operator's public key (default: $HOMEBOX_OPERATOR_PUBKEY); required for real boxes. "
+                        "Each box's secrets are generated here and sealed to it: the bench keeps none")
     p.add_argument("--base-bin", type=Path, default=None, help="the pinned MicroPython ESP32_GENERIC .bin")
     p.add_argument("--lock", type=Path, default=None, help="base firmware lock (default firmware/base-firmware.lock.json)")
     p.add_argument("--agent-dir", type=Path, default=None, help=argparse_suppress())
@@ -77,6 +85,17 @@ def register(sub) -> None:
     _usb_id_option(p)
     p.set_defaults(func=cmd_slots)
 
+    p = sub.add_parser("purge-labels", help="delete printed labels (they carry the tenants' Wi-Fi keys)")
+    p.add_argument("--older-than-days", type=float, default=1.0,
+                   help="only labels older than this (default 1 day; 0: all)")
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_purge_labels)
+    p = sub.add_parser("export-escrow", help="the boxes' sealed secrets, for `homebox ops keys import`")
+    p.add_argument("file", type=Path, help="JSON list of escrow records (or - for stdout)")
+    p.add_argument("--ledger", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.set_defaults(func=cmd_export_escrow)
     p = sub.add_parser("export-broker", help="the boxes' broker password hashes, for `homebox ops broker-config`")
     p.add_argument("file", type=Path, help="JSON {serial: {mqtt_hash: $7$...}} (or - for stdout)")
     p.add_argument("--ledger", type=Path, default=None)
@@ -128,15 +147,15 @@ def cmd_run(args) -> int:
         return _err(f"--broker must be HOST:PORT or mqtts://HOST:PORT, not {args.broker!r}")
     vslots: list = []
     try:
-        master = credentials.load_master(args.master_secret_file)
+        pub = credentials.load_operator_pub(args.operator_pubkey)
         source = "file"
-        if master is None:
+        if pub is None:
             if not args.virtual:
-                return _err("a bench run needs the operator master secret: give --master-secret-file FILE "
-                            f"or set {credentials.ENV_SECRET}. Ask your operator for it.")
-            master, source = credentials.throwaway_master(), "throwaway"
-            say("note: no master secret given: these virtual boxes get a throwaway secret "
-                "(their keys cannot be re-derived later)")
+                return _err("a bench run needs the operator's public key: give --operator-pubkey FILE "
+                            f"or set {credentials.ENV_OPERATOR_PUB}. Ask your operator for operator.pub.")
+            pub, source = credentials.new_operator_key()[1], "throwaway"
+            say("note: no operator public key given: these virtual boxes' secrets are sealed to a "
+                "throwaway key (no one can open them later)")
         fw = image.load_firmware(args.base_bin, args.lock, virtual=bool(args.virtual), agent_dir=args.agent_dir)
         box_config = json.loads(args.box_config.read_text()) if args.box_config else {}
         box_ca = args.box_ca.read_bytes() if args.box_ca else None
@@ -155,8 +174,9 @@ def cmd_run(args) -> int:
                 return _err("no box found: no ESP32 USB-serial bridge under /dev/serial/by-path. Plug the hub "
                             "in (or give --port, or --usb-id for another bridge chip).")
         chosen = slots.select(found, wanted)
-        cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), master=master, master_source=source,
+        cfg = station.Config(out_dir=args.out, ledger=ledger_path(args), operator_pub=pub, key_source=source,
                              firmware=fw, broker=args.broker, broker_user=args.broker_user, broker_ca=args.broker_ca,
+                             bench_passwd=args.bench_broker_passwd, bench_pid=args.bench_broker_pid,
                              box_ca=box_ca, prefix=args.prefix,
                              baud=args.baud, support=args.support, operator=args.operator, box_config=box_config,
                              test_timeout=args.test_timeout)
@@ -368,6 +388,38 @@ def cmd_slots(args) -> int:
     for s in found:
         print(f"slot {s.number:>2}  {s.location}")
     print(f"(numbers kept in {args.slots_file})")
+    return 0
+
+
+def cmd_purge_labels(args) -> int:
+    d = args.out / "labels"
+    cutoff = time.time() - args.older_than_days * 86400
+    gone = []
+    for p in sorted(d.glob("*")) if d.is_dir() else []:
+        if p.suffix in (".png", ".pdf") and p.stat().st_mtime <= cutoff:
+            p.unlink()
+            gone.append(p.name)
+    if args.json:
+        print(json.dumps({"deleted": gone}))
+    else:
+        print(f"{len(gone)} label file(s) deleted from {d}")
+    return 0
+
+
+def cmd_export_escrow(args) -> int:
+    from flashing.ledger import Ledger
+    path = ledger_path(args)
+    if not path.exists():
+        return _err(f"no ledger at {path}")
+    with Ledger(path) as led:
+        recs = led.escrow_records()
+    data = json.dumps(recs, indent=1, sort_keys=True) + "\n"
+    if str(args.file) == "-":
+        sys.stdout.write(data)
+    else:
+        args.file.write_text(data)
+        print(f"{args.file}: {len(recs)} sealed records (only the operator's key opens them); "
+              f"on the operator side: homebox ops keys import {args.file}")
     return 0
 
 

@@ -137,6 +137,12 @@ def _fail(args, e) -> int:
 
 
 def _master(path):
+    # the box's own keys from the registry ($HOMEBOX_REGISTRY with $HOMEBOX_OPERATOR_KEY:
+    # docs/decisions/0013-per-box-secrets.md), else the legacy master secret
+    from homebox.cli_ops_keys import signer_from_env
+    signer = signer_from_env() if path is None else None
+    if signer is not None:
+        return signer
     try:
         return credentials.load_master(path)
     except credentials.MasterSecretError as e:

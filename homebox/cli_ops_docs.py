@@ -39,8 +39,13 @@ def register(sub) -> None:
                         "(the push account; password: $HOMEBOX_MQTT_PASSWORD)")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the box's report")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="the key registry (default: $HOMEBOX_REGISTRY): the document is signed with the box's own key")
+    p.add_argument("--operator-key", type=Path, default=None,
+                   help="the operator's private key, which opens the registry (default: $HOMEBOX_OPERATOR_KEY)")
     p.add_argument("--master-secret-file", type=Path, default=None,
-                   help=f"operator master secret (default: ${ENV_SECRET}); without one the document goes unsigned")
+                   help=f"legacy: boxes keyed from a master secret (default: ${ENV_SECRET}); "
+                        "with neither, the document goes unsigned")
     p.add_argument("--no-check", action="store_true", help="publish even if the local check fails")
     p.add_argument("--db", default=None, help=DB_HELP + "; the pushed document is recorded there")
     p.add_argument("--no-record", action="store_true",
@@ -90,13 +95,17 @@ def cmd_push(args) -> int:
             print(f"not pushed: {len(e.violations)} violation(s) (use --no-check to let the box decide)",
                   file=sys.stderr)
             return 1
-    try:
-        master = credentials.load_master(args.master_secret_file)
-    except credentials.MasterSecretError as e:
-        raise SystemExit(str(e)) from None
-    if master is None:
-        print(f"warning: no master secret (--master-secret-file or ${ENV_SECRET}): pushing unsigned; "
-              "a box with a key will refuse it", file=sys.stderr)
+    from homebox.cli_ops_keys import push_key
+    key = push_key(args, args.box)
+    master = None
+    if key is None:
+        try:
+            master = credentials.load_master(args.master_secret_file)
+        except credentials.MasterSecretError as e:
+            raise SystemExit(str(e)) from None
+    if key is None and master is None:
+        print(f"warning: no key (--registry with --operator-key, or --master-secret-file / ${ENV_SECRET}): "
+              "pushing unsigned; a box with a key will refuse it", file=sys.stderr)
 
     def say(result: str, text: str, version: int | None) -> None:
         if args.json:
@@ -111,7 +120,7 @@ def cmd_push(args) -> int:
         store = _store(args)
     try:
         r = push.push(url, args.box, args.section, doc, master, store=store, tls_ca=args.tls_ca,
-                      timeout=args.timeout, validate=False, author=args.author)
+                      timeout=args.timeout, validate=False, author=args.author, key=key)
     except BrokerError as e:
         say("timeout" if isinstance(e, BrokerTimeout) else "error", str(e), None)
         return 2

@@ -56,10 +56,15 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--boxes", type=Path, default=None,
                    help="JSON or CSV of box credentials: {box_id: password} or rows box,password|hash")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="the operator's key registry (`ops keys import`): each box's active hash; revoked boxes left out")
     p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     p.add_argument("--plain-port", type=int, default=0, help="also a plain listener on 127.0.0.1:PORT (tests, local backend)")
     p.add_argument("--host", action="append", default=None, help="server certificate names (default: localhost)")
-    p.add_argument("--client-certs", action="store_true", help="also issue a client certificate per box")
+    p.add_argument("--client-certs", action="store_true",
+                   help="also issue a client certificate per box and backend account (bound to it, short-lived, with a CRL)")
+    p.add_argument("--ca-dir", type=Path, default=None,
+                   help="where the CA's private key is kept, apart from the broker's files (default: OUT-ca/)")
     p.add_argument("--fleet-size", type=int, default=1000, help="boxes the broker serves (sizes the queues)")
     p.add_argument("--ingest-accounts", type=int, default=4, help="ingest accounts homebox-ingest-1..N, one per ingest process (default 4)")
     p.add_argument("--push-accounts", type=int, default=4,
@@ -142,11 +147,18 @@ def cmd_reconcile(args) -> int:
 def cmd_broker_config(args) -> int:
     from backend import broker_config
     creds = broker_config.load_credentials(args.boxes) if args.boxes else {}
+    if args.registry:
+        from backend.keys import Registry
+        with Registry(args.registry) as reg:
+            hashes = reg.broker_hashes()
+            for b in reg.boxes() - set(hashes):      # revoked: no line, whatever --boxes says
+                creds.pop(b, None)
+            creds.update(hashes)
     out = broker_config.generate(args.out, creds, port=args.port, plain_port=args.plain_port,
                                  hosts=args.host or ["localhost"], client_certs=args.client_certs,
                                  fleet_size=args.fleet_size, ingest_accounts=args.ingest_accounts,
                                  push_accounts=args.push_accounts,
-                                 run_as=args.run_as)
+                                 run_as=args.run_as, ca_dir=args.ca_dir)
     for k, v in out.items():
         if k != "passwords":
             print(f"{k}: {v}")

@@ -140,7 +140,7 @@ def _plain_fleet(rows: list[dict], names: dict[str, str]) -> str:
     return "\n   ".join(out)
 
 
-def _push(section: str, doc: dict, box: str, broker: str, master: bytes, db: str) -> str:
+def _push(section: str, doc: dict, box: str, broker: str, key: bytes, db: str) -> str:
     """What `homebox ops push` does (backend.push), as one line for the demo."""
     from backend import push
     from backend.errors import OpsError
@@ -148,7 +148,7 @@ def _push(section: str, doc: dict, box: str, broker: str, master: bytes, db: str
     from common.broker import parse_broker
     store = Store(db)
     try:
-        r = push.push(parse_broker(broker), box, section, doc, master, store=store, timeout=30)
+        r = push.push(parse_broker(broker), box, section, doc, None, store=store, timeout=30, key=key)
     except OpsError as e:
         return f"{e} (not pushed)"
     finally:
@@ -156,7 +156,7 @@ def _push(section: str, doc: dict, box: str, broker: str, master: bytes, db: str
     return r.message
 
 
-def _campaign(section: str, doc: dict, boxes: list[str], broker: str, master: bytes, db: str) -> list[str]:
+def _campaign(section: str, doc: dict, boxes: list[str], broker: str, master, db: str) -> list[str]:
     """What `homebox ops campaign create` + `start` do (backend.campaign): a canary
     box, then the rest; one line per wave and per box."""
     from backend import campaign
@@ -232,11 +232,11 @@ def run(args) -> int:
         say.line(f"storing every message in {work / 'backend.db'}")
 
         say.step("Plugging three virtual ESP32 boxes into the bench")
-        master = credentials.throwaway_master()
-        key = work / "master.key"
-        key.touch(mode=0o600)
-        key.write_bytes(master)
-        say.line("a throwaway operator master secret for this demo (kept in master.key, never printed)")
+        op_key, op_pub = work / "operator" / "operator.key", work / "operator" / "operator.pub"
+        if not op_key.exists():
+            credentials.write_operator_key(work / "operator")
+        say.line(f"a throwaway operator key pair for this demo: the bench gets only {op_pub.name}; "
+                 f"{op_key.name} stays on the operator side (never printed)")
         # A whole sim home (Wi-Fi, Linky, water simulators in the box's own heap)
         # needs ~115-145 KB on this 64-bit port (and the vbox flash driver shares it);
         # a real box runs only the agent.
@@ -247,8 +247,9 @@ def run(args) -> int:
 
         say.step("Running the bench: flash, provision, test, label (the real esptool and pytest-embedded)")
         fw = image.load_firmware(None, virtual=True)
-        cfg = station.Config(out_dir=work / "bench", ledger=work / "bench" / "ledger.sqlite", master=master,
-                             master_source="throwaway", firmware=fw, broker=url,
+        cfg = station.Config(out_dir=work / "bench", ledger=work / "bench" / "ledger.sqlite",
+                             operator_pub=credentials.load_operator_pub(op_pub), key_source="file",
+                             firmware=fw, broker=url,
                              support="Assistance homebox : 01 23 45 67 89", technician="demo")
         view = PlainView()
         rep = station.Station(cfg).run(vslots, lambda ev: view.event(ev) if ev["event"] != "log" else None)
@@ -262,6 +263,16 @@ def run(args) -> int:
         if not passed:
             print("FAIL: no box passed the bench; nothing to show. See the lines above.")
             return 1
+        from backend.keys import Registry
+        from flashing.ledger import Ledger
+        registry = Registry(work / "registry.sqlite")
+        with Ledger(work / "bench" / "ledger.sqlite") as led:
+            got = registry.import_records(led.escrow_records(), credentials.load_operator_key(op_key))
+        say.line(f"the operator imports the bench's {len(got)} sealed key records into its registry "
+                 "(`homebox bench export-escrow` then `homebox ops keys import`)")
+
+        def box_key(serial: str) -> bytes:
+            return registry.hmac_key(serial, credentials.load_operator_key(op_key))
 
         say.step(f"The boxes run the real agent under MicroPython and publish; watching for {args.duration:g} s")
         push_at = time.time() + min(15.0, args.duration / 3)
@@ -278,15 +289,14 @@ def run(args) -> int:
                     say.step("The operator pushes a parental schedule and an option change (signed)")
                     for r in passed:
                         say.line(f"parental -> {r['serial']}: " + _push("parental", parental, r["serial"], url,
-                                                                        credentials.load_master(key), db))
+                                                                        box_key(r["serial"]), db))
                     leak_box = next((s for s, h in names.items() if h == dict(HOMES)["leaking_tap"]), None)
                     if leak_box:
                         say.line(f"options (consent to detailed consumption) -> {leak_box}: "
-                                 + _push("options", options, leak_box, url, credentials.load_master(key), db))
+                                 + _push("options", options, leak_box, url, box_key(leak_box), db))
                     say.step("A new TV lineup for every box, as a campaign: a canary box first, then the rest")
                     lineup = json.loads((EXAMPLES / "desired-channels.json").read_text())
-                    for ln in _campaign("channels", lineup, [r["serial"] for r in passed], url,
-                                        credentials.load_master(key), db):
+                    for ln in _campaign("channels", lineup, [r["serial"] for r in passed], url, box_key, db):
                         say.line(ln)
                     say.step("Still watching")
                 rows = status.fleet(store, interval=30)
@@ -310,7 +320,9 @@ def run(args) -> int:
 
         say.step("A home network: the box's DNS enforces the parental hours, and it serves the TV playlist")
         from homebox import demo_home
-        if not demo_home.run(say, url, master, lambda s, d, b: _push(s, d, b, url, master, db), work / "home-net"):
+        home_key = credentials.generate("HB-HOME-NET").hmac_key      # that box's own key, as the bench makes it
+        if not demo_home.run(say, url, bytes.fromhex(home_key), lambda s, d, b: _push(s, d, b, url, bytes.fromhex(home_key), db),
+                             work / "home-net"):
             rc = 1
         print(f"\nReport: {index}")
         if totals["invalid"] or len(passed) < len(HOMES):

@@ -27,7 +27,6 @@ from firmware import build as fb
 from tests.helpers import ROOT, Mosquitto
 from vbox import standin
 
-MASTER = b"bench-test-master-secret-0123456789abcdef"
 HOMEBOX = [sys.executable, "-m", "homebox.cli"]
 
 
@@ -41,20 +40,37 @@ def bench_broker(tmp_path_factory):
 def _bench(args: list[str], timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env or {}))
     env.pop("HOMEBOX_MASTER_SECRET_FILE", None)
+    env.pop("HOMEBOX_OPERATOR_PUBKEY", None)
     env.pop("HOMEBOX_LEDGER", None)
     return subprocess.run(HOMEBOX + ["bench"] + args, cwd=str(ROOT), env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
-def _secrets(serials) -> dict[str, str]:
-    """Every secret of the run: the master secret and each box's derived ones."""
-    out = {"master secret": MASTER.decode()}
-    for s in serials:
-        c = credentials.derive(MASTER, s)
-        out[f"{s} wifi key"] = c.wifi_key
-        out[f"{s} mqtt password"] = c.mqtt_password
-        out[f"{s} hmac key"] = c.hmac_key
-        out[f"{s} hmac key (upper)"] = c.hmac_key.upper()
+def _operator(tmp_path: Path) -> tuple[Path, Path]:
+    """The operator's key pair (`ops keygen`): the bench gets only the public half."""
+    return credentials.write_operator_key(tmp_path / "operator")
+
+
+def _boxes_creds(ledger: Path, key_file: Path) -> dict[tuple[str, int], credentials.Credentials]:
+    """Every credential the bench generated, opened with the operator's key (as the operator can)."""
+    from flashing.ledger import Ledger
+    key = credentials.load_operator_key(key_file)
+    with Ledger(ledger) as led:
+        return {(r["box"], r["version"]): credentials.open_escrow(key, r) for r in led.escrow_records()}
+
+
+def _latest(creds: dict, serial: str) -> credentials.Credentials:
+    return creds[max(k for k in creds if k[0] == serial)]
+
+
+def _secrets(creds: dict, key_file: Path) -> dict[str, str]:
+    """Every secret of the run: the operator's private key and each box's secrets."""
+    out = {"operator key": key_file.read_text().strip().split(":", 1)[1]}
+    for (s, v), c in creds.items():
+        out[f"{s} v{v} wifi key"] = c.wifi_key
+        out[f"{s} v{v} mqtt password"] = c.mqtt_password
+        out[f"{s} v{v} hmac key"] = c.hmac_key
+        out[f"{s} v{v} hmac key (upper)"] = c.hmac_key.upper()
     return out
 
 
@@ -77,8 +93,7 @@ def _leaks(secrets: dict[str, str], roots: list[Path], texts: dict[str, str]) ->
 
 
 def test_bench_run_virtual_4(tmp_path, bench_broker):
-    secret = tmp_path / "master.key"
-    secret.write_bytes(MASTER + b"\n")
+    key_file, pub_file = _operator(tmp_path)
     out = tmp_path / "out"
     agent = tmp_path / "src" / "agent"          # the same agent for both runs
     shutil.copytree(ROOT / "agent", agent, ignore=shutil.ignore_patterns("__pycache__"))
@@ -87,8 +102,8 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     from tests.helpers import free_port
     prod = free_port()
     (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": prod}))
-    args = ["run", "--virtual", "4", "--broker", f"127.0.0.1:{bench_broker.port}", "--master-secret-file",
-            str(secret), "--out", str(out), "--support", "Assistance : Association Port-Boyer 02 40 00 00 00",
+    args = ["run", "--virtual", "4", "--broker", f"127.0.0.1:{bench_broker.port}", "--operator-pubkey",
+            str(pub_file), "--out", str(out), "--support", "Assistance : Association Port-Boyer 02 40 00 00 00",
             "--agent-dir", str(agent), "--box-config", str(tmp_path / "box.json")]
     t0 = time.monotonic()
     r1 = _bench(args + ["--json"])
@@ -99,7 +114,7 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
                               "boxes_per_hour": rep["summary"]["boxes_per_hour"]}
     serials = sorted(b["serial"] for b in rep["boxes"])
     assert len(set(serials)) == 4 and all(s.startswith("HB-") for s in serials)
-    assert rep["master_secret"] == "file"
+    assert rep["operator_key"] == "file"
     for b in rep["boxes"]:
         assert [s["step"] for s in b["steps"]] == ["connect", "identify", "allocate", "credentials", "image",
                                                    "flash", "reset", "test", "label", "record"]
@@ -134,12 +149,15 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     # the label PNG decodes back to the right Wi-Fi string
     import zxingcpp
     from PIL import Image
+    creds = _boxes_creds(out / "ledger.sqlite", key_file)
+    assert sorted(creds) == [(s, 1) for s in serials]
     for s in serials:
-        c = credentials.derive(MASTER, s)
+        c = creds[(s, 1)]
         got = [x.text for x in zxingcpp.read_barcodes(Image.open(labels / f"{s}.png"))]
         assert got == [f"WIFI:T:WPA;S:{c.wifi_ssid};P:{c.wifi_key};;"], (s, got)
 
-    # a second run: same serials, and flashing skips what is already there
+    # a second run: same serials, fresh secrets (key version 2), and flashing skips
+    # what is already there
     r2 = _bench(args + ["--plain"])
     t2 = time.monotonic()
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
@@ -148,7 +166,7 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     assert {b["mac"]: b["serial"] for b in rep2["boxes"]} == {b["mac"]: b["serial"] for b in rep["boxes"]}
     for b1 in rep["boxes"]:
         b2 = next(b for b in rep2["boxes"] if b["mac"] == b1["mac"])
-        assert b2["images"]["vfs"]["sha256"] == b1["images"]["vfs"]["sha256"]    # same box, same image
+        assert b2["images"]["vfs"]["sha256"] != b1["images"]["vfs"]["sha256"]    # new secrets in the image
         f1, f2 = b1["images"]["flash"], b2["images"]["flash"]
         # only what the agent changed on its filesystem since is written again (the
         # base goes in two pieces around the nvs partition, which it leaves alone)
@@ -168,12 +186,14 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     assert h.returncode == 0 and serials[0] in h.stdout and "[ 6] flash" in h.stdout
 
     # no secret in the logs, the ledger, the reports or the console output
-    leaks = _leaks(_secrets(serials), [out],
+    creds = _boxes_creds(out / "ledger.sqlite", key_file)
+    assert sorted(creds) == sorted([(s, 1) for s in serials] + [(s, 2) for s in serials])
+    leaks = _leaks(_secrets(creds, key_file), [out],
                    {"run 1 stdout": r1.stdout, "run 1 stderr": r1.stderr, "run 2 stdout": r2.stdout,
                     "run 2 stderr": r2.stderr, "history": h.stdout})
     assert not leaks, leaks
     # ... while the boxes did get them (the grep would find them if they leaked)
-    c = credentials.derive(MASTER, serials[0])
+    c = _latest(creds, serials[0])
     flash = (out / "vbox").rglob("flash.bin")
     assert any(c.mqtt_password.encode() in f.read_bytes() for f in flash)
 
@@ -182,8 +202,20 @@ def test_bench_run_virtual_4(tmp_path, bench_broker):
     assert e.returncode == 0, e.stderr
     creds = json.loads((tmp_path / "creds.json").read_text())
     assert sorted(creds) == serials
-    assert all(credentials.check_hash(credentials.derive(MASTER, s).mqtt_password, creds[s]["mqtt_hash"])
-               for s in serials)
+    boxes = _boxes_creds(out / "ledger.sqlite", key_file)
+    assert all(credentials.check_hash(_latest(boxes, s).mqtt_password, creds[s]["mqtt_hash"]) for s in serials)
+
+    # the operator's registry takes the escrow; the broker configuration comes from it
+    e = _bench(["export-escrow", str(tmp_path / "escrow.json"), "--out", str(out)])
+    assert e.returncode == 0 and "8 sealed records" in e.stdout, e.stdout + e.stderr
+    env = dict(os.environ, HOMEBOX_OPERATOR_KEY=str(key_file))
+    imp = subprocess.run(HOMEBOX + ["ops", "keys", "import", str(tmp_path / "escrow.json"), "--registry",
+                                    str(tmp_path / "registry.sqlite"), "--json"], cwd=str(ROOT), env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert imp.returncode == 0 and json.loads(imp.stdout)["imported"] == 8, imp.stdout + imp.stderr
+    ls = subprocess.run(HOMEBOX + ["ops", "keys", "list", "--registry", str(tmp_path / "registry.sqlite"), "--json"],
+                        cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert {r["box"]: r["active"] for r in json.loads(ls.stdout)} == {s: 2 for s in serials}
 
 
 def _silent_port():
@@ -209,8 +241,7 @@ def test_fault_injection_classifies_each_slot_and_rerun_passes(tmp_path, bench_b
     base = standin.make_base("4MB")
     (tmp_path / "base.bin").write_bytes(base)
     (tmp_path / "lock.json").write_text(json.dumps(dict(fb.load_lock(), sha256=hashlib.sha256(base).hexdigest())))
-    secret = tmp_path / "master.key"
-    secret.write_bytes(MASTER)
+    _, pub_file = _operator(tmp_path)
     boxes = [vbox.spawn(tmp_path / f"box{i}", name=f"fault-{i}") for i in range(1, 5)]
     srv, silent = _silent_port()
     try:
@@ -220,7 +251,7 @@ def test_fault_injection_classifies_each_slot_and_rerun_passes(tmp_path, bench_b
         flaky.set_faults(corrupt_write=1)              # one write lands wrong: MD5 mismatch
         ports = ",".join(b.url for b in boxes) + "," + silent
         args = ["run", "--port", ports, "--broker", f"127.0.0.1:{bench_broker.port}",
-                "--master-secret-file", str(secret), "--out", str(tmp_path / "out"),
+                "--operator-pubkey", str(pub_file), "--out", str(tmp_path / "out"),
                 "--base-bin", str(tmp_path / "base.bin"), "--lock", str(tmp_path / "lock.json")]
         r = _bench(args + ["--json"])
         assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
@@ -267,14 +298,14 @@ def test_a_run_does_not_start_without_its_bench_broker(tmp_path):
     assert not (tmp_path / "labels").exists()
 
 
-def test_a_real_bench_run_refuses_to_start_without_a_master_secret(tmp_path):
+def test_a_real_bench_run_refuses_to_start_without_the_operator_public_key(tmp_path):
     r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path)])
-    assert r.returncode == 2 and "master secret" in r.stderr and "--master-secret-file" in r.stderr
-    weak = tmp_path / "weak.key"
-    weak.write_text("short")
+    assert r.returncode == 2 and "public key" in r.stderr and "--operator-pubkey" in r.stderr
+    bad = tmp_path / "bad.pub"
+    bad.write_text("short")
     r = _bench(["run", "--port", "/dev/ttyUSB9", "--broker", "127.0.0.1:1883", "--out", str(tmp_path),
-                "--master-secret-file", str(weak)])
-    assert r.returncode == 2 and "too short" in r.stderr
+                "--operator-pubkey", str(bad)])
+    assert r.returncode == 2 and "not a homebox operator pub file" in r.stderr, r.stderr
 
 
 def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
@@ -285,11 +316,10 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
     fails and the technician is told what to check, while its mqtt check passed
     over TLS with the box's own credentials; no label, and the ledger keeps the checks."""
     from tests.helpers import FleetBroker, free_port
-    secret = tmp_path / "master.key"
-    secret.write_bytes(MASTER)
+    key_file, pub_file = _operator(tmp_path)
     serial = "HB-000001"                       # the first serial of a new ledger
-    broker = FleetBroker(tmp_path / "broker", {serial: credentials.derive(MASTER, serial).mqtt_password},
-                         plain=False).start()
+    # the bench broker learns the box's hash when the bench makes its secrets
+    broker = FleetBroker(tmp_path / "broker", {}, plain=False).start()
     try:
         (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
                                                        "tls": True, "scenario": "silent_linky",
@@ -298,7 +328,8 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
         env = {"HOMEBOX_BENCH_BROKER_PASSWORD": broker.passwords["homebox-ingest-1"]}
         r = _bench(["run", "--virtual", "1", "--broker", f"mqtts://localhost:{broker.tls}", "--broker-ca",
                     str(broker.ca), "--broker-user", "homebox-ingest-1", "--box-ca", str(broker.ca),
-                    "--master-secret-file", str(secret), "--out", str(out), "--box-config",
+                    "--operator-pubkey", str(pub_file), "--bench-broker-passwd", str(broker.out / "passwd"),
+                    "--bench-broker-pid", str(broker.proc.pid), "--out", str(out), "--box-config",
                     str(tmp_path / "box.json"), "--vbox-heap", "256k", "--json"], env=env)
     finally:
         broker.stop()
@@ -312,7 +343,8 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
     checks = {c["name"]: c for c in h["attempts"][-1]["checks"]}
     assert checks["tic_uart"]["status"] == "fail" and checks["pulse_input"]["status"] == "n/a"
     assert checks["mqtt"]["status"] == "pass" and "(TLS), with the box's credentials" in checks["mqtt"]["detail"]
-    assert not _leaks(_secrets([serial]), [out], {"stdout": r.stdout, "stderr": r.stderr})
+    assert not _leaks(_secrets(_boxes_creds(out / "ledger.sqlite", key_file), key_file), [out],
+                      {"stdout": r.stdout, "stderr": r.stderr})
 
 
 def test_a_virtual_box_flashed_by_the_bench_runs_the_esp32_path(tmp_path, bench_broker):
@@ -333,10 +365,19 @@ def test_a_virtual_box_flashed_by_the_bench_runs_the_esp32_path(tmp_path, bench_
                                    "tic_mode": "standard", "water_enabled": True, "consumption_curve_s": 60,
                                    "telemetry_interval": 5}))
     cap = Capture(bench_broker.port)
+    key_file, pub_file = _operator(tmp_path)
     try:
         r = _bench(["run", "--virtual", "1", "--broker", f"127.0.0.1:{bench_broker.port}", "--out", str(out),
-                    "--box-config", str(box_cfg), "--json"])
+                    "--box-config", str(box_cfg), "--operator-pubkey", str(pub_file), "--json"])
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        # the tenant's consent, signed with the box's own key (the operator opens the
+        # escrow): an hourly report is a sub-daily figure, sent only with consent
+        from backend import push
+        from tests.helpers import publish
+        serial = json.loads(r.stdout)["boxes"][0]["serial"]
+        hkey = bytes.fromhex(_latest(_boxes_creds(out / "ledger.sqlite", key_file), serial).hmac_key)
+        consent = push.prepare({"speed_tier": "10M", "consent": {"detailed_consumption": True}}, serial, 1, None, hkey)
+        publish(bench_broker.port, f"homebox/v1/{serial}/desired/options", consent)
         # the bench powers its boxes off when it is done: power the flashed box on
         # again, on its bench, until its first hourly consumption report is out
         box = vbox.spawn(slot, name="vbox-1", board="esp32", scenario=out / "vbox" / "home.json")

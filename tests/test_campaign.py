@@ -61,6 +61,7 @@ def fleet(tmp_path_factory):
     th.start()
     secret = tmp / "master.secret"
     secret.write_bytes(MASTER + b"\n")
+    secret.chmod(0o600)                 # a master file others can read is refused
     good = [f"cg{tag}-{i:02d}" for i in range(GOOD)]
     bad = [f"cb{tag}-{i:02d}" for i in range(BAD)]
     procs = []

@@ -64,6 +64,9 @@ def test_mosquitto_hash():
 def test_master_secret_file(tmp_path):
     f = tmp_path / "m.key"
     f.write_text("  " + MASTER.decode() + "\n")
+    with pytest.raises(credentials.MasterSecretError, match="readable by others"):
+        credentials.load_master(f)
+    f.chmod(0o600)
     assert credentials.load_master(f) == MASTER
     assert credentials.load_master(None, env={"HOMEBOX_MASTER_SECRET_FILE": str(f)}) == MASTER
     assert credentials.load_master(None, env={}) is None

@@ -102,7 +102,11 @@ def test_messages_follow_the_contract_with_and_without_consent(tmp_path, mode, c
     drive(box, c, hal, 3 * 3600, step=20.0)
     msgs, _events = consumption_msgs(box)
     hours = [m["data"] for m in msgs if m["data"]["scope"] == "hour"]
-    assert len(hours) == 3
+    # without consent no sub-daily figure leaves the box: no hour message at all
+    assert len(hours) == (3 if consented else 0)
+    if not consented:
+        assert all(m["data"]["scope"] == "day" for m in msgs)
+        return
     for h in hours:
         assert h["end"] - h["start"] == 3600 and h["start"] % 3600 == 0
         assert h["elec"]["mode"] == mode and len(h["elec"]["meter"]) == 16
@@ -132,7 +136,8 @@ def test_consent_revoked_takes_effect_at_the_next_message(tmp_path):
     box.twin.applied["options"] = {"version": 2, "consent": {"detailed_consumption": False}}
     drive(box, c, hal, 3600, step=20.0)
     msgs, _ = consumption_msgs(box)
-    assert [m["data"]["detailed"] for m in msgs] == [True, False]
+    # consent withdrawn: the next hour is not sent at all (daily totals only)
+    assert [m["data"]["detailed"] for m in msgs] == [True]
     # a consent that is not literally true is no consent
     box.twin.applied["options"] = {"version": 3, "consent": {"detailed_consumption": "yes"}}
     assert not consumption.consent(box)
@@ -141,6 +146,7 @@ def test_consent_revoked_takes_effect_at_the_next_message(tmp_path):
 def test_day_aggregate_and_energy_matches_the_meter(tmp_path):
     hal = MeterHal(mode="historic", faults=0.01)
     box, c = make_box(tmp_path, hal)
+    box.twin.applied["options"] = {"version": 1, "consent": {"detailed_consumption": True}}
     drive(box, c, hal, 24 * 3600, step=120.0)
     msgs, _ = consumption_msgs(box)
     hours = [m["data"] for m in msgs if m["data"]["scope"] == "hour"]
@@ -167,6 +173,7 @@ def test_day_aggregate_and_energy_matches_the_meter(tmp_path):
 def test_water_litres_and_leak_event(tmp_path):
     hal = MeterHal(leak_lph=12.0)
     box, c = make_box(tmp_path, hal, water_leak_s=7200)
+    box.twin.applied["options"] = {"version": 1, "consent": {"detailed_consumption": True}}
     drive(box, c, hal, 4 * 3600, step=20.0)
     msgs, events = consumption_msgs(box)
     leaks = [e["data"] for e in events if e["data"]["type"] == "water_leak"]

@@ -52,6 +52,7 @@ def running_box(request, broker, tmp_path):
     box = f"hb-e2e-{interp[:2]}"
     secret = tmp_path / "master.secret"
     secret.write_bytes(MASTER + b"\n")
+    secret.chmod(0o600)
     secrets = tmp_path / "box" / "secrets.json"
     cfg = boxrun.write_config(tmp_path / "box", box_id=box, broker_host="127.0.0.1", broker_port=broker.port,
                               telemetry_interval=300, backoff_base=0.2, backoff_cap=1.0)
@@ -156,6 +157,7 @@ def test_push_sections_end_to_end(running_box, capsys, monkeypatch):
 def test_push_times_out_without_a_box(broker, tmp_path, capsys):
     secret = tmp_path / "m"
     secret.write_bytes(MASTER)
+    secret.chmod(0o600)
     rc = cli.main(["ops", "push", "options", str(EX / "desired-options.json"), "--box", "hb-absent",
                    "--broker", f"127.0.0.1:{broker.port}", "--timeout", "1", "--master-secret-file", str(secret)])
     out = capsys.readouterr().out
@@ -207,6 +209,7 @@ def test_push_records_the_desired_document(broker, tmp_path, capsys, store_url):
 
     secret = tmp_path / "m"
     secret.write_bytes(MASTER)
+    secret.chmod(0o600)
     doc = EX / "desired-options.json"
     cap = Capture(broker.port, "homebox/v1/hb-rec/desired/+")
     base = ["ops", "push", "options", str(doc), "--box", "hb-rec", "--broker", f"127.0.0.1:{broker.port}",

@@ -112,11 +112,16 @@ def same(a, b):
 
 class Verifier:
     """The twin's verify hook. With a key: a document must carry this box's id
-    and a valid `sig`. Without a key: only a foreign `box` is refused."""
+    and a valid `sig`. Without a key: only a foreign `box` is refused.
+    After a key rotation (agent/keys.py), `prev_hex` is the previous key: a document
+    it signed passes only as a replay (version <= applied(section)), which the twin
+    ignores: the retained documents signed before the rotation change nothing."""
 
-    def __init__(self, box_id, key_hex=None):
+    def __init__(self, box_id, key_hex=None, prev_hex=None, applied=None):
         self.box = box_id
         self.key = unhexlify(key_hex) if key_hex else None
+        self.prev = unhexlify(prev_hex) if prev_hex and applied else None
+        self.applied = applied
 
     def __call__(self, section, doc):
         from agent.twin import Invalid
@@ -135,5 +140,10 @@ class Verifier:
             got = unhexlify(s)
         except ValueError:
             raise Invalid("sig", "is not hex, or the document holds a value that cannot be signed")
-        if not same(want, got):
-            raise Invalid("sig", "does not match: tampered, or signed with another box's key")
+        if same(want, got):
+            return
+        v = doc.get("version")
+        if self.prev is not None and isinstance(v, int) and v <= self.applied(section) and \
+                same(hmac(self.prev, doc=doc, skip="sig"), got):
+            return
+        raise Invalid("sig", "does not match: tampered, or signed with another box's key")

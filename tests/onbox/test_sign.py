@@ -118,3 +118,29 @@ def test_twin_verify_hook(tmp):
     t.dirty[:] = []
     assert t.handle("parental", json.dumps(d2)) == "replay"
     assert t.dirty == []
+
+
+def test_previous_key_passes_only_replays(tmp):
+    # after a key rotation (agent/keys.py): documents the old key signed pass only as
+    # replays (version <= applied), which the twin ignores; a new version needs the new key
+    old, new = bytes(range(32)), bytes(range(1, 33))
+    applied = {"options": 4}
+    v = sign.Verifier("b1", _hex(new), _hex(old), lambda s: applied.get(s, 0))
+    for ver, key, ok in ((4, old, True), (3, old, True), (5, old, False), (5, new, True), (9, bytes(32), False)):
+        d = {"version": ver, "box": "b1"}
+        d["sig"] = sign.sign(d, key)
+        try:
+            v("options", d)
+            got = True
+        except Invalid as e:
+            assert e.field == "sig"
+            got = False
+        assert got == ok, (ver, ok)
+    # without the twin's versions the previous key is not used at all
+    d = {"version": 1, "box": "b1"}
+    d["sig"] = sign.sign(d, old)
+    try:
+        sign.Verifier("b1", _hex(new), _hex(old))("options", d)
+        raise AssertionError("accepted")
+    except Invalid:
+        pass

@@ -189,8 +189,11 @@ def test_consumption_producer_on_both_interpreters(tmp):
         t[0] += 10
         c.poll()
     c.produce(box)
-    last = [d for k, d in box.sent if k == "consumption"][-1]
-    assert last["detailed"] is False and "curve" not in last
+    # consent withdrawn: the next hour is not sent at all (daily totals only)
+    assert len([d for k, d in box.sent if k == "consumption"]) == 2
+    salt = c.salt
+    assert len(salt) == 32 and salt != box.id       # the box's own random salt, kept
+    assert consumption.Consumption(box).salt == salt
 
 
 def _wrapped(ms):
