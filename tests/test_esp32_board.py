@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backend.contract import validate
-from tests.helpers import Capture
+from tests.helpers import Capture, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "vbox" / "board"
@@ -167,6 +167,9 @@ def test_both_hals_publish_the_contract(broker, tmp_path, hal):
     """The home good_home on the ESP32 path: health, coverage and consumption
     validate against the contract."""
     box_id = f"vb-{hal}"
+    # the tenant's consent: the hourly consumption report is a sub-daily figure
+    publish(broker.port, f"homebox/v1/{box_id}/desired/options",
+            {"version": 1, "speed_tier": "10M", "consent": {"detailed_consumption": True}})
     cap = Capture(broker.port)
     # the sim HAL carries the home's simulators in the agent's heap: more room
     box = boot(tmp_path, broker, box_id, board="esp32" if hal == "esp32" else "none",
