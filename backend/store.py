@@ -47,6 +47,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -62,6 +63,15 @@ POISON = "ingest: "
 GAP_CAUSES = ("missing", "dropped")
 # The stored boot of a box's incarnation `epoch`: epoch * EPOCH_STRIDE + boot counter.
 EPOCH_STRIDE = 1_000_000_000
+DAY = 86400
+# Messages are kept RETENTION_DAYS (a year and a month: a year of plots, and time to
+# look at last year's month), in daily partitions on PostgreSQL created this many days ahead.
+RETENTION_DAYS = 400
+PARTITIONS_AHEAD = 3
+MESSAGES_PG = """CREATE TABLE IF NOT EXISTS messages (
+    box TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,
+    ts BIGINT, received_at DOUBLE PRECISION NOT NULL, stored_at DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL) PARTITION BY RANGE (received_at)"""
 # Rows per multi-row statement (well under both engines' parameter limits).
 CHUNK = 1000
 # How long before its stream's first write a message may have been received
@@ -138,6 +148,11 @@ def _schema(blob: str, serial: str) -> list[str]:
             box TEXT PRIMARY KEY, epoch BIGINT NOT NULL, top_boot BIGINT NOT NULL,
             changed_at DOUBLE PRECISION)""",
     ]
+
+
+def _day(t: float) -> int:
+    """The start of t's UTC day (epoch s)."""
+    return int(t // DAY * DAY)
 
 
 def _dumps(data) -> str:
@@ -272,11 +287,106 @@ class Store:
     def _init_schema(self) -> None:
         if self.dialect == "postgresql":
             stmts = _schema("BYTEA", "BIGSERIAL PRIMARY KEY")
+            # messages: partitioned by day of received_at (see maintain()); created
+            # below, after the migration of an unpartitioned table
+            stmts = [q for q in stmts if "messages" not in q]
         else:
             stmts = _schema("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT")
-        self._tx(lambda cur: [cur.execute(s) for s in stmts] and [
-            cur.execute(self._sql("INSERT INTO counters (name, value) VALUES (?, 0) "
-                                  "ON CONFLICT (name) DO NOTHING"), (n,)) for n in COUNTERS])
+
+        def init(cur):
+            if self.dialect == "postgresql":
+                # one process at a time creates or migrates the schema
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            for q in stmts:
+                cur.execute(q)
+            if self.dialect == "postgresql":
+                self._pg_messages(cur)
+            for n in COUNTERS:
+                cur.execute(self._sql("INSERT INTO counters (name, value) VALUES (?, 0) "
+                                      "ON CONFLICT (name) DO NOTHING"), (n,))
+        self._tx(init)
+        if self.dialect == "postgresql":
+            self.maintain(retention_days=None)
+
+    def _pg_messages(self, cur) -> None:
+        """The partitioned messages table; an unpartitioned one (the schema before
+        0012) becomes its first partition, holding everything received before tomorrow."""
+        cur.execute("SELECT c.relkind FROM pg_class c WHERE c.relname = 'messages' "
+                    "AND c.relnamespace = current_schema()::regnamespace")
+        row = cur.fetchone()
+        legacy = row is not None and row[0] == "r"
+        if legacy:
+            cur.execute("ALTER TABLE messages RENAME TO messages_legacy")
+            cur.execute("ALTER INDEX IF EXISTS messages_box_kind RENAME TO messages_legacy_box_kind")
+        if row is None or legacy:
+            cur.execute(MESSAGES_PG)
+        if legacy:
+            cut = _day(time.time()) + DAY
+            cur.execute(f"ALTER TABLE messages ATTACH PARTITION messages_legacy "
+                        f"FOR VALUES FROM (MINVALUE) TO ({cut})")
+        cur.execute("CREATE INDEX IF NOT EXISTS messages_key ON messages (box, boot, seq)")
+        cur.execute("CREATE INDEX IF NOT EXISTS messages_box_kind ON messages (box, kind)")
+        cur.execute("CREATE TABLE IF NOT EXISTS messages_default PARTITION OF messages DEFAULT")
+
+    def partitions(self) -> list[dict]:
+        """The messages partitions (PostgreSQL): name, lower and upper bound (epoch s;
+        None for MINVALUE or the default partition)."""
+        if self.dialect != "postgresql":
+            return []
+        out = []
+        for name, bound in self._q(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                "WHERE p.relname = 'messages' AND p.relnamespace = current_schema()::regnamespace "
+                "ORDER BY c.relname"):
+            lo = hi = None
+            m = re.match(r"FOR VALUES FROM \('?([^)']+)'?\) TO \('?([^)']+)'?\)", bound or "")
+            if m:
+                lo = None if m.group(1) == "MINVALUE" else float(m.group(1))
+                hi = float(m.group(2))
+            out.append({"name": name, "from": lo, "to": hi})
+        return out
+
+    def maintain(self, retention_days: float | None = RETENTION_DAYS, now: float | None = None,
+                 ahead_days: int = PARTITIONS_AHEAD) -> dict:
+        """Retention and partitions. PostgreSQL: create the daily partitions of
+        messages up to `ahead_days` after `now`, drop the partitions wholly older than
+        `retention_days` (a DROP, not a DELETE: no bloat, no vacuum). SQLite: delete
+        the messages received before the cut. None keeps everything.
+        Ingest runs this at start and every hour. Returns what it did."""
+        now = time.time() if now is None else now
+        cut = None if not retention_days else now - retention_days * DAY
+        done: dict = {"created": [], "dropped": [], "deleted": 0}
+        if self.dialect != "postgresql":
+            if cut is not None:
+                def delete(cur):
+                    cur.execute("DELETE FROM messages WHERE received_at < ?", (cut,))
+                    return cur.rowcount
+                done["deleted"] = self._tx(delete)
+            return done
+        parts = self.partitions()
+        have = {p["from"] for p in parts}
+        top = max([p["to"] for p in parts if p["to"] is not None], default=None)
+        # today's and the next days' partitions, above the newest bound (bounds are
+        # whole UTC days, so partitions never overlap)
+        want = [d for d in range(_day(now), _day(now) + (ahead_days + 1) * DAY, DAY)
+                if d not in have and (top is None or d >= top)]
+
+        def create(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            for d in want:
+                name = "messages_p" + time.strftime("%Y%m%d", time.gmtime(d))
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages "
+                            f"FOR VALUES FROM ({d}) TO ({d + DAY})")
+                done["created"].append(name)
+            if cut is not None:
+                for p in parts:
+                    if p["to"] is not None and p["to"] <= cut:
+                        cur.execute(f'DROP TABLE IF EXISTS "{p["name"]}"')
+                        done["dropped"].append(p["name"])
+        if want or cut is not None:
+            self._tx(create)
+        return done
 
     def _tx(self, fn, retries: int = 8):
         """Run fn(cursor) in one transaction; retry on deadlock/serialization/busy."""
