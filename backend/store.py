@@ -434,26 +434,41 @@ class Store:
         return self._tx(lambda cur: self._write(cur, recs))
 
     # ---- the set-based write path: a few statements per batch, not per message ----
-    def _vals(self, rows: list[tuple]) -> tuple[str, list]:
-        """A multi-row VALUES list and its flat arguments."""
-        w = len(rows[0])
-        one = "(" + ",".join("?" * w) + ")"
-        return ",".join([one] * len(rows)), [x for r in rows for x in r]
+    def _set(self, types: str, rows: list[tuple]) -> tuple[str, list]:
+        """Rows as a relation: on PostgreSQL unnest() of one array per column (one
+        short query text, whatever the row count: psycopg parses and caches it once),
+        on SQLite a multi-row VALUES list. types: the columns' SQL types, e.g. "tbf"
+        (t text, b bigint, f double precision)."""
+        if self.dialect == "postgresql":
+            names = {"t": "text", "b": "bigint", "f": "double precision"}
+            cols = [list(c) for c in zip(*rows)]
+            return ("SELECT * FROM unnest(" + ",".join(f"%b::{names[t]}[]" for t in types) + ")", cols)
+        one = "(" + ",".join("?" * len(types)) + ")"
+        return "VALUES " + ",".join([one] * len(rows)), [x for r in rows for x in r]
 
-    def _in(self, cur, q: str, keys: list[tuple], tail: str = "", args: tuple = ()) -> list[tuple]:
-        """Run `q` with `(cols) IN (VALUES ...)` for keys (chunked); all rows."""
+    def _chunks(self, rows: list[tuple]):
+        step = len(rows) if self.dialect == "postgresql" else CHUNK
+        for i in range(0, len(rows), max(1, step)):
+            yield rows[i:i + step]
+
+    def _in(self, cur, q: str, types: str, keys: list[tuple], tail: str = "", args: tuple = ()) -> list[tuple]:
+        """Run `q` with `(cols) IN {IN}` over keys (chunked on SQLite); all rows."""
         out: list[tuple] = []
-        for i in range(0, len(keys), CHUNK):
-            v, a = self._vals(keys[i:i + CHUNK])
-            cur.execute(self._sql(q.replace("{IN}", f"(VALUES {v})") + tail), a + list(args))
+        for part in self._chunks(keys):
+            rel, a = self._set(types, part)
+            cur.execute(self._sql(q).replace("{IN}", f"({rel})") + self._sql(tail), a + list(args))
             if cur.description is not None:
                 out += [tuple(r) for r in cur.fetchall()]
         return out
 
-    def _upsert(self, cur, head: str, rows: list[tuple], tail: str) -> None:
-        for i in range(0, len(rows), CHUNK):
-            v, a = self._vals(rows[i:i + CHUNK])
-            cur.execute(self._sql(f"{head} VALUES {v} {tail}"), a)
+    def _upsert(self, cur, head: str, types: str, rows: list[tuple], tail: str) -> list[tuple]:
+        out: list[tuple] = []
+        for part in self._chunks(rows):
+            rel, a = self._set(types, part)
+            cur.execute(self._sql(head) + " " + rel + " " + self._sql(tail), a)
+            if cur.description is not None:
+                out += [tuple(r) for r in cur.fetchall()]
+        return out
 
     def _lock_streams(self, cur, keys: list[tuple[str, int]], now: float) -> dict:
         """Create and lock the streams rows of keys; read their gaps (after the lock:
@@ -461,14 +476,15 @@ class Store:
         keys = sorted(set(keys))
         if not keys:
             return {}
-        self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)",
+        self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
                      [(b, s, 0, 0, now, now) for b, s in keys], "ON CONFLICT (box, boot) DO NOTHING")
         lock = " ORDER BY box, boot FOR UPDATE" if self.dialect == "postgresql" else ""
         st = {(b, int(s)): [int(m), int(n), float(f), []] for b, s, m, n, f in self._in(
-            cur, "SELECT box, boot, max_seq, n, first_at FROM streams WHERE (box, boot) IN {IN}",
+            cur, "SELECT box, boot, max_seq, n, first_at FROM streams WHERE (box, boot) IN {IN}", "tb",
             keys, lock)}
         for b, s, a, z, c in self._in(
-                cur, "SELECT box, boot, first_seq, last_seq, cause FROM gaps WHERE (box, boot) IN {IN}", keys):
+                cur, "SELECT box, boot, first_seq, last_seq, cause FROM gaps WHERE (box, boot) IN {IN}", "tb",
+                keys):
             st[(b, int(s))][3].append((int(a), int(z), c))
         for v in st.values():
             v[3].sort()
@@ -487,7 +503,7 @@ class Store:
             return {}
         lock = " ORDER BY box FOR UPDATE" if self.dialect == "postgresql" else ""
         state: dict[str, list] = {b: [0, 0, True] for b in boxes}
-        for b, e, t in self._in(cur, "SELECT box, epoch, top_boot FROM epochs WHERE (box) IN {IN}",
+        for b, e, t in self._in(cur, "SELECT box, epoch, top_boot FROM epochs WHERE (box) IN {IN}", "t",
                                 [(b,) for b in boxes], lock):
             state[b] = [int(e), int(t), False]
         msgs = [r for r in mine if r.what == "msg"]
@@ -506,7 +522,7 @@ class Store:
             since = min(streams[c[:2]][2] for c in cand) - RECEIVED_MARGIN
             for box, sb, seq, kind, ts, data in self._in(
                     cur, "SELECT box, boot, seq, kind, ts, data FROM messages WHERE (box, boot, seq) IN {IN}",
-                    sorted(set(cand)), " AND received_at >= ?", (since,)):
+                    "tbb", sorted(set(cand)), " AND received_at >= ?", (since,)):
                 stored[(box, int(sb), int(seq))] = (kind, ts, data)
         start = {b: st[0] for b, st in state.items()}
         for r in mine:
@@ -540,7 +556,7 @@ class Store:
                 r.doc = dict(d, boot=st[0] * EPOCH_STRIDE + b, _boot_off=st[0] * EPOCH_STRIDE)
         dirty = [(b, state[b][0], state[b][1], now) for b in boxes if state[b][2]]
         if dirty:
-            self._upsert(cur, "INSERT INTO epochs (box, epoch, top_boot, changed_at)", dirty,
+            self._upsert(cur, "INSERT INTO epochs (box, epoch, top_boot, changed_at)", "tbbf", dirty,
                          "ON CONFLICT (box) DO UPDATE SET epoch=excluded.epoch, "
                          "top_boot=excluded.top_boot, changed_at=excluded.changed_at")
         # a new epoch's streams (the box's epochs row is locked: no other writer has them)
@@ -624,7 +640,7 @@ class Store:
                 if o is None or (o.doc["boot"], o.doc["seq"]) < (d["boot"], d["seq"]):
                     latest[(d["box"], k)] = r
         if latest:
-            self._upsert(cur, "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data)",
+            self._upsert(cur, "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data)", "ttbbbft",
                          [(box, kind, r.doc["boot"], r.doc["seq"], r.doc.get("ts"), r.received_at,
                            json.dumps(r.doc["data"]))
                           for (box, kind), r in sorted(latest.items())],
@@ -633,7 +649,7 @@ class Store:
                          "WHERE excluded.boot > latest.boot OR "
                          "(excluded.boot = latest.boot AND excluded.seq > latest.seq)")
         if seen:
-            self._upsert(cur, "INSERT INTO boxes (box, first_seen, last_seen)",
+            self._upsert(cur, "INSERT INTO boxes (box, first_seen, last_seen)", "tff",
                          [(box, first, live) for box, (live, first) in sorted(seen.items())],
                          "ON CONFLICT (box) DO UPDATE SET last_seen = CASE "
                          "WHEN boxes.last_seen IS NULL THEN excluded.last_seen "
@@ -647,7 +663,7 @@ class Store:
                 (d["state"], d["boot"], d.get("fw"), r.received_at, r.box, d["boot"]))
             counts["status"] += 1
         if reported:
-            self._upsert(cur, "INSERT INTO reported (box, section, version, status, doc, received_at)",
+            self._upsert(cur, "INSERT INTO reported (box, section, version, status, doc, received_at)", "ttbttf",
                          [(box, section, r.doc["version"], r.doc.get("status"), json.dumps(r.doc),
                            r.received_at) for (box, section), r in sorted(reported.items())],
                          "ON CONFLICT (box, section) DO UPDATE SET "
@@ -692,12 +708,10 @@ class Store:
         messages, drops, gaps and streams of the whole batch, a statement per table."""
         drop_rows = sorted({(b, s, f, la, now) for (b, s), rs in stream_drops.items() for f, la in rs})
         added: dict[tuple[str, int], list[tuple[int, int]]] = {}
-        for i in range(0, len(drop_rows), CHUNK):
-            v, a = self._vals(drop_rows[i:i + CHUNK])
-            cur.execute(self._sql(
-                f"INSERT INTO drops (box, boot, first_seq, last_seq, reported_at) VALUES {v} "
-                "ON CONFLICT (box, boot, first_seq) DO NOTHING RETURNING box, boot, first_seq, last_seq"), a)
-            for b, s, f, la in cur.fetchall():
+        if drop_rows:
+            for b, s, f, la in self._upsert(
+                    cur, "INSERT INTO drops (box, boot, first_seq, last_seq, reported_at)", "tbbbf", drop_rows,
+                    "ON CONFLICT (box, boot, first_seq) DO NOTHING RETURNING box, boot, first_seq, last_seq"):
                 added.setdefault((b, int(s)), []).append((int(f), int(la)))
         out: list[Rec] = []
         rows: list[tuple] = []
@@ -738,7 +752,7 @@ class Store:
         if touched:
             drops: dict[tuple[str, int], list[tuple[int, int]]] = {}
             for b, s, f, la in self._in(
-                    cur, "SELECT box, boot, first_seq, last_seq FROM drops WHERE (box, boot) IN {IN}",
+                    cur, "SELECT box, boot, first_seq, last_seq FROM drops WHERE (box, boot) IN {IN}", "tb",
                     sorted(touched)):
                 drops.setdefault((b, int(s)), []).append((int(f), int(la)))
             changed, gap_rows = [], []
@@ -748,14 +762,15 @@ class Store:
                     changed.append(key)
                     gap_rows += [key + (a, b, c, now) for a, b, c in new_rows]
             if changed:
-                self._in(cur, "DELETE FROM gaps WHERE (box, boot) IN {IN}", changed)
+                self._in(cur, "DELETE FROM gaps WHERE (box, boot) IN {IN}", "tb", changed)
             if gap_rows:
                 self._upsert(cur, "INSERT INTO gaps (box, boot, first_seq, last_seq, cause, detected_at)",
-                             gap_rows, "")
+                             "tbbbtf", gap_rows, "")
         if rows:
             self._insert_messages(cur, rows)
         if stream_rows:
-            self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", stream_rows,
+            self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
+                         stream_rows,
                          "ON CONFLICT (box, boot) DO UPDATE SET max_seq=excluded.max_seq, n=excluded.n, "
                          "last_at=excluded.last_at")
         return out
