@@ -1,8 +1,13 @@
 """Ingest: all boxes' telemetry, events, status, reported (and desired) documents into the store.
 
 - Subscribes with QoS 1 over MQTT 5 with a persistent session (clean_start false,
-  a session expiry), so what arrives while ingest is down waits in the broker.
-- With `share`, subscribes through `$share/GROUP/...`: N processes split the load.
+  a session expiry), so what arrives while ingest is down waits in the broker;
+  Retain Handling 1, so a reconnect that resumes the session replays nothing.
+- With `share`, subscribes to the streams (telemetry, event) through
+  `$share/GROUP/...` (Retain Handling 2): N processes split the load; with `state`
+  (the default) also to the state documents, not shared. A member stopped on
+  purpose leaves without parking anything in its session (see _leave).
+- `retention_days`: hourly Store.maintain (partitions ahead, retention).
 - Validates every payload against the contract (backend.contract); an invalid one is
   counted and stored in the quarantine table, never dropped silently.
 - Batches inserts (size or age, whichever comes first) and acknowledges each message

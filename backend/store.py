@@ -10,7 +10,10 @@ first use; any other query parameters go to libpq unchanged.
 
 Tables (same columns on both engines):
 
-- messages   (box, boot, seq) primary key: every telemetry and event envelope once.
+- messages   every telemetry and event envelope once. Duplicates are decided from the
+             stream's row in `streams` (the stream holds 1..max_seq minus its gaps), not
+             by a key: on PostgreSQL the table is partitioned by day of received_at
+             (messages_pYYYYMMDD, messages_default; see maintain() for retention).
 - streams    one row per (box, boot): highest seq seen and how many distinct seqs.
 - gaps       missing seq ranges per (box, boot), with cause 'missing' (not known why)
              or 'dropped' (the box said so in an outbox_dropped event).
@@ -41,6 +44,8 @@ still counted once.
 
 `write_batch` applies one batch of ingested records in one transaction; the caller
 acknowledges the MQTT messages only after it returns.
+It is set-based: a statement per table per batch (COPY into messages on PostgreSQL,
+unnest() arrays for the upserts; multi-row VALUES on SQLite).
 """
 from __future__ import annotations
 
