@@ -11,7 +11,8 @@ checks it against jsonschema on the contract's examples and on mutated documents
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Check = Callable[[Any], bool]
 
