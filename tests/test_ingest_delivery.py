@@ -167,7 +167,7 @@ def test_a_share_member_taken_away_parks_nothing_and_loses_nothing(tmp_path):
         burst(200)
         b = _member(fleet, "homebox-ingest-2", db, group, blog)
         _wait(all_stored, what="B's share stored after its restart")
-        assert _received(blog, since=1) > 0
+        _wait(lambda: _received(blog, since=1) > 0, 30, "B storing its parked share")
         # B stopped: it leaves the group; A alone stores everything that follows
         b.terminate()
         assert b.wait(60) == 0
