@@ -481,12 +481,19 @@ class Store:
         keys = sorted(set(keys))
         if not keys:
             return {}
-        self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
-                     [(b, s, 0, 0, now, now) for b, s in keys], "ON CONFLICT (box, boot) DO NOTHING")
         lock = " ORDER BY box, boot FOR UPDATE" if self.dialect == "postgresql" else ""
-        st = {(b, int(s)): [int(m), int(n), float(f), []] for b, s, m, n, f in self._in(
-            cur, "SELECT box, boot, max_seq, n, first_at FROM streams WHERE (box, boot) IN {IN}", "tb",
-            keys, lock)}
+
+        def select(ks):
+            return {(b, int(s)): [int(m), int(n), float(f), []] for b, s, m, n, f in self._in(
+                cur, "SELECT box, boot, max_seq, n, first_at FROM streams WHERE (box, boot) IN {IN}", "tb",
+                ks, lock)}
+        # most streams exist (one per box and boot): lock them, then create the others
+        st = select(keys)
+        new = [k for k in keys if k not in st]
+        if new:
+            self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
+                         [(b, s, 0, 0, now, now) for b, s in new], "ON CONFLICT (box, boot) DO NOTHING")
+            st.update(select(new))
         for b, s, a, z, c in self._in(
                 cur, "SELECT box, boot, first_seq, last_seq, cause FROM gaps WHERE (box, boot) IN {IN}", "tb",
                 keys):
