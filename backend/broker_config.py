@@ -51,6 +51,16 @@ CLIENT_DAYS = 90          # client certificates: short, re-issued by re-running 
 CRL_DAYS = 30             # the CRL's next update: re-run broker-config (or ops revoke) before
 MSGS_PER_BOX_5MIN = 2
 OUTAGE_S = 3600
+# Bytes a queued message takes in Mosquitto's memory, on average (payload ~200-600 B,
+# topic, and the broker's own record).
+QUEUED_MSG_BYTES = 1024
+# A backend session's queue never below this (a small fleet still bursts: every box
+# empties its outbox at once after a broker restart).
+MIN_QUEUE_BYTES = 256 * 1024 * 1024
+# The count limit, out of the way (the bytes bound the queue). Not 0 ("no maximum"):
+# with 0, Mosquitto 2.0.11 drops the connection of a client whose QoS 1 publish the
+# ACL refuses (tests/test_broker_acl.py).
+QUEUE_COUNT_UNBOUNDED = 100_000_000
 
 
 def is_hash(s: str) -> bool:
@@ -258,10 +268,18 @@ def _pki(out: Path, hosts: list[str], client_boxes: list[str], ca_dir: Path) -> 
 
 
 def queue_size(fleet_size: int) -> int:
-    """max_queued_messages: enough for the backend's persistent sessions to ride out
-    OUTAGE_S of the whole fleet's telemetry (Mosquitto's default of 1000 drops
-    silently for a slow consumer)."""
+    """Messages the backend's persistent sessions must hold to ride out OUTAGE_S of the
+    whole fleet's telemetry."""
     return max(10000, fleet_size * MSGS_PER_BOX_5MIN * OUTAGE_S // 300)
+
+
+def queue_bytes(fleet_size: int) -> int:
+    """max_queued_bytes: queue_size in bytes, doubled for the burst of outboxes that
+    follows an outage, never below MIN_QUEUE_BYTES. The queue is bounded in bytes
+    (memory), not in messages: a count limit (Mosquitto's default 1000, or ours of
+    10,000) dropped 6,000 of a 30,000-message burst to a slow consumer, after the
+    boxes had their PUBACKs and had deleted them."""
+    return max(MIN_QUEUE_BYTES, 2 * queue_size(fleet_size) * QUEUED_MSG_BYTES)
 
 
 def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int = 0,
@@ -313,7 +331,9 @@ def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int
         "autosave_interval 60",
         "",
         f"# sized for {fleet_size} boxes: {MSGS_PER_BOX_5MIN} msgs/box/5 min for {OUTAGE_S} s of backend outage",
-        f"max_queued_messages {queue_size(fleet_size)}",
+        f"# bounded in bytes ({queue_bytes(fleet_size) >> 20} MiB per session), not in messages",
+        f"max_queued_messages {QUEUE_COUNT_UNBOUNDED}",
+        f"max_queued_bytes {queue_bytes(fleet_size)}",
         "max_inflight_messages 20",
         "# a desired document is at most 8 KiB on the box; telemetry is far smaller",
         "max_packet_size 65536",

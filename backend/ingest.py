@@ -1,8 +1,13 @@
 """Ingest: all boxes' telemetry, events, status, reported (and desired) documents into the store.
 
 - Subscribes with QoS 1 over MQTT 5 with a persistent session (clean_start false,
-  a session expiry), so what arrives while ingest is down waits in the broker.
-- With `share`, subscribes through `$share/GROUP/...`: N processes split the load.
+  a session expiry), so what arrives while ingest is down waits in the broker;
+  Retain Handling 1, so a reconnect that resumes the session replays nothing.
+- With `share`, subscribes to the streams (telemetry, event) through
+  `$share/GROUP/...` (Retain Handling 2): N processes split the load; with `state`
+  (the default) also to the state documents, not shared. A member stopped on
+  purpose leaves without parking anything in its session (see _leave).
+- `retention_days`: hourly Store.maintain (partitions ahead, retention).
 - Validates every payload against the contract (backend.contract); an invalid one is
   counted and stored in the quarantine table, never dropped silently.
 - Batches inserts (size or age, whichever comes first) and acknowledges each message
@@ -43,13 +48,26 @@ from backend import contract
 from backend.store import POISON, Rec, Store
 from common.broker import Broker, parse_broker
 
-FILTERS = (
+# The box's streams: shared between the members of a share group.
+STREAM_FILTERS = (
     "homebox/v1/+/telemetry/#",
     "homebox/v1/+/event",
+)
+# The retained state documents: one state consumer (not shared) learns them.
+STATE_FILTERS = (
     "homebox/v1/+/status",
     "homebox/v1/+/reported/+",
     "homebox/v1/+/desired/+",
 )
+FILTERS = STREAM_FILTERS + STATE_FILTERS
+# MQTT 5 Retain Handling: 1 = retained messages only when the subscription is new
+# (not on the resumption of a persistent session), 2 = never.
+RH_IF_NEW, RH_NEVER = 1, 2
+# A leaving share member: after its unsubscribe, the broker's queue for it is
+# taken as drained once nothing has come for this long (and everything is acked).
+DRAIN_QUIET_S = 2.0
+DRAIN_MAX_S = 30.0
+MAINTAIN_EVERY_S = 3600
 
 
 def make_client(url: Broker, client_id: str, tls_ca: str | None = None,
@@ -121,10 +139,13 @@ class Ingest:
                  client_id: str | None = None, batch_size: int = 500, batch_wait: float = 0.2,
                  receive_max: int = 2000, session_expiry: int = 7 * 24 * 3600,
                  tls_ca: str | None = None, log=None, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1"):
+                 metrics_host: str = "127.0.0.1", state: bool = True,
+                 retention_days: float | None = None):
         self.url = parse_broker(broker)
         self.store = store
         self.share = share
+        self.state = state
+        self.retention_days = retention_days
         host = socket.gethostname()
         self.client_id = client_id or ("homebox-ingest-%s-%s" % (share, host) if share
                                        else "homebox-ingest-%s" % host)
@@ -138,6 +159,8 @@ class Ingest:
         self.tls_ca = tls_ca
         self.log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
         self.pending: deque = deque()
+        self.leaving = False                 # a share member on its way out (see _leave)
+        self.last_message = 0.0
         self.gen = 0                         # connection generation: mids are per connection
         self.subscribed = threading.Event()
         self.stop_event = threading.Event()
@@ -156,8 +179,22 @@ class Ingest:
         self._cleared: dict[str, float] = {}  # topics whose retained message we cleared: when
         self.totals["retained_cleared"] = 0
 
+    def subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        """What ingest subscribes to, all QoS 1. Alone: every filter, Retain Handling 1
+        (a reconnect that resumes the session replays nothing). In a share group: the
+        streams shared, Retain Handling 2 (MQTT 5 section 4.8.2: no retained messages
+        to shared subscriptions; Mosquitto 2.0 sends them anyway); with `state` (the
+        default) also the state documents, not shared, Retain Handling 1."""
+        if not self.share:
+            return [(f, SubscribeOptions(qos=1, retainHandling=RH_IF_NEW)) for f in FILTERS]
+        subs = [(f"$share/{self.share}/{f}", SubscribeOptions(qos=1, retainHandling=RH_NEVER))
+                for f in STREAM_FILTERS]
+        if self.state:
+            subs += [(f, SubscribeOptions(qos=1, retainHandling=RH_IF_NEW)) for f in STATE_FILTERS]
+        return subs
+
     def filters(self) -> list[str]:
-        return [f"$share/{self.share}/{f}" if self.share else f for f in FILTERS]
+        return [f for f, _o in self.subscriptions()]
 
     # ---- MQTT callbacks (network thread) ------------------------------------------
     def _on_connect(self, client, userdata, flags, rc, props):
@@ -167,7 +204,9 @@ class Ingest:
         self.gen += 1
         self.mqtt_connected = True
         self.totals["mqtt_connects"] += 1
-        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters()])
+        if self.leaving:
+            return
+        client.subscribe(self.subscriptions())
         self.log(f"ingest: connected as {self.client_id} (session present: {flags.session_present})")
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, props):
@@ -180,6 +219,7 @@ class Ingest:
     def _on_message(self, client, userdata, msg):
         # Nothing may escape into paho's network thread: an exception there ends it
         # silently (the process stays up and stores nothing more).
+        self.last_message = time.time()
         try:
             if not msg.payload and not msg.retain and msg.topic in self._cleared:
                 self.pending.append((self.gen, msg.mid, msg.qos, None))     # our own clear: ack only
@@ -295,11 +335,15 @@ class Ingest:
         c.loop_start()
         end = time.time() + duration if duration else None
         last_stats = time.time()
+        last_maintain = 0.0
         first_wait = None
         last_gauges = 0.0
         try:
             while not self.stop_event.is_set() and (end is None or time.time() < end):
                 self.heartbeat = time.time()
+                if self.retention_days is not None and time.time() - last_maintain >= MAINTAIN_EVERY_S:
+                    last_maintain = time.time()
+                    self.maintain()
                 if self.metrics is not None and time.time() - last_gauges >= 5.0:
                     last_gauges = time.time()
                     self.refresh_gauges()
@@ -330,6 +374,8 @@ class Ingest:
                 while self.pending and time.time() - t0 < 5 and self.flush():
                     pass
                 self.stop_event.set()
+            if self.share and self.db_up and not self.pending:
+                self._leave(c)
         finally:
             c.disconnect()
             c.loop_stop()
@@ -337,6 +383,52 @@ class Ingest:
                 self.metrics.stop()
                 self.metrics = None
         return dict(self.totals)
+
+    def maintain(self) -> None:
+        """Partitions ahead and retention (Store.maintain); a failure is logged, and
+        tried again at the next turn."""
+        try:
+            done = self.store.maintain(retention_days=self.retention_days or None)
+            if done["created"] or done["dropped"] or done["deleted"]:
+                self.log(f"ingest: maintenance: {done}")
+        except Exception as e:
+            self.log(f"ingest: maintenance failed: {type(e).__name__}: {str(e)[:200]}")
+
+    def _leave(self, c: mqtt.Client) -> None:
+        """A share member that stops leaves the group without parking anything: it
+        unsubscribes from the shared streams (the broker sends it nothing new), stores
+        and acknowledges what its session still holds, then ends the session
+        (Session Expiry 0 on DISCONNECT). Without this, Mosquitto keeps queueing a
+        share of the traffic into the absent member's session until it returns.
+        A member killed without a goodbye keeps its session (and its queue) for its
+        restart under the same client id (the systemd unit restarts it)."""
+        if not self.mqtt_connected:
+            return
+        self.leaving = True
+        shared = [f for f, _o in self.subscriptions() if f.startswith("$share/")]
+        done = threading.Event()
+        c.on_unsubscribe = lambda *a: done.set()
+        c.unsubscribe(shared)
+        if not done.wait(10):
+            self.log("ingest: no UNSUBACK: the session is kept")
+            return
+        t0 = time.time()
+        self.last_message = max(self.last_message, time.time())
+        while time.time() - t0 < DRAIN_MAX_S:
+            if self.pending:
+                if self.flush() == 0 and not self.db_up:
+                    return                       # database away: keep the session
+                continue
+            if time.time() - self.last_message >= DRAIN_QUIET_S:
+                break
+            time.sleep(0.02)
+        else:
+            self.log("ingest: the session still receives: kept")
+            return
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        c.disconnect(properties=props)
+        self.log(f"ingest: left share group {self.share} (session ended)")
 
     def _clear_unexpected_retained(self, recs: list[Rec]) -> None:
         c = self.client

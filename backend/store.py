@@ -10,7 +10,10 @@ first use; any other query parameters go to libpq unchanged.
 
 Tables (same columns on both engines):
 
-- messages   (box, boot, seq) primary key: every telemetry and event envelope once.
+- messages   every telemetry and event envelope once. Duplicates are decided from the
+             stream's row in `streams` (the stream holds 1..max_seq minus its gaps), not
+             by a key: on PostgreSQL the table is partitioned by day of received_at
+             (messages_pYYYYMMDD, messages_default; see maintain() for retention).
 - streams    one row per (box, boot): highest seq seen and how many distinct seqs.
 - gaps       missing seq ranges per (box, boot), with cause 'missing' (not known why)
              or 'dropped' (the box said so in an outbox_dropped event).
@@ -41,11 +44,15 @@ still counted once.
 
 `write_batch` applies one batch of ingested records in one transaction; the caller
 acknowledges the MQTT messages only after it returns.
+It is set-based: a statement per table per batch (COPY into messages on PostgreSQL,
+unnest() arrays for the upserts; multi-row VALUES on SQLite).
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -61,6 +68,20 @@ POISON = "ingest: "
 GAP_CAUSES = ("missing", "dropped")
 # The stored boot of a box's incarnation `epoch`: epoch * EPOCH_STRIDE + boot counter.
 EPOCH_STRIDE = 1_000_000_000
+DAY = 86400
+# Messages are kept RETENTION_DAYS (a year and a month: a year of plots, and time to
+# look at last year's month), in daily partitions on PostgreSQL created this many days ahead.
+RETENTION_DAYS = 400
+PARTITIONS_AHEAD = 3
+MESSAGES_PG = """CREATE TABLE IF NOT EXISTS messages (
+    box TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL,
+    ts BIGINT, received_at DOUBLE PRECISION NOT NULL, stored_at DOUBLE PRECISION NOT NULL,
+    data TEXT NOT NULL) PARTITION BY RANGE (received_at)"""
+# Rows per multi-row statement (well under both engines' parameter limits).
+CHUNK = 1000
+# How long before its stream's first write a message may have been received
+# (pending through a database outage): bounds the duplicate lookup in time.
+RECEIVED_MARGIN = 7 * 86400
 
 
 @dataclass
@@ -132,6 +153,21 @@ def _schema(blob: str, serial: str) -> list[str]:
             box TEXT PRIMARY KEY, epoch BIGINT NOT NULL, top_boot BIGINT NOT NULL,
             changed_at DOUBLE PRECISION)""",
     ]
+
+
+def _day(t: float) -> int:
+    """The start of t's UTC day (epoch s)."""
+    return int(t // DAY * DAY)
+
+
+def _dumps(data) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _in_gaps(rows: list[tuple], s: int) -> bool:
+    """Is seq s in one of a stream's gap rows (first, last, cause), sorted?"""
+    i = bisect.bisect_right(rows, (s, float("inf"))) - 1
+    return i >= 0 and rows[i][0] <= s <= rows[i][1]
 
 
 def _split_ranges(intervals: list[tuple[int, int]], drops: list[tuple[int, int]]):
@@ -256,11 +292,106 @@ class Store:
     def _init_schema(self) -> None:
         if self.dialect == "postgresql":
             stmts = _schema("BYTEA", "BIGSERIAL PRIMARY KEY")
+            # messages: partitioned by day of received_at (see maintain()); created
+            # below, after the migration of an unpartitioned table
+            stmts = [q for q in stmts if "messages" not in q]
         else:
             stmts = _schema("BLOB", "INTEGER PRIMARY KEY AUTOINCREMENT")
-        self._tx(lambda cur: [cur.execute(s) for s in stmts] and [
-            cur.execute(self._sql("INSERT INTO counters (name, value) VALUES (?, 0) "
-                                  "ON CONFLICT (name) DO NOTHING"), (n,)) for n in COUNTERS])
+
+        def init(cur):
+            if self.dialect == "postgresql":
+                # one process at a time creates or migrates the schema
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            for q in stmts:
+                cur.execute(q)
+            if self.dialect == "postgresql":
+                self._pg_messages(cur)
+            for n in COUNTERS:
+                cur.execute(self._sql("INSERT INTO counters (name, value) VALUES (?, 0) "
+                                      "ON CONFLICT (name) DO NOTHING"), (n,))
+        self._tx(init)
+        if self.dialect == "postgresql":
+            self.maintain(retention_days=None)
+
+    def _pg_messages(self, cur) -> None:
+        """The partitioned messages table; an unpartitioned one (the schema before
+        0012) becomes its first partition, holding everything received before tomorrow."""
+        cur.execute("SELECT c.relkind FROM pg_class c WHERE c.relname = 'messages' "
+                    "AND c.relnamespace = current_schema()::regnamespace")
+        row = cur.fetchone()
+        legacy = row is not None and row[0] == "r"
+        if legacy:
+            cur.execute("ALTER TABLE messages RENAME TO messages_legacy")
+            cur.execute("ALTER INDEX IF EXISTS messages_box_kind RENAME TO messages_legacy_box_kind")
+        if row is None or legacy:
+            cur.execute(MESSAGES_PG)
+        if legacy:
+            cut = _day(time.time()) + DAY
+            cur.execute(f"ALTER TABLE messages ATTACH PARTITION messages_legacy "
+                        f"FOR VALUES FROM (MINVALUE) TO ({cut})")
+        cur.execute("CREATE INDEX IF NOT EXISTS messages_key ON messages (box, boot, seq)")
+        cur.execute("CREATE INDEX IF NOT EXISTS messages_box_kind ON messages (box, kind)")
+        cur.execute("CREATE TABLE IF NOT EXISTS messages_default PARTITION OF messages DEFAULT")
+
+    def partitions(self) -> list[dict]:
+        """The messages partitions (PostgreSQL): name, lower and upper bound (epoch s;
+        None for MINVALUE or the default partition)."""
+        if self.dialect != "postgresql":
+            return []
+        out = []
+        for name, bound in self._q(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent "
+                "WHERE p.relname = 'messages' AND p.relnamespace = current_schema()::regnamespace "
+                "ORDER BY c.relname"):
+            lo = hi = None
+            m = re.match(r"FOR VALUES FROM \('?([^)']+)'?\) TO \('?([^)']+)'?\)", bound or "")
+            if m:
+                lo = None if m.group(1) == "MINVALUE" else float(m.group(1))
+                hi = float(m.group(2))
+            out.append({"name": name, "from": lo, "to": hi})
+        return out
+
+    def maintain(self, retention_days: float | None = RETENTION_DAYS, now: float | None = None,
+                 ahead_days: int = PARTITIONS_AHEAD) -> dict:
+        """Retention and partitions. PostgreSQL: create the daily partitions of
+        messages up to `ahead_days` after `now`, drop the partitions wholly older than
+        `retention_days` (a DROP, not a DELETE: no bloat, no vacuum). SQLite: delete
+        the messages received before the cut. None keeps everything.
+        Ingest runs this at start and every hour. Returns what it did."""
+        now = time.time() if now is None else now
+        cut = None if not retention_days else now - retention_days * DAY
+        done: dict = {"created": [], "dropped": [], "deleted": 0}
+        if self.dialect != "postgresql":
+            if cut is not None:
+                def delete(cur):
+                    cur.execute("DELETE FROM messages WHERE received_at < ?", (cut,))
+                    return cur.rowcount
+                done["deleted"] = self._tx(delete)
+            return done
+        parts = self.partitions()
+        have = {p["from"] for p in parts}
+        top = max([p["to"] for p in parts if p["to"] is not None], default=None)
+        # today's and the next days' partitions, above the newest bound (bounds are
+        # whole UTC days, so partitions never overlap)
+        want = [d for d in range(_day(now), _day(now) + (ahead_days + 1) * DAY, DAY)
+                if d not in have and (top is None or d >= top)]
+
+        def create(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            for d in want:
+                name = "messages_p" + time.strftime("%Y%m%d", time.gmtime(d))
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF messages "
+                            f"FOR VALUES FROM ({d}) TO ({d + DAY})")
+                done["created"].append(name)
+            if cut is not None:
+                for p in parts:
+                    if p["to"] is not None and p["to"] <= cut:
+                        cur.execute(f'DROP TABLE IF EXISTS "{p["name"]}"')
+                        done["dropped"].append(p["name"])
+        if want or cut is not None:
+            self._tx(create)
+        return done
 
     def _tx(self, fn, retries: int = 8):
         """Run fn(cursor) in one transaction; retry on deadlock/serialization/busy."""
@@ -307,37 +438,104 @@ class Store:
             return {}
         return self._tx(lambda cur: self._write(cur, recs))
 
-    def _epochs(self, cur, recs: list[Rec], now: float) -> None:
+    # ---- the set-based write path: a few statements per batch, not per message ----
+    def _set(self, types: str, rows: list[tuple]) -> tuple[str, list]:
+        """Rows as a relation: on PostgreSQL unnest() of one array per column (one
+        short query text, whatever the row count: psycopg parses and caches it once),
+        on SQLite a multi-row VALUES list. types: the columns' SQL types, e.g. "tbf"
+        (t text, b bigint, f double precision)."""
+        if self.dialect == "postgresql":
+            names = {"t": "text", "b": "bigint", "f": "double precision"}
+            cols = [list(c) for c in zip(*rows)]
+            return ("SELECT * FROM unnest(" + ",".join(f"%b::{names[t]}[]" for t in types) + ")", cols)
+        one = "(" + ",".join("?" * len(types)) + ")"
+        return "VALUES " + ",".join([one] * len(rows)), [x for r in rows for x in r]
+
+    def _chunks(self, rows: list[tuple]):
+        step = len(rows) if self.dialect == "postgresql" else CHUNK
+        for i in range(0, len(rows), max(1, step)):
+            yield rows[i:i + step]
+
+    def _in(self, cur, q: str, types: str, keys: list[tuple], tail: str = "", args: tuple = ()) -> list[tuple]:
+        """Run `q` with `(cols) IN {IN}` over keys (chunked on SQLite); all rows."""
+        out: list[tuple] = []
+        for part in self._chunks(keys):
+            rel, a = self._set(types, part)
+            cur.execute(self._sql(q).replace("{IN}", f"({rel})") + self._sql(tail), a + list(args))
+            if cur.description is not None:
+                out += [tuple(r) for r in cur.fetchall()]
+        return out
+
+    def _upsert(self, cur, head: str, types: str, rows: list[tuple], tail: str) -> list[tuple]:
+        out: list[tuple] = []
+        for part in self._chunks(rows):
+            rel, a = self._set(types, part)
+            cur.execute(self._sql(head) + " " + rel + " " + self._sql(tail), a)
+            if cur.description is not None:
+                out += [tuple(r) for r in cur.fetchall()]
+        return out
+
+    def _lock_streams(self, cur, keys: list[tuple[str, int]], now: float) -> dict:
+        """Create and lock the streams rows of keys; read their gaps (after the lock:
+        a concurrent writer's commit is then visible). {key: [max_seq, n, first_at, gaps]}."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        lock = " ORDER BY box, boot FOR UPDATE" if self.dialect == "postgresql" else ""
+
+        def select(ks):
+            return {(b, int(s)): [int(m), int(n), float(f), []] for b, s, m, n, f in self._in(
+                cur, "SELECT box, boot, max_seq, n, first_at FROM streams WHERE (box, boot) IN {IN}", "tb",
+                ks, lock)}
+        # most streams exist (one per box and boot): lock them, then create the others
+        st = select(keys)
+        new = [k for k in keys if k not in st]
+        if new:
+            self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
+                         [(b, s, 0, 0, now, now) for b, s in new], "ON CONFLICT (box, boot) DO NOTHING")
+            st.update(select(new))
+        for b, s, a, z, c in self._in(
+                cur, "SELECT box, boot, first_seq, last_seq, cause FROM gaps WHERE (box, boot) IN {IN}", "tb",
+                keys):
+            st[(b, int(s))][3].append((int(a), int(z), c))
+        for v in st.values():
+            v[3].sort()
+        return st
+
+    def _epochs(self, cur, mine: list[Rec], now: float) -> dict:
         """Map each record's boot counter to its stored boot (the box's epoch), in
-        the batch's order; start a new epoch where a box's counter went back."""
-        mine = [r for r in recs if r.what in ("msg", "status") and r.box]
+        the batch's order; start a new epoch where a box's counter went back.
+        Returns the locked streams (see _lock_streams) of the records' stored boots."""
         for r in mine:
             # the doc as classified: a retried or bisected batch is mapped again from it
             raw = r.__dict__.setdefault("raw_doc", r.doc)
             r.doc = raw
         boxes = sorted({r.box for r in mine})
         if not boxes:
-            return
-        state: dict[str, list] = {}
-        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-        for box in boxes:
-            cur.execute(self._sql("SELECT epoch, top_boot FROM epochs WHERE box=?" + lock), (box,))
-            row = cur.fetchone()
-            state[box] = [int(row[0]), int(row[1]), False] if row else [0, 0, row is None]
-        # The stored messages this batch's (boot, seq) would collide with, in the
-        # epochs in force at the batch's start.
-        want: dict[tuple[str, int], set[int]] = {}
-        for r in mine:
-            if r.what == "msg":
-                want.setdefault((r.box, state[r.box][0] * EPOCH_STRIDE + r.doc["boot"]), set()).add(r.doc["seq"])
+            return {}
+        lock = " ORDER BY box FOR UPDATE" if self.dialect == "postgresql" else ""
+        state: dict[str, list] = {b: [0, 0, True] for b in boxes}
+        for b, e, t in self._in(cur, "SELECT box, epoch, top_boot FROM epochs WHERE (box) IN {IN}", "t",
+                                [(b,) for b in boxes], lock):
+            state[b] = [int(e), int(t), False]
+        msgs = [r for r in mine if r.what == "msg"]
+        streams = self._lock_streams(
+            cur, [(r.box, state[r.box][0] * EPOCH_STRIDE + r.doc["boot"]) for r in msgs], now)
+        # Only a seq the stream already holds (at most max_seq, in no gap) can collide
+        # with a stored message: read those, to compare their content.
+        cand = []
+        for r in msgs:
+            k = (r.box, state[r.box][0] * EPOCH_STRIDE + r.doc["boot"])
+            s = streams.get(k)
+            if s and r.doc["seq"] <= s[0] and not _in_gaps(s[3], r.doc["seq"]):
+                cand.append(k + (r.doc["seq"],))
         stored: dict[tuple[str, int, int], tuple] = {}
-        for (box, sb), seqs in sorted(want.items()):
-            lo, hi = min(seqs), max(seqs)
-            cur.execute(self._sql("SELECT seq, kind, ts, data FROM messages WHERE box=? AND boot=? "
-                                  "AND seq BETWEEN ? AND ?"), (box, sb, lo, hi))
-            for seq, kind, ts, data in cur.fetchall():
-                if seq in seqs:
-                    stored[(box, sb, int(seq))] = (kind, ts, data)
+        if cand:
+            since = min(streams[c[:2]][2] for c in cand) - RECEIVED_MARGIN
+            for box, sb, seq, kind, ts, data in self._in(
+                    cur, "SELECT box, boot, seq, kind, ts, data FROM messages WHERE (box, boot, seq) IN {IN}",
+                    "tbb", sorted(set(cand)), " AND received_at >= ?", (since,)):
+                stored[(box, int(sb), int(seq))] = (kind, ts, data)
         start = {b: st[0] for b, st in state.items()}
         for r in mine:
             st = state[r.box]
@@ -349,7 +547,7 @@ class Store:
             if r.what == "msg" and st[0] == start[r.box]:
                 o = stored.get((r.box, st[0] * EPOCH_STRIDE + b, d["seq"]))
                 if o is not None and (o[0] != d["kind"] or o[1] != d.get("ts")
-                                      or o[2] != json.dumps(d["data"], separators=(",", ":"))):
+                                      or o[2] != _dumps(d["data"])):
                     why = f"boot {b} seq {d['seq']} already stored with other content"
             if why is not None:
                 st[0] += 1
@@ -368,13 +566,17 @@ class Store:
             if st[0]:
                 # _boot_off: the outbox_dropped ranges name boots of the same epoch
                 r.doc = dict(d, boot=st[0] * EPOCH_STRIDE + b, _boot_off=st[0] * EPOCH_STRIDE)
-        for box in boxes:
-            e, top, dirty = state[box]
-            if dirty:
-                cur.execute(self._sql(
-                    "INSERT INTO epochs (box, epoch, top_boot, changed_at) VALUES (?,?,?,?) "
-                    "ON CONFLICT (box) DO UPDATE SET epoch=excluded.epoch, top_boot=excluded.top_boot, "
-                    "changed_at=excluded.changed_at"), (box, e, top, now))
+        dirty = [(b, state[b][0], state[b][1], now) for b in boxes if state[b][2]]
+        if dirty:
+            self._upsert(cur, "INSERT INTO epochs (box, epoch, top_boot, changed_at)", "tbbf", dirty,
+                         "ON CONFLICT (box) DO UPDATE SET epoch=excluded.epoch, "
+                         "top_boot=excluded.top_boot, changed_at=excluded.changed_at")
+        # a new epoch's streams (the box's epochs row is locked: no other writer has them)
+        more = [(r.doc["box"], r.doc["boot"]) for r in msgs]
+        more = [k for k in more if k not in streams]
+        if more:
+            streams.update(self._lock_streams(cur, more, now))
+        return streams
 
     def _alarm(self, cur, box: str, code: str, detail: str, now: float) -> None:
         cur.execute(self._sql(
@@ -388,7 +590,8 @@ class Store:
 
     def _write(self, cur, recs: list[Rec]) -> dict:
         now = time.time()
-        self._epochs(cur, recs, now)
+        mine = [r for r in recs if r.what in ("msg", "status") and r.box]
+        locked = self._epochs(cur, mine, now)
         counts = dict.fromkeys(COUNTERS, 0)
         counts["received"] = len(recs)
         streams: dict[tuple[str, int], dict[int, Rec]] = {}
@@ -430,39 +633,40 @@ class Store:
         # dup records within the batch count as duplicates too
         in_batch = sum(len(v) for v in streams.values())
         counts["duplicates"] += sum(1 for r in recs if r.what == "msg") - in_batch
+        # streams named only by a drop declaration (another boot's ranges)
+        extra = [k for k in stream_drops if k not in locked]
+        if extra:
+            locked.update(self._lock_streams(cur, extra, now))
+        new = self._write_streams(cur, streams, stream_drops, locked, now)
+        counts["stored"] += len(new)
+        counts["duplicates"] += in_batch - len(new)
 
         latest: dict[tuple[str, str], Rec] = {}
-        for key in sorted(set(streams) | set(stream_drops)):
-            new = self._write_stream(cur, key, streams.get(key, {}), stream_drops.get(key, []), now)
-            counts["stored"] += len(new)
-            counts["duplicates"] += len(streams.get(key, {})) - len(new)
-            for r in new:
-                d = r.doc
-                kinds = [d["kind"]]
-                if d["kind"] == "event" and isinstance(d["data"].get("type"), str):
-                    kinds.append("event:" + d["data"]["type"])
-                for k in kinds:
-                    o = latest.get((d["box"], k))
-                    if o is None or (o.doc["boot"], o.doc["seq"]) < (d["boot"], d["seq"]):
-                        latest[(d["box"], k)] = r
-        for (box, kind) in sorted(latest):
-            d = latest[(box, kind)].doc
-            cur.execute(self._sql(
-                "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data) VALUES (?,?,?,?,?,?,?) "
-                "ON CONFLICT (box, kind) DO UPDATE SET boot=excluded.boot, seq=excluded.seq, "
-                "ts=excluded.ts, received_at=excluded.received_at, data=excluded.data "
-                "WHERE excluded.boot > latest.boot OR "
-                "(excluded.boot = latest.boot AND excluded.seq > latest.seq)"),
-                (box, kind, d["boot"], d["seq"], d.get("ts"), latest[(box, kind)].received_at,
-                 json.dumps(d["data"])))
-        for box in sorted(seen):
-            live, first = seen[box]
-            cur.execute(self._sql(
-                "INSERT INTO boxes (box, first_seen, last_seen) VALUES (?,?,?) "
-                "ON CONFLICT (box) DO UPDATE SET last_seen = CASE "
-                "WHEN boxes.last_seen IS NULL THEN excluded.last_seen "
-                "WHEN excluded.last_seen > boxes.last_seen THEN excluded.last_seen "
-                "ELSE boxes.last_seen END"), (box, first, live))
+        for r in new:
+            d = r.doc
+            kinds = [d["kind"]]
+            if d["kind"] == "event" and isinstance(d["data"].get("type"), str):
+                kinds.append("event:" + d["data"]["type"])
+            for k in kinds:
+                o = latest.get((d["box"], k))
+                if o is None or (o.doc["boot"], o.doc["seq"]) < (d["boot"], d["seq"]):
+                    latest[(d["box"], k)] = r
+        if latest:
+            self._upsert(cur, "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data)", "ttbbbft",
+                         [(box, kind, r.doc["boot"], r.doc["seq"], r.doc.get("ts"), r.received_at,
+                           json.dumps(r.doc["data"]))
+                          for (box, kind), r in sorted(latest.items())],
+                         "ON CONFLICT (box, kind) DO UPDATE SET boot=excluded.boot, seq=excluded.seq, "
+                         "ts=excluded.ts, received_at=excluded.received_at, data=excluded.data "
+                         "WHERE excluded.boot > latest.boot OR "
+                         "(excluded.boot = latest.boot AND excluded.seq > latest.seq)")
+        if seen:
+            self._upsert(cur, "INSERT INTO boxes (box, first_seen, last_seen)", "tff",
+                         [(box, first, live) for box, (live, first) in sorted(seen.items())],
+                         "ON CONFLICT (box) DO UPDATE SET last_seen = CASE "
+                         "WHEN boxes.last_seen IS NULL THEN excluded.last_seen "
+                         "WHEN excluded.last_seen > boxes.last_seen THEN excluded.last_seen "
+                         "ELSE boxes.last_seen END")
         for r in sorted(statuses, key=lambda r: (r.box, r.received_at)):
             d = r.doc
             cur.execute(self._sql(
@@ -470,16 +674,14 @@ class Store:
                 "WHERE box=? AND (state_boot IS NULL OR state_boot <= ?)"),
                 (d["state"], d["boot"], d.get("fw"), r.received_at, r.box, d["boot"]))
             counts["status"] += 1
-        for (box, section) in sorted(reported):
-            r = reported[(box, section)]
-            d = r.doc
-            cur.execute(self._sql(
-                "INSERT INTO reported (box, section, version, status, doc, received_at) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT (box, section) DO UPDATE SET "
-                "version=excluded.version, status=excluded.status, doc=excluded.doc, "
-                "received_at=excluded.received_at"),
-                (box, section, d["version"], d.get("status"), json.dumps(d), r.received_at))
-            counts["reported"] += 1
+        if reported:
+            self._upsert(cur, "INSERT INTO reported (box, section, version, status, doc, received_at)", "ttbttf",
+                         [(box, section, r.doc["version"], r.doc.get("status"), json.dumps(r.doc),
+                           r.received_at) for (box, section), r in sorted(reported.items())],
+                         "ON CONFLICT (box, section) DO UPDATE SET "
+                         "version=excluded.version, status=excluded.status, doc=excluded.doc, "
+                         "received_at=excluded.received_at")
+            counts["reported"] += len(reported)
         for (box, section) in sorted(desired):
             r = desired[(box, section)]
             self._put_desired(cur, box, section, r.doc["version"], r.payload, "broker", strict=True)
@@ -493,10 +695,12 @@ class Store:
                 counts["poison"] += 1
         if invalid:
             self._prune_quarantine(cur, {r.box for r in invalid}, now)
-        for name in COUNTERS:
-            if counts[name]:
-                cur.execute(self._sql("UPDATE counters SET value = value + ? WHERE name = ?"),
-                            (counts[name], name))
+        inc = [(n, counts[n]) for n in COUNTERS if counts[n]]
+        if inc:
+            cur.execute(self._sql("UPDATE counters SET value = value + CASE name "
+                                  + " ".join("WHEN ? THEN ?" for _ in inc) + " ELSE 0 END "
+                                  "WHERE name IN (" + ",".join("?" * len(inc)) + ")"),
+                        [x for p in inc for x in p] + [n for n, _ in inc])
         return counts
 
     def _prune_quarantine(self, cur, boxes, now) -> None:
@@ -510,74 +714,88 @@ class Store:
         cur.execute(self._sql("DELETE FROM quarantine WHERE received_at < ?"),
                     (now - self.quarantine_max_age,))
 
-    def _write_stream(self, cur, key, msgs: dict[int, Rec], new_drops, now) -> list[Rec]:
-        box, boot = key
-        cur.execute(self._sql(
-            "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at) VALUES (?,?,0,0,?,?) "
-            "ON CONFLICT (box, boot) DO NOTHING"), (box, boot, now, now))
-        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
-        cur.execute(self._sql("SELECT max_seq, n FROM streams WHERE box=? AND boot=?" + lock),
-                    (box, boot))
-        max_seq, n = cur.fetchone()
-        new_seqs: list[int] = []
-        items = sorted(msgs.items())
-        for i in range(0, len(items), 400):
-            chunk = items[i:i + 400]
-            vals, args = [], []
-            for seq, r in chunk:
+    def _write_streams(self, cur, streams: dict, stream_drops: dict, locked: dict, now: float) -> list[Rec]:
+        """Decide which messages are new from each locked stream's high-water mark and
+        gaps (what the stream holds is 1..max_seq minus its gaps), then write the
+        messages, drops, gaps and streams of the whole batch, a statement per table."""
+        drop_rows = sorted({(b, s, f, la, now) for (b, s), rs in stream_drops.items() for f, la in rs})
+        added: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        if drop_rows:
+            for b, s, f, la in self._upsert(
+                    cur, "INSERT INTO drops (box, boot, first_seq, last_seq, reported_at)", "tbbbf", drop_rows,
+                    "ON CONFLICT (box, boot, first_seq) DO NOTHING RETURNING box, boot, first_seq, last_seq"):
+                added.setdefault((b, int(s)), []).append((int(f), int(la)))
+        out: list[Rec] = []
+        rows: list[tuple] = []
+        stream_rows: list[tuple] = []
+        touched: dict[tuple[str, int], tuple[list, list]] = {}
+        for key in sorted(set(streams) | set(added)):
+            max_seq, n, _first, old_rows = locked[key]
+            box, boot = key
+            msgs = streams.get(key, {})
+            new_seqs = [s for s in sorted(msgs) if s > max_seq or _in_gaps(old_rows, s)]
+            for s in new_seqs:
+                r = msgs[s]
                 d = r.doc
-                vals.append("(?,?,?,?,?,?,?,?)")
-                args += [box, boot, seq, d["kind"], d.get("ts"), r.received_at, now,
-                         json.dumps(d["data"], separators=(",", ":"))]
-            cur.execute(self._sql(
-                "INSERT INTO messages (box, boot, seq, kind, ts, received_at, stored_at, data) VALUES "
-                + ",".join(vals) + " ON CONFLICT (box, boot, seq) DO NOTHING RETURNING seq"), args)
-            new_seqs += [row[0] for row in cur.fetchall()]
-        added_drops = []
-        for f, la in sorted(set(new_drops)):
-            cur.execute(self._sql(
-                "INSERT INTO drops (box, boot, first_seq, last_seq, reported_at) VALUES (?,?,?,?,?) "
-                "ON CONFLICT (box, boot, first_seq) DO NOTHING RETURNING first_seq"),
-                (box, boot, f, la, now))
-            if cur.fetchall():
-                added_drops.append((f, la))
-        new_seqs.sort()
-        # Does anything change the stream's gaps? A jump past max_seq, a late arrival
-        # (below max_seq), or a new drop declaration.
-        touch = bool(added_drops)
-        m = max_seq
-        for s in new_seqs:
-            if s != m + 1:
-                touch = True
-                break
-            m = s
-        if touch:
-            cur.execute(self._sql("SELECT first_seq, last_seq, cause FROM gaps WHERE box=? AND boot=?"),
-                        (box, boot))
-            old_rows = sorted(tuple(r) for r in cur.fetchall())
-            missing = [(a, b) for a, b, _c in old_rows]
+                rows.append((box, boot, s, d["kind"], d.get("ts"), r.received_at, now, _dumps(d["data"])))
+                out.append(r)
+            # Does anything change the stream's gaps? A jump past max_seq, a late
+            # arrival (below max_seq), or a new drop declaration.
+            touch = key in added
             m = max_seq
             for s in new_seqs:
-                if s > m:
-                    if s > m + 1:
-                        missing.append((m + 1, s - 1))
-                    m = s
-                else:
-                    missing = _remove_seq(missing, s)
-            cur.execute(self._sql("SELECT first_seq, last_seq FROM drops WHERE box=? AND boot=?"),
-                        (box, boot))
-            drops = [(a, b) for a, b in cur.fetchall()]
-            rows = _split_ranges(missing, drops)
-            if rows != old_rows:
-                cur.execute(self._sql("DELETE FROM gaps WHERE box=? AND boot=?"), (box, boot))
-                for a, b, c in rows:
-                    cur.execute(self._sql(
-                        "INSERT INTO gaps (box, boot, first_seq, last_seq, cause, detected_at) "
-                        "VALUES (?,?,?,?,?,?)"), (box, boot, a, b, c, now))
-        if new_seqs:
-            cur.execute(self._sql("UPDATE streams SET max_seq=?, n=?, last_at=? WHERE box=? AND boot=?"),
-                        (max(max_seq, new_seqs[-1]), n + len(new_seqs), now, box, boot))
-        return [msgs[s] for s in new_seqs]
+                if s != m + 1:
+                    touch = True
+                    break
+                m = s
+            if touch:
+                missing = [(a, b) for a, b, _c in old_rows]
+                m = max_seq
+                for s in new_seqs:
+                    if s > m:
+                        if s > m + 1:
+                            missing.append((m + 1, s - 1))
+                        m = s
+                    else:
+                        missing = _remove_seq(missing, s)
+                touched[key] = (missing, old_rows)
+            if new_seqs:
+                stream_rows.append((box, boot, max(max_seq, new_seqs[-1]), n + len(new_seqs), now, now))
+        if touched:
+            drops: dict[tuple[str, int], list[tuple[int, int]]] = {}
+            for b, s, f, la in self._in(
+                    cur, "SELECT box, boot, first_seq, last_seq FROM drops WHERE (box, boot) IN {IN}", "tb",
+                    sorted(touched)):
+                drops.setdefault((b, int(s)), []).append((int(f), int(la)))
+            changed, gap_rows = [], []
+            for key, (missing, old_rows) in sorted(touched.items()):
+                new_rows = _split_ranges(missing, drops.get(key, []))
+                if new_rows != old_rows:
+                    changed.append(key)
+                    gap_rows += [key + (a, b, c, now) for a, b, c in new_rows]
+            if changed:
+                self._in(cur, "DELETE FROM gaps WHERE (box, boot) IN {IN}", "tb", changed)
+            if gap_rows:
+                self._upsert(cur, "INSERT INTO gaps (box, boot, first_seq, last_seq, cause, detected_at)",
+                             "tbbbtf", gap_rows, "")
+        if rows:
+            self._insert_messages(cur, rows)
+        if stream_rows:
+            self._upsert(cur, "INSERT INTO streams (box, boot, max_seq, n, first_at, last_at)", "tbbbff",
+                         stream_rows,
+                         "ON CONFLICT (box, boot) DO UPDATE SET max_seq=excluded.max_seq, n=excluded.n, "
+                         "last_at=excluded.last_at")
+        return out
+
+    def _insert_messages(self, cur, rows: list[tuple]) -> None:
+        if self.dialect == "postgresql":
+            with cur.copy("COPY messages (box, boot, seq, kind, ts, received_at, stored_at, data) "
+                          "FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
+        else:
+            cur.executemany("INSERT INTO messages (box, boot, seq, kind, ts, received_at, stored_at, data) "
+                            "VALUES (?,?,?,?,?,?,?,?)", rows)
 
     def _put_desired(self, cur, box, section, version, payload, source, strict):
         op = ">" if strict else ">="

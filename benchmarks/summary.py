@@ -253,6 +253,24 @@ def _ingest_lines(ing: dict) -> list[str]:
     return out
 
 
+def _ingest_fleet_lines(f: dict) -> list[str]:
+    out = []
+    for db in ("sqlite", "postgresql"):
+        st = f.get(f"{db}_store") or {}
+        if st:
+            out.append(f"- store on {db}, fleet-shaped batches: set-based "
+                       f"{_n(_g(st, 'set_based', 'msgs_per_s'), ' msg/s')}, row by row (before) "
+                       f"{_n(_g(st, 'row_by_row_baseline', 'msgs_per_s'), ' msg/s')} (classify + write)")
+        e = f.get(f"{db}_e2e") or {}
+        if e:
+            out.append(f"- ingest on {db} through the generated broker (TLS, {e.get('boxes')} box accounts): "
+                       f"1 process {_n(_g(e, 'ingest_1proc', 'msgs_per_s'), ' msg/s')} "
+                       f"({_n(e.get('ratio_1proc_to_raw'), '', 3)} x raw paho), 2 processes "
+                       f"{_n(_g(e, 'ingest_2proc', 'msgs_per_s'), ' msg/s')} "
+                       f"({_n(e.get('ratio_2proc_to_1proc'), '', 3)} x one)")
+    return out
+
+
 def _flash_lines(fl: dict) -> list[str]:
     return [f"- flash at {_n(fl.get('baud'))} baud: full image {_n(fl.get('full_flash_s'), ' s')}, "
             f"re-flash after one file {_n(fl.get('reflash_one_file_s'), ' s')} "
@@ -282,7 +300,8 @@ def _dns_lines(d: dict) -> list[str]:
 
 # The other issues' benchmarks: results key -> (label on a problem, lines when fine).
 PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
-            "ingest": ("ingest", _ingest_lines), "flash": ("flash", _flash_lines),
+            "ingest": ("ingest", _ingest_lines), "ingest_fleet": ("ingest, fleet-shaped", _ingest_fleet_lines),
+            "flash": ("flash", _flash_lines),
             "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines),
             "dns": ("DNS forwarder", _dns_lines)}
 

@@ -15,6 +15,12 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help=DB_HELP)
     p.add_argument("--share", default=None, metavar="GROUP", help="MQTT 5 shared subscription group: N processes split the load")
     p.add_argument("--client-id", default=None, help="MQTT client id (unique per process; it names the persistent session)")
+    p.add_argument("--no-state", dest="state", action="store_false",
+                   help="with --share: leave the retained state documents (status, reported, desired) "
+                        "to other members (default: every member also consumes them, not shared)")
+    p.add_argument("--retention-days", type=float, default=None,
+                   help="keep messages this many days (default 400; 0: keep everything); "
+                        "PostgreSQL drops whole daily partitions, SQLite deletes rows; run hourly")
     p.add_argument("--batch", type=int, default=500, help="messages per transaction (default 500)")
     p.add_argument("--batch-wait", type=float, default=0.2, help="commit a partial batch after S seconds (default 0.2)")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
@@ -86,7 +92,7 @@ def cmd_ingest(args) -> int:
     import time
 
     from backend.ingest import Ingest
-    from backend.store import StoreError, open_store
+    from backend.store import RETENTION_DAYS, StoreError, open_store
     deadline, delay = time.time() + args.db_wait, 0.5
     while True:
         try:
@@ -100,7 +106,8 @@ def cmd_ingest(args) -> int:
             delay = min(delay * 2, 10)
     ing = Ingest(args.broker, store, share=args.share, client_id=args.client_id,
                  batch_size=args.batch, batch_wait=args.batch_wait, tls_ca=args.tls_ca,
-                 metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                 metrics_port=args.metrics_port, metrics_host=args.metrics_host, state=args.state,
+                 retention_days=RETENTION_DAYS if args.retention_days is None else args.retention_days)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
     try:
         totals = ing.run(duration=args.duration or None)
