@@ -122,9 +122,12 @@ class Link:
     """Three namespaces, a veth shaped with tbf both ways, an RTT from the relay,
     and the speed-test server in the server namespace."""
 
-    def __init__(self, rate_mbit: float, rtt_ms: float):
+    def __init__(self, rate_mbit: float, rtt_ms: float, burst: str | None = None,
+                 latency_ms: float | None = None):
         self.rate = rate_mbit
         self.rtt = rtt_ms
+        self.burst = burst          # tc's syntax ("32kbit"); default rate / 250 Hz
+        self.latency = latency_ms   # tbf queue as a delay; default a 4 x BDP limit
         tag = f"{os.getpid() % 100000}x{int(time.time() * 1000) % 100000}"
         self.c, self.r, self.s = f"hbc{tag}", f"hbr{tag}", f"hbs{tag}"
         self.procs: list[subprocess.Popen] = []
@@ -167,10 +170,11 @@ class Link:
         # hole (held back by TCP until the retransmission) does not skew the samples.
         bps = self.rate * 1e6
         limit = max(262144, int(4 * bps / 8 * self.rtt / 1000))
-        burst = max(3028, int(bps / 8 / 250))
+        burst = self.burst or max(3028, int(bps / 8 / 250))
+        queue = f"latency {self.latency:g}ms" if self.latency else f"limit {limit}"
         for ns, dev in ((r, "r0"), (c, "c0")):
             _sh(f"ip netns exec {ns} tc qdisc add dev {dev} root tbf rate {int(bps)}bit "
-                f"burst {burst} limit {limit}")
+                f"burst {burst} {queue}")
         srv = subprocess.Popen(["ip", "netns", "exec", s] + _HI + [sys.executable, "-m", "homebox.cli", "ops",
                                 "speedtest-server", "--port", str(PORT), "--host", SERVER],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--plan-up", type=float, default=None, help="subscribed upload rate, Mbps")
     p.add_argument("--buf", type=int, default=32768, help="receive/send buffer size (default 32768)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trace", action="store_true", help="keep every (ms, bytes, all streams running) sample")
     p.add_argument("--micropython", action="store_true", help="run under the real MicroPython interpreter")
     p.add_argument("--heap", default="256k", help="MicroPython heap size (default 256k)")
     p.set_defaults(func=cmd_speedtest)
@@ -55,7 +56,7 @@ def _kwargs(args) -> dict:
     return {"streams": args.streams, "seconds": args.seconds, "budget": args.budget,
             "warmup": args.warmup, "window": args.window or None,
             "plan": (mbps(args.plan_down), mbps(args.plan_up)), "bufsize": args.buf,
-            "direction": args.direction}
+            "direction": args.direction, "trace": args.trace}
 
 
 def measure(url: str, micropython: bool = False, heap: str = "256k", **kw) -> dict:
