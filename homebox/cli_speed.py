@@ -35,6 +35,8 @@ def register_ops(sub) -> None:
     p = sub.add_parser("speedtest-server", help="serve GET /download?bytes=N and PUT|POST /upload")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--rate", type=float, default=None,
+                   help="be the line: bodies move at this many Mbps x 1448/1514 (default: as fast as TCP goes)")
     p.set_defaults(func=cmd_server)
 
 
@@ -45,7 +47,7 @@ def cmd_server(args) -> int:
         print("speedtest server on http://%s:%d" % srv.server_address, flush=True)
 
     try:
-        speedtest_server.serve(args.port, args.host, ready)
+        speedtest_server.serve(args.port, args.host, ready, args.rate * 1e6 if args.rate else None)
     except KeyboardInterrupt:
         return 0
     return 0

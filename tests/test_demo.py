@@ -37,7 +37,8 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
         assert words in log, words
     assert len(re.findall(r"^\s+PASS\s+slot", log, re.M)) == 3, log[-3000:]
     assert len(re.findall(r"parental -> HB-\d+: applied v1", log)) == 3, log[-3000:]
-    assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v1", log), log[-3000:]
+    assert len(re.findall(r"options \(plan 10M\) -> HB-\d+: applied v1", log)) == 3, log[-3000:]
+    assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v2", log), log[-3000:]
     m = re.search(r"^Report: (.+index\.html)$", log, re.M)
     assert m, log[-2000:]
     index = Path(m.group(1))
@@ -50,7 +51,7 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     # the good home raises no alarm; the other two raise exactly theirs
     assert re.search(r"\(a good home\): no alarm", log), log[-2000:]
     assert re.search(r"\(weak Wi-Fi in one bedroom\): .*weak_coverage", log)
-    assert re.search(r"\(a leaking tap\): .*water_leak", log)
+    assert re.search(r"\(a leaking tap, a slow line\): .*water_leak", log)
     assert "0 outside the contract" in log
     # The master secret never shows, and no process the demo started survives it.
     master = (out / "master.key").read_text()
