@@ -45,11 +45,14 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     html = index.read_text()
     pngs = sorted(x.name for x in index.parent.glob("box-*.png"))
     assert len(pngs) == 3, pngs
-    assert "weak_coverage" in html and "water_leak" in html
+    assert "weak_coverage" in html and "water_leak" in html and "slow_line" in html
     labels = index.parent / "labels"
     assert len(list(labels.glob("*.png"))) == 3 and len(list(labels.glob("*.pdf"))) == 3
     # the good home raises no alarm; the other two raise exactly theirs
-    assert re.search(r"\(a good home\): no alarm", log), log[-2000:]
+    assert re.search(r"\(a good home\): speed \d+% of plan; no alarm", log), log[-2000:]
+    # every box tested against its plan; the 6 Mbps line on a 10M plan is a slow line
+    assert re.search(r"\(weak Wi-Fi in one bedroom\): speed \d+% of plan", log), log[-2000:]
+    assert re.search(r"\(a leaking tap, a slow line\): speed [3-7]\d% of plan; .*slow_line", log), log[-2000:]
     assert re.search(r"\(weak Wi-Fi in one bedroom\): .*weak_coverage", log)
     assert re.search(r"\(a leaking tap, a slow line\): .*water_leak", log)
     assert "0 outside the contract" in log

@@ -27,7 +27,7 @@ def test_window_excludes_warmup(tmp):
     total = 0
     for t in range(250, 4001, 250):
         total += 250000 if t <= 1000 else 312500
-        w.sample(t, total, True)
+        w.sample(t, total, True, True)
     assert w.rate() == 10000000
     assert w.ms() == 3000 and w.n == 13
 
@@ -35,19 +35,36 @@ def test_window_excludes_warmup(tmp):
 def test_window_reads_the_fully_loaded_part(tmp):
     w = st.Window(1000)
     w.first(0)
-    w.sample(1000, 100, True)
+    w.sample(1000, 100, True, True)
     w.sample(1250, 100 + 31250, True)
     w.sample(1500, 100 + 62500, True)
     w.sample(1750, 100 + 70000, False)      # a stream finished: the line is part idle
     assert w.rate() == 1000000 and w.ms() == 750 and w.n == 4
 
 
+def test_window_starts_on_a_clean_sample(tmp):
+    # After the warm-up, the window waits for a sample where every stream moved
+    # (none holds bytes back), for up to twice the warm-up.
+    w = st.Window(1000)
+    w.first(0)
+    w.sample(1000, 100000, True, False)
+    w.sample(1250, 130000, True, False)
+    assert w.n == 0
+    w.sample(1500, 200000, True, True)
+    assert w.n == 1 and w.wt == 1500
+    w = st.Window(1000)
+    w.first(0)
+    for t in range(1000, 2001, 250):
+        w.sample(t, t * 100, True, False)
+    assert w.n == 1 and w.wt == 2000        # never clean: starts at 2 x warm-up
+
+
 def test_window_too_short(tmp):
     w = st.Window(1000)
     w.first(0)
-    w.sample(500, 10, True)
+    w.sample(500, 10, True, True)
     assert w.rate() is None
-    w.sample(1000, 20, True)
+    w.sample(1000, 20, True, True)
     assert w.rate() is None
 
 
