@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("speedtest", help="measure line speed against a speed-test URL (TR-143 style)")
     p.add_argument("url", help="base URL of the server, e.g. http://10.0.0.1:8080")
     p.add_argument("--streams", type=int, default=6, help="parallel TCP streams (default 6)")
-    p.add_argument("--seconds", type=float, default=8, help="time limit per direction (default 8)")
+    p.add_argument("--seconds", type=float, default=8, help="time limit per direction (default 8; up to 1/4 more to end on a sample where no "
+                        "stream holds bytes back)")
     p.add_argument("--budget", type=int, default=20_000_000, help="byte budget, both directions (default 20 MB)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded at the start (default 1)")
     p.add_argument("--direction", choices=["both", "down", "up"], default="both")
