@@ -1,5 +1,6 @@
 # Pure logic of the speed test: URL, budget split, warm-up window, ceiling, schedule.
 from agent import speedtest as st
+from agent import speedtest_cold as stc
 
 
 def test_parse_url(tmp):
@@ -123,30 +124,30 @@ def test_ceiling_and_client_limited(tmp):
 
 
 def test_plan_comes_from_the_options_document(tmp):
-    assert st.tier_bps("10M") == 10000000 and st.tier_bps("2M") == 2000000
+    assert stc.tier_bps("10M") == 10000000 and stc.tier_bps("2M") == 2000000
     for bad in (None, "10", "M", "xM", 10):
-        assert st.tier_bps(bad) is None
+        assert stc.tier_bps(bad) is None
 
     class Twin:
         applied = {"options": {"version": 3, "speed_tier": "5M"}}
 
     class Box:
         twin = Twin()
-    assert st.plan_of(Box()) == (5000000, None)
+    assert stc.plan_of(Box()) == (5000000, None)
     Box.twin.applied = {}
-    assert st.plan_of(Box()) == (None, None)
+    assert stc.plan_of(Box()) == (None, None)
     Box.twin = None
-    assert st.plan_of(Box()) == (None, None)
+    assert stc.plan_of(Box()) == (None, None)
 
 
 def test_idle_fallback_by_connect_latency(tmp):
     # No data counter (ESP32): a busy line queues the probe's SYNs.
-    assert st.idle_by_latency(22, 20) is True
-    assert st.idle_by_latency(40, 20) is True          # 20 + 10 + 10
-    assert st.idle_by_latency(41, 20) is False
-    assert st.idle_by_latency(350, 100) is False
-    assert st.idle_by_latency(None, 20) is None        # nothing answered: cannot tell
-    assert st.idle_by_latency(25, None) is None        # no baseline yet
+    assert stc.idle_by_latency(22, 20) is True
+    assert stc.idle_by_latency(40, 20) is True          # 20 + 10 + 10
+    assert stc.idle_by_latency(41, 20) is False
+    assert stc.idle_by_latency(350, 100) is False
+    assert stc.idle_by_latency(None, 20) is None        # nothing answered: cannot tell
+    assert stc.idle_by_latency(25, None) is None        # no baseline yet
 
 
 DAY = 1767225600          # 2026-01-01T00:00Z
