@@ -48,6 +48,20 @@ def ceiling_bps(streams, window, rtt_ms):
     return streams * window * 8000 // rtt_ms
 
 
+def warm_ms(rtt, rate, streams, cap):
+    # Warm-up for a plan `rate` (bit/s) at this RTT: slow start takes about
+    # log2(BDP / the streams' initial windows) round trips; two more let the first
+    # burst through. No plan: `cap`. Samples before it can lie above the line.
+    if not rate or not rtt:
+        return cap
+    n, w = 2, streams * 14480
+    b = rate * rtt // 8000
+    while b > w:
+        w *= 2
+        n += 1
+    return max(250, min(cap, n * rtt))
+
+
 def per_stream(budget, streams):
     # Body bytes each stream may ask for so that bodies + headers <= budget.
     return max(0, (budget - streams * HDR) // streams)
@@ -150,6 +164,7 @@ class Transfer:
         self.limit = limit_ms
         self.sample_ms = sample_ms
         self.win = Window(warmup_ms)
+        self.warm_cap = warmup_ms
         if TRACE:
             self.win.pts = []
         self.buf = buf or bytearray(4096)
@@ -271,6 +286,8 @@ class Transfer:
             if ev & _BAD:
                 return self._end(s, 4)
             s.rtt = ticks_diff(now, s.t)
+            if self.win.tb is None and not self.up:
+                self.win.warmup = warm_ms(s.rtt, self.rate, len(self.ss), self.warm_cap)
             if self.up:
                 if self.rate and SO_SNDBUF is not None:
                     # 2 x this stream's share of the BDP (Linux doubles it): enough
@@ -448,7 +465,8 @@ def run(url, streams=6, seconds=8, budget=20000000, warmup=1.0, sample=0.25, win
     d = u = None
     lim, wu, sm = int(seconds * 1000), int(warmup * 1000), int(sample * 1000)
     if direction in ("both", "down"):
-        t = Transfer(addr, host, base, False, streams, per_stream(budget // 2 if direction == "both" else budget, streams), lim, wu, sm, buf)
+        t = Transfer(addr, host, base, False, streams, per_stream(budget // 2 if direction == "both" else budget, streams),
+                     lim, wu, sm, buf, plan[0] or 0)
         while t.step():
             pass
         d = t.result()
@@ -470,7 +488,7 @@ async def arun(url, streams=6, seconds=8, budget=20000000, warmup=1.0, sample=0.
     import asyncio
     host, base, addr, buf = _setup(url, streams, budget, seconds, warmup, sample, bufsize, plan, "both")
     lim, wu, sm = int(seconds * 1000), int(warmup * 1000), int(sample * 1000)
-    t = Transfer(addr, host, base, False, streams, per_stream(budget // 2, streams), lim, wu, sm, buf)
+    t = Transfer(addr, host, base, False, streams, per_stream(budget // 2, streams), lim, wu, sm, buf, plan[0] or 0)
     while t.step(20):
         await asyncio.sleep(0)
     d = t.result()
