@@ -43,6 +43,18 @@ def test_window_reads_the_fully_loaded_part(tmp):
     assert w.rate() == 1000000 and w.ms() == 750 and w.n == 4
 
 
+def test_warmup_follows_the_plan_and_the_rtt(tmp):
+    # 6 streams' initial windows are 87 KB: a 2 Mbps line is full from the first
+    # round trip; 50 Mbps at 100 ms (625 KB in flight) needs 3 doublings more.
+    assert st.warm_ms(100, 2000000, 6, 1000) == 250
+    assert st.warm_ms(20, 10000000, 6, 1000) == 250
+    assert st.warm_ms(100, 50000000, 6, 1000) == 500
+    assert st.warm_ms(100, 500000000, 6, 1000) == 900
+    assert st.warm_ms(200, 500000000, 6, 1000) == 1000    # capped
+    assert st.warm_ms(100, None, 6, 1000) == 1000          # no plan: the cap
+    assert st.warm_ms(None, 2000000, 6, 700) == 700
+
+
 def test_window_starts_on_a_clean_sample(tmp):
     # After the warm-up, the window waits for a sample where every stream moved
     # (none holds bytes back), for up to twice the warm-up.
