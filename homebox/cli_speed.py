@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=8, help="time limit per direction (default 8; up to 1/4 more to end on a sample where no "
                         "stream holds bytes back)")
     p.add_argument("--budget", type=int, default=20_000_000, help="byte budget, both directions (default 20 MB)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded at the start (default 1)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded at the start, at most (default 1; with --plan-down it follows the plan and the RTT)")
     p.add_argument("--direction", choices=["both", "down", "up"], default="both")
     p.add_argument("--window", type=int, default=0,
                    help="client TCP window in bytes for the client_limited ceiling (0: unknown; "
