@@ -2,10 +2,11 @@
 # Download (GET {base}/download?bytes=N) then upload (PUT {base}/upload), N parallel
 # non-blocking streams driven by select.poll. The first `warmup` ms after the first
 # byte are excluded (slow start), then the byte count is sampled every `sample` ms;
-# goodput is measured between the warm-up sample and the last sample taken while
-# every stream was still running. Latency is the TCP connect time (idle line).
-# The byte budget is never exceeded: each stream asks for a share of it, minus an
-# allowance for HTTP headers (HDR). See docs/decisions/0006-speedtest.md.
+# goodput is read on the upper convex hull of the samples (Window). Latency is the
+# TCP connect time (idle line). The byte budget is never exceeded: each stream asks
+# for a share of it, minus an allowance for HTTP headers (HDR). The share of time
+# the loop did not wait in poll() tells a box whose CPU is the limit (CPU_BUSY).
+# See docs/decisions/0006-speedtest.md.
 import select
 import socket
 import sys
@@ -13,6 +14,9 @@ import sys
 from agent.compat import ticks_diff, ticks_ms
 
 ESP32_WINDOW = 5744          # lwIP TCP_WND on MicroPython's ESP32 port: 4 x 1436
+TRACE = False                # keep every sample in the result (benchmarks)
+GRACE = 4                    # the time limit may stretch by limit / GRACE to end on a clean sample
+CPU_BUSY = 90                # % of the time not waiting for the network: client_limited
 HDR = 512                    # per-stream allowance for request + response headers
 _LINUX = sys.platform == "linux"
 SO_SNDBUF = getattr(socket, "SO_SNDBUF", 7 if _LINUX else None)
@@ -44,53 +48,94 @@ def ceiling_bps(streams, window, rtt_ms):
     return streams * window * 8000 // rtt_ms
 
 
+def warm_ms(rtt, rate, streams, cap):
+    # Warm-up for a plan `rate` (bit/s) at this RTT: slow start takes about
+    # log2(BDP / the streams' initial windows) round trips; two more let the first
+    # burst through. No plan: `cap`. Samples before it can lie above the line.
+    if not rate or not rtt:
+        return cap
+    n, w = 2, streams * 14480
+    b = rate * rtt // 8000
+    while b > w:
+        w *= 2
+        n += 1
+    return max(250, min(cap, n * rtt))
+
+
 def per_stream(budget, streams):
     # Body bytes each stream may ask for so that bodies + headers <= budget.
     return max(0, (budget - streams * HDR) // streams)
 
 
 class Window:
-    """Warm-up exclusion and the measurement window, fed with (ticks, bytes) samples.
-    The rate is the least-squares slope of bytes over time across the window's
-    samples: at the sender the bytes in the socket buffer wobble from sample to
-    sample, and a fit averages that out where a two-point difference would not."""
+    """Warm-up exclusion and the rate, fed with (ticks, bytes) samples.
+    Bytes the box has counted never run ahead of bytes the line has carried: a lost
+    segment holds a stream's later bytes in the kernel until the retransmission,
+    slow start and a stream that ends leave the line part idle, a busy box reads
+    late. Each of these puts samples *below* the line's straight bytes-over-time,
+    never above it. So the rate is read on the upper convex hull of the samples
+    (the tightest line with no sample above it), on the hull edge at the middle of
+    the time every stream ran (docs/decisions/0006-speedtest.md). Samples after a
+    stream ended still shape the hull; they fall below it where the line idled.
+    At the sender (upload), bytes accepted run ahead by what sits in the send
+    buffer, kept full at every sample: the same offset all along, so the same
+    reading holds."""
 
     def __init__(self, warmup_ms=1000):
         self.warmup = warmup_ms
         self.tb = None        # first byte
         self.wt = self.wb = None
-        self.et = None
+        self.et = None        # last sample
+        self.ft = 0           # last sample with every stream running (ms after wt)
         self.n = 0
-        self.s = [0, 0, 0, 0]  # sums of t, b, t*t, t*b (t in ms, b in bytes, from wt/wb)
+        self.h = []           # upper hull: [ms after wt, bytes after wb], time order
+        self.pts = None       # [(ms after tb, bytes, full)] when tracing
 
     def first(self, t):
         if self.tb is None:
             self.tb = t
 
-    def sample(self, t, total, full):
+    def sample(self, t, total, full, clean=False):
         # full: every stream still running, so the link is loaded the same way.
-        if self.tb is None or not full:
+        # clean: every running stream moved since the last sample, so none holds
+        # bytes back behind a lost segment: the window starts on such a sample.
+        if self.tb is None:
             return
+        if self.pts is not None:
+            self.pts.append((ticks_diff(t, self.tb), total, full, clean))
         if self.wt is None:
-            if ticks_diff(t, self.tb) < self.warmup:
+            d = ticks_diff(t, self.tb)
+            if not full or d < self.warmup or not (clean or d >= 2 * self.warmup):
                 return
             self.wt, self.wb = t, total
-        x, y, s = ticks_diff(t, self.wt), total - self.wb, self.s
-        if x < 0 or (self.n and x <= ticks_diff(self.et, self.wt)):
+        x, y, h = ticks_diff(t, self.wt), total - self.wb, self.h
+        if x < 0 or (h and x <= h[-1][0]):
             return
         self.et = t
         self.n += 1
-        s[0] += x
-        s[1] += y
-        s[2] += x * x
-        s[3] += x * y
+        if full:
+            self.ft = x
+        # drop the hull's last points while they lie on or under the chord to (x, y)
+        while len(h) >= 2:
+            a, b = h[-2], h[-1]
+            if (b[1] - a[1]) * (x - a[0]) > (y - a[1]) * (b[0] - a[0]):
+                break
+            h.pop()
+        h.append((x, y))
+
+    def edge(self):
+        # the hull edge over the middle of the fully loaded time: (x0, y0, x1, y1)
+        h, m = self.h, self.ft // 2
+        for i in range(1, len(h)):
+            if h[i][0] >= m:
+                return h[i - 1][0], h[i - 1][1], h[i][0], h[i][1]
+        return None
 
     def rate(self):
-        n, s = self.n, self.s
-        d = n * s[2] - s[0] * s[0]
-        if n < 2 or d <= 0:
+        e = self.edge()
+        if e is None or e[2] <= e[0]:
             return None
-        return (n * s[3] - s[0] * s[1]) * 8000 // d
+        return (e[3] - e[1]) * 8000 // (e[2] - e[0])
 
     def ms(self):
         return 0 if self.et is None else ticks_diff(self.et, self.wt)
@@ -105,6 +150,7 @@ class _S:
         self.n = 0            # body bytes moved
         self.hdr = b""
         self.rtt = None
+        self.tl = None        # when it last moved bytes
 
 
 class Transfer:
@@ -118,6 +164,9 @@ class Transfer:
         self.limit = limit_ms
         self.sample_ms = sample_ms
         self.win = Window(warmup_ms)
+        self.warm_cap = warmup_ms
+        if TRACE:
+            self.win.pts = []
         self.buf = buf or bytearray(4096)
         self.mv = memoryview(self.buf)
         self.rate = rate
@@ -130,6 +179,9 @@ class Transfer:
         self.treq = None
         self.tend = None
         self.nxt = None
+        self.t1 = None        # first byte: the loop's busy share counts from here
+        self.waited = 0       # ms blocked in poll() since t1
+        self.clean = False    # the last periodic sample was clean (Window.sample)
         self.stop = None
         for _ in range(streams):
             s = _S(want)
@@ -167,16 +219,32 @@ class Transfer:
                 return False
         return True
 
+    def _clean(self, now):
+        # Every running stream moved in the last half sample: a stream that holds
+        # bytes back behind a lost segment delivers (or, sending, frees) nothing.
+        q = self.sample_ms // 2
+        for s in self.ss:
+            if s.st < 3 and (s.tl is None or ticks_diff(now, s.tl) > q):
+                return False
+        return True
+
     def step(self, max_ms=250):
         now = ticks_ms()
-        if self.stop is None and ticks_diff(now, self.t0) >= self.limit:
+        el = ticks_diff(now, self.t0)
+        # The time limit ends the test on a clean sample (no bytes held back), or
+        # GRACE later at most.
+        if self.stop is None and el >= self.limit and (self.clean or el >= self.limit + self.limit // GRACE):
             self._finish(now, "time")
         if self.stop is not None:
             return False
         wait = max_ms
         if self.nxt is not None:
             wait = min(wait, max(0, ticks_diff(self.nxt, now)))
-        for obj, ev in self.poll.poll(wait):
+        a = ticks_ms()
+        evs = self.poll.poll(wait)
+        if self.nxt is not None:
+            self.waited += ticks_diff(ticks_ms(), a)
+        for obj, ev in evs:
             s = self._find(obj)
             if s is not None:
                 self._event(s, ev)
@@ -186,7 +254,8 @@ class Transfer:
                 for s in self.ss:
                     if s.st == 1:
                         self._send(s, now)
-            self.win.sample(now, self.total, self._full())
+            self.clean = self._clean(now)
+            self.win.sample(now, self.total, self._full(), self.clean)
             while ticks_diff(now, self.nxt) >= 0:
                 self.nxt += self.sample_ms
         live = 0
@@ -217,6 +286,8 @@ class Transfer:
             if ev & _BAD:
                 return self._end(s, 4)
             s.rtt = ticks_diff(now, s.t)
+            if self.win.tb is None and not self.up:
+                self.win.warmup = warm_ms(s.rtt, self.rate, len(self.ss), self.warm_cap)
             if self.up:
                 if self.rate and SO_SNDBUF is not None:
                     # 2 x this stream's share of the BDP (Linux doubles it): enough
@@ -264,6 +335,7 @@ class Transfer:
             if not w:
                 break
             s.n += w
+            s.tl = now
             self.used += w
             self.total += w
         if s.n >= s.want:
@@ -304,6 +376,8 @@ class Transfer:
                 self.win.first(now)
                 self._go(now)
             s.n += body
+            if body:
+                s.tl = now
             self.total += body
             if s.n >= s.want:
                 return self._done(s, now)
@@ -311,6 +385,7 @@ class Transfer:
     def _go(self, now):
         if self.nxt is None:
             self.win.first(now)
+            self.t1 = now
             self.nxt = now + self.sample_ms
 
     def _done(self, s, now):
@@ -322,9 +397,18 @@ class Transfer:
             self._end(s, 4)
 
     def result(self):
+        r = self._result()
+        if self.win.pts is not None:
+            r["trace"] = self.win.pts
+        return r
+
+    def _result(self):
         ms = ticks_diff(self.tend or ticks_ms(), self.treq) if self.treq is not None else 0
         rtts = [s.rtt for s in self.ss if s.rtt is not None]
-        return {"goodput_bps": self.win.rate(), "mean_bps": self.total * 8000 // ms if ms > 0 else None,
+        run = ticks_diff(self.tend or ticks_ms(), self.t1) if self.t1 is not None else 0
+        e = self.win.edge()
+        return {"goodput_bps": self.win.rate(), "edge_ms": e[2] - e[0] if e else 0,
+                "cpu_busy": max(0, 100 - self.waited * 100 // run) if run > 0 else None, "mean_bps": self.total * 8000 // ms if ms > 0 else None,
                 "window_ms": self.win.ms(), "samples": self.win.n, "payload": self.total,
                 "bytes": self.used, "ms": ms, "stop": self.stop,
                 "streams_ok": len([s for s in self.ss if s.st == 3]),
@@ -345,7 +429,8 @@ def _result(url, streams, budget, window, plan, d, u):
     for k, x, p in (("down", d, plan[0]), ("up", u, plan[1])):
         g = x and x["goodput_bps"]
         if x:
-            x["client_limited"] = bool(g and ceil and g >= ceil * 9 // 10)
+            x["client_limited"] = bool(g and ceil and g >= ceil * 9 // 10) \
+                or (x.get("cpu_busy") or 0) >= CPU_BUSY
             r["client_limited"] = r["client_limited"] or x["client_limited"]
         r["ratio_" + k] = round(g / p, 3) if g and p else None
     return r
@@ -372,13 +457,16 @@ SETTLE_MS = 500      # between download and upload, for queues on the line to dr
 
 
 def run(url, streams=6, seconds=8, budget=20000000, warmup=1.0, sample=0.25, window=ESP32_WINDOW,
-        plan=(None, None), bufsize=4096, direction="both"):
+        plan=(None, None), bufsize=4096, direction="both", trace=False):
     """One blocking measurement; `seconds` is the time limit of each direction."""
+    global TRACE
+    TRACE = trace
     host, base, addr, buf = _setup(url, streams, budget, seconds, warmup, sample, bufsize, plan, direction)
     d = u = None
     lim, wu, sm = int(seconds * 1000), int(warmup * 1000), int(sample * 1000)
     if direction in ("both", "down"):
-        t = Transfer(addr, host, base, False, streams, per_stream(budget // 2 if direction == "both" else budget, streams), lim, wu, sm, buf)
+        t = Transfer(addr, host, base, False, streams, per_stream(budget // 2 if direction == "both" else budget, streams),
+                     lim, wu, sm, buf, plan[0] or 0)
         while t.step():
             pass
         d = t.result()
@@ -400,7 +488,7 @@ async def arun(url, streams=6, seconds=8, budget=20000000, warmup=1.0, sample=0.
     import asyncio
     host, base, addr, buf = _setup(url, streams, budget, seconds, warmup, sample, bufsize, plan, "both")
     lim, wu, sm = int(seconds * 1000), int(warmup * 1000), int(sample * 1000)
-    t = Transfer(addr, host, base, False, streams, per_stream(budget // 2, streams), lim, wu, sm, buf)
+    t = Transfer(addr, host, base, False, streams, per_stream(budget // 2, streams), lim, wu, sm, buf, plan[0] or 0)
     while t.step(20):
         await asyncio.sleep(0)
     d = t.result()
@@ -487,24 +575,37 @@ def idle(hal):
 async def task(box):
     """Scheduled tests for the runtime: cfg speed_url (required), speed_window [start, end]
     UTC hours, speed_daily_budget, speed_budget, speed_streams, speed_seconds,
-    speed_plan [down_bps, up_bps], speed_window_bytes."""
+    speed_window_bytes. The plan is the options document's speed_tier; the idle test and
+    the plan are cold code (agent/speedtest_cold.py)."""
     from agent import fsutil
+    from agent.compat import cold
     c = box.cfg
     w = c.get("speed_window") or (1, 5)
     sch = Schedule(box.id, w[0], w[1], c.get("speed_daily_budget", 50000000),
                    c.get("speed_budget", 20000000))
     path = c["state_dir"] + "/speed.json"
+    url = c["speed_url"]
     while not box.stop.is_set():
         st = fsutil.read_json(path, {}) or {}
-        act, arg = sch.decide(box.hal.now(), st, idle(box.hal))
+        now = box.hal.now()
+        act, arg = sch.decide(now, st)
+        how = None
+        if act == "run":
+            i, how = await cold("agent.speedtest_cold", "line_idle", box, url, st)
+            if i is False:
+                act, arg = sch.decide(now, st, False)
         fsutil.write_json(path, st)
         if act == "run":
             try:
-                r = await arun(c["speed_url"], c.get("speed_streams", 6), c.get("speed_seconds", 8),
-                               arg, plan=tuple(c.get("speed_plan") or (None, None)),
+                r = await arun(url, c.get("speed_streams", 6), c.get("speed_seconds", 8), arg,
+                               plan=cold("agent.speedtest_cold", "plan_of", box),
                                window=c.get("speed_window_bytes", ESP32_WINDOW))
+                lat = r["latency_ms"]
+                if lat is not None and (st.get("base_ms") is None or lat < st["base_ms"]):
+                    st["base_ms"] = lat
             except Exception as e:
                 r = {"error": str(e)[:80], "bytes": 0, "budget": arg}
+            r["idle_by"] = how
             sch.record(st, r["bytes"])
             fsutil.write_json(path, st)
             box.emit("speed", r)

@@ -113,7 +113,10 @@ def plot_box(store: Store, box: str, out: Path, row: dict | None = None,
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=c, ms=5, lw=1.2,
                         label=f"{label} measured")
             pl = [(x, plan(m, k)) for x, m in zip(xs, sp) if plan(m, k)]
-            if pl:
+            if len(pl) == 1:          # one test knew the plan: a step would have no width
+                ax.plot([pl[0][0]], [pl[0][1]], "_", color=c, ms=28, mew=2, label=f"{label} plan")
+                ax.plot([pl[0][0]] * 2, [0.8 * pl[0][1], pl[0][1]], color=c, lw=6, alpha=0.12)
+            elif pl:
                 ax.step([p[0] for p in pl], [p[1] for p in pl], where="post", color=c, lw=1.5,
                         ls="--", alpha=0.8, label=f"{label} plan")
                 ax.fill_between([p[0] for p in pl], [0.8 * p[1] for p in pl], [p[1] for p in pl],

@@ -6,12 +6,17 @@ same job in production.
     PUT  /upload             reads and discards the body; replies {"received": n}
     POST /upload             the same
     GET  /stats              {"sent": body bytes sent, "received": body bytes received}
+
+`rate_bps` (start(), --rate) makes the server itself the line: bodies move at
+rate x 1448/1514 each way, shared by every connection (what a line of that rate
+carries as TCP payload), so a demo on loopback has a line with a known speed.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,6 +35,26 @@ class Stats:
         with self.lock:
             self.sent += sent
             self.received += received
+
+
+GOODPUT = 1448 / 1514        # TCP payload per Ethernet frame
+
+
+class Pacer:
+    """Shared pace for one direction: take(n) returns when n more bytes fit the rate."""
+
+    def __init__(self, rate_bps: float) -> None:
+        self.bps = rate_bps * GOODPUT
+        self.lock = threading.Lock()
+        self.t = 0.0
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            self.t = max(self.t, time.monotonic()) + n * 8 / self.bps
+            due = self.t
+        d = due - time.monotonic()
+        if d > 0:
+            time.sleep(d)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -71,9 +96,12 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         mv = memoryview(_BLOCK)
         left = n
+        pace = self.server.pace_down  # type: ignore[attr-defined]
         try:
             while left > 0:
-                k = min(left, CHUNK)
+                k = min(left, CHUNK if pace is None else 16384)
+                if pace is not None:
+                    pace.take(k)
                 self.wfile.write(mv[:k])
                 left -= k
                 self.server.stats.add(sent=k)  # type: ignore[attr-defined]
@@ -91,11 +119,14 @@ class Handler(BaseHTTPRequestHandler):
         got = 0
         buf = bytearray(CHUNK)
         mv = memoryview(buf)
+        pace = self.server.pace_up  # type: ignore[attr-defined]
         try:
             while got < n:
-                k = self.rfile.readinto(mv[: min(CHUNK, n - got)])
+                k = self.rfile.readinto(mv[: min(CHUNK if pace is None else 16384, n - got)])
                 if not k:
                     break
+                if pace is not None:
+                    pace.take(k)
                 got += k
                 self.server.stats.add(received=k)  # type: ignore[attr-defined]
         except (BrokenPipeError, ConnectionResetError):
@@ -113,13 +144,15 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, addr):
+    def __init__(self, addr, rate_bps: float | None = None):
         super().__init__(addr, Handler)
         self.stats = Stats()
+        self.pace_down = Pacer(rate_bps) if rate_bps else None
+        self.pace_up = Pacer(rate_bps) if rate_bps else None
 
 
-def serve(port: int, host: str = "0.0.0.0", ready=None) -> None:
-    srv = Server((host, port))
+def serve(port: int, host: str = "0.0.0.0", ready=None, rate_bps: float | None = None) -> None:
+    srv = Server((host, port), rate_bps)
     if ready:
         ready(srv)
     try:
@@ -128,9 +161,9 @@ def serve(port: int, host: str = "0.0.0.0", ready=None) -> None:
         srv.server_close()
 
 
-def start(port: int = 0, host: str = "127.0.0.1") -> Server:
+def start(port: int = 0, host: str = "127.0.0.1", rate_bps: float | None = None) -> Server:
     """A server in a background thread (for tests); .server_address, .shutdown()."""
-    srv = Server((host, port))
+    srv = Server((host, port), rate_bps)
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
     return srv
 

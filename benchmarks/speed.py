@@ -122,9 +122,12 @@ class Link:
     """Three namespaces, a veth shaped with tbf both ways, an RTT from the relay,
     and the speed-test server in the server namespace."""
 
-    def __init__(self, rate_mbit: float, rtt_ms: float):
+    def __init__(self, rate_mbit: float, rtt_ms: float, burst: str | None = None,
+                 latency_ms: float | None = None):
         self.rate = rate_mbit
         self.rtt = rtt_ms
+        self.burst = burst          # tc's syntax ("32kbit"); default rate / 250 Hz
+        self.latency = latency_ms   # tbf queue as a delay; default a 4 x BDP limit
         tag = f"{os.getpid() % 100000}x{int(time.time() * 1000) % 100000}"
         self.c, self.r, self.s = f"hbc{tag}", f"hbr{tag}", f"hbs{tag}"
         self.procs: list[subprocess.Popen] = []
@@ -167,10 +170,11 @@ class Link:
         # hole (held back by TCP until the retransmission) does not skew the samples.
         bps = self.rate * 1e6
         limit = max(262144, int(4 * bps / 8 * self.rtt / 1000))
-        burst = max(3028, int(bps / 8 / 250))
+        burst = self.burst or max(3028, int(bps / 8 / 250))
+        queue = f"latency {self.latency:g}ms" if self.latency else f"limit {limit}"
         for ns, dev in ((r, "r0"), (c, "c0")):
             _sh(f"ip netns exec {ns} tc qdisc add dev {dev} root tbf rate {int(bps)}bit "
-                f"burst {burst} limit {limit}")
+                f"burst {burst} {queue}")
         srv = subprocess.Popen(["ip", "netns", "exec", s] + _HI + [sys.executable, "-m", "homebox.cli", "ops",
                                 "speedtest-server", "--port", str(PORT), "--host", SERVER],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -236,9 +240,10 @@ def budget_for(rate_mbit: float, seconds: float) -> int:
 
 
 def measure(rate: float, rtt: float, seconds: float = 4.0, streams: int = 4,
-            micropython: bool = False, budget: int | None = None) -> dict:
+            micropython: bool = False, budget: int | None = None, burst: str | None = None,
+            latency_ms: float | None = None) -> dict:
     budget = budget or budget_for(rate, seconds)
-    with Link(rate, rtt) as link:
+    with Link(rate, rtt, burst, latency_ms) as link:
         r = link.speedtest("--streams", str(streams), "--seconds", str(seconds),
                            "--budget", str(budget), "--plan-down", str(rate), "--plan-up", str(rate),
                            micropython=micropython)
@@ -274,7 +279,50 @@ def run(rates=RATES, rtts=RTTS, seconds: float = 6.0) -> dict:
     mp = measure(10, 20, seconds, micropython=True)
     mp.pop("raw")
     rows.append(mp)
-    return {"netem": netem_works(), "delay": "tun relay" , "goodput_factor": GOODPUT, "rows": rows}
+    return {"netem": netem_works(), "delay": "tun relay" , "goodput_factor": GOODPUT, "rows": rows,
+            "sweep": sweep()}
+
+
+BURSTS = ("16kbit", "32kbit", "256kbit")
+SWEEP_RUNS = 20
+
+
+def sweep(rates=RATES, rtts=RTTS, bursts=BURSTS, runs: int | None = None, seconds: float = 8,
+          streams: int = 6, latency_ms: float = 400, budget: int = 10_000_000) -> dict:
+    """The accuracy sweep for `make bench`: `runs` downloads per point (rate x RTT x
+    tbf burst; tbf queue `latency_ms`) with `homebox box speedtest --seconds 8`, 6
+    streams, and the 10 MB a 20 MB budget gives the download. Every run must be within
+    +-3 % of rate x 1448/1514; the worst is reported. HB_SPEED_RUNS=n runs fewer."""
+    why = available()
+    if why:
+        return {"skipped": why}
+    runs = runs or int(os.environ.get("HB_SPEED_RUNS") or SWEEP_RUNS)
+    points = []
+    for rtt in rtts:
+        for rate in rates:
+            for burst in bursts:
+                errs, means = [], []
+                with Link(rate, rtt, burst, latency_ms) as link:
+                    for _ in range(runs):
+                        r = link.speedtest("--streams", str(streams), "--seconds", str(seconds),
+                                           "--budget", str(budget), "--direction", "down",
+                                           "--plan-down", str(rate))
+                        d, exp = r["down"], expected_bps(rate)
+                        errs.append(None if d["goodput_bps"] is None else round((d["goodput_bps"] / exp - 1) * 100, 2))
+                        means.append(None if d["mean_bps"] is None else round((d["mean_bps"] / exp - 1) * 100, 2))
+                        time.sleep(0.5)      # the queue drains between runs
+                ok = [e for e in errs if e is not None]
+                points.append({"rate_mbit": rate, "rtt_ms": rtt, "burst": burst, "runs": runs,
+                               "err_pct": errs, "min_pct": min(ok) if ok else None,
+                               "max_pct": max(ok) if ok else None, "mean_err_pct": means,
+                               "within_3pct": len(ok) == runs and all(abs(e) <= 3 for e in ok)})
+    worst = max((p for p in points if p["max_pct"] is not None),
+                key=lambda p: max(abs(p["min_pct"]), abs(p["max_pct"])), default=None)
+    return {"latency_ms": latency_ms, "seconds": seconds, "streams": streams, "budget": budget,
+            "runs_per_point": runs, "points": points,
+            "worst_pct": None if worst is None else max(worst["min_pct"], worst["max_pct"], key=abs),
+            "worst_point": None if worst is None else [worst["rate_mbit"], worst["rtt_ms"], worst["burst"]],
+            "all_within_3pct": all(p["within_3pct"] for p in points)}
 
 
 def table(res: dict) -> str:

@@ -237,8 +237,14 @@ def _speed_lines(s: dict) -> list[str]:
     if "rows" not in s:
         return ["- speed test accuracy: no rows"]
     errs = [abs(r.get("down_err_pct") or 0) for r in s["rows"]] + [abs(r.get("up_err_pct") or 0) for r in s["rows"]]
-    return [f"- speed test accuracy: {len(s['rows'])} shaped links, worst goodput error "
-            f"{max(errs):.1f} % (target +-3 %)"]
+    out = [f"- speed test accuracy: {len(s['rows'])} shaped links, worst goodput error "
+           f"{max(errs):.1f} % (target +-3 %)"]
+    sw = s.get("sweep") or {}
+    if "points" in sw:
+        out.append(f"- speed test sweep: {len(sw['points'])} points x {sw['runs_per_point']} runs, worst download "
+                   f"error {sw['worst_pct']} % at {sw['worst_point']} (rate Mbps, RTT ms, burst), "
+                   f"{'all' if sw['all_within_3pct'] else 'NOT all'} within +-3 %")
+    return out
 
 
 def _ingest_lines(ing: dict) -> list[str]:

@@ -14,9 +14,10 @@ def register(sub) -> None:
     p = sub.add_parser("speedtest", help="measure line speed against a speed-test URL (TR-143 style)")
     p.add_argument("url", help="base URL of the server, e.g. http://10.0.0.1:8080")
     p.add_argument("--streams", type=int, default=6, help="parallel TCP streams (default 6)")
-    p.add_argument("--seconds", type=float, default=8, help="time limit per direction (default 8)")
+    p.add_argument("--seconds", type=float, default=8, help="time limit per direction (default 8; up to 1/4 more to end on a sample where no "
+                        "stream holds bytes back)")
     p.add_argument("--budget", type=int, default=20_000_000, help="byte budget, both directions (default 20 MB)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded at the start (default 1)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded at the start, at most (default 1; with --plan-down it follows the plan and the RTT)")
     p.add_argument("--direction", choices=["both", "down", "up"], default="both")
     p.add_argument("--window", type=int, default=0,
                    help="client TCP window in bytes for the client_limited ceiling (0: unknown; "
@@ -25,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--plan-up", type=float, default=None, help="subscribed upload rate, Mbps")
     p.add_argument("--buf", type=int, default=32768, help="receive/send buffer size (default 32768)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trace", action="store_true", help="keep every (ms, bytes, all streams running) sample")
     p.add_argument("--micropython", action="store_true", help="run under the real MicroPython interpreter")
     p.add_argument("--heap", default="256k", help="MicroPython heap size (default 256k)")
     p.set_defaults(func=cmd_speedtest)
@@ -34,6 +36,8 @@ def register_ops(sub) -> None:
     p = sub.add_parser("speedtest-server", help="serve GET /download?bytes=N and PUT|POST /upload")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--rate", type=float, default=None,
+                   help="be the line: bodies move at this many Mbps x 1448/1514 (default: as fast as TCP goes)")
     p.set_defaults(func=cmd_server)
 
 
@@ -44,7 +48,7 @@ def cmd_server(args) -> int:
         print("speedtest server on http://%s:%d" % srv.server_address, flush=True)
 
     try:
-        speedtest_server.serve(args.port, args.host, ready)
+        speedtest_server.serve(args.port, args.host, ready, args.rate * 1e6 if args.rate else None)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -55,7 +59,7 @@ def _kwargs(args) -> dict:
     return {"streams": args.streams, "seconds": args.seconds, "budget": args.budget,
             "warmup": args.warmup, "window": args.window or None,
             "plan": (mbps(args.plan_down), mbps(args.plan_up)), "bufsize": args.buf,
-            "direction": args.direction}
+            "direction": args.direction, "trace": args.trace}
 
 
 def measure(url: str, micropython: bool = False, heap: str = "256k", **kw) -> dict:

@@ -26,7 +26,15 @@ from backend import contract
 
 HOMES = [("good_home", "a good home"),
          ("weak_bedroom", "weak Wi-Fi in one bedroom"),
-         ("leaking_tap", "a leaking tap")]
+         ("leaking_tap", "a leaking tap, a slow line")]
+# Each home's line: (speed tier of its plan, Mbps the line carries). A speed-test
+# server per home is that line (backend/speedtest_server.py, rate_bps).
+LINES = {"good_home": ("10M", 10), "weak_bedroom": ("10M", 10), "leaking_tap": ("10M", 6)}
+# The boxes test once a sim day (43 s at the default speedup) at their own time,
+# shorter and smaller than in the field (8 s, 20 MB) to keep the demo short.
+SPEED_WAIT_S = 50
+SPEED_CONFIG = {"speed_window": [0, 24], "speed_seconds": 3, "speed_budget": 6000000,
+                "speed_streams": 4}
 EXAMPLES = contract.EXAMPLES_DIR
 
 
@@ -116,17 +124,21 @@ class _Say:
         print(f"   {text}", flush=True)
 
 
+def _speed(r: dict) -> str:
+    return "no speed test yet" if r.get("speed_ratio") is None else f"speed {r['speed_ratio']:.0%} of plan"
+
+
 def _fleet_table(rows: list[dict], names: dict[str, str]):
     from rich.table import Table
     t = Table(title="the fleet, as the operator sees it", expand=False)
-    for col in ("box", "home", "state", "messages", "updates", "alarms"):
+    for col in ("box", "home", "state", "messages", "updates", "speed", "alarms"):
         t.add_column(col)
     for r in rows:
         alarms = ", ".join(a["code"] for a in r["alarms"]) or "none"
         ups = " ".join(f"{k}=v{v}" for k, v in sorted(r["versions"].items())) or "-"
         if r["pending"]:
             ups += " (pending: " + ",".join(r["pending"]) + ")"
-        t.add_row(r["box"], names.get(r["box"], "?"), r["state"], str(r.get("messages", "")), ups,
+        t.add_row(r["box"], names.get(r["box"], "?"), r["state"], str(r.get("messages", "")), ups, _speed(r),
                   f"[red]{alarms}[/red]" if r["alarms"] else "[green]none[/green]")
     return t
 
@@ -136,7 +148,7 @@ def _plain_fleet(rows: list[dict], names: dict[str, str]) -> str:
     for r in rows:
         alarms = ", ".join(a["code"] for a in r["alarms"]) or "no alarm"
         ups = " ".join(f"{k}=v{v}" for k, v in sorted(r["versions"].items()))
-        out.append(f"{r['box']:<10} {names.get(r['box'], '?'):<26} {r['state']:<8} {ups}  {alarms}")
+        out.append(f"{r['box']:<10} {names.get(r['box'], '?'):<26} {r['state']:<8} {ups}  {_speed(r)}  {alarms}")
     return "\n   ".join(out)
 
 
@@ -214,6 +226,7 @@ def run(args) -> int:
     print(f"homebox demo: three homes, the bench, the broker and the operator side, on this machine.\n"
           f"Work directory: {work}")
     broker = vslots = ingest = None
+    lines: list = []
     ingest_thread = None
     names: dict[str, str] = {}
     rc = 0
@@ -231,6 +244,14 @@ def run(args) -> int:
         ingest_thread.start()
         say.line(f"storing every message in {work / 'backend.db'}")
 
+        say.step("Starting a speed-test server per home (each is that home's line)")
+        from backend import speedtest_server
+        for home, _ in HOMES:
+            tier, mbps = LINES[home]
+            lines.append(speedtest_server.start(rate_bps=mbps * 1e6))
+            say.line(f"{home}: a {mbps} Mbps line on http://127.0.0.1:{lines[-1].server_address[1]}"
+                     f" (plan {tier})")
+
         say.step("Plugging three virtual ESP32 boxes into the bench")
         op_key, op_pub = work / "operator" / "operator.key", work / "operator" / "operator.pub"
         if not op_key.exists():
@@ -241,8 +262,9 @@ def run(args) -> int:
         # needs ~115-145 KB on this 64-bit port (and the vbox flash driver shares it);
         # a real box runs only the agent.
         vslots = slots.start_virtual(len(HOMES), work / "vbox", heap="256k", board="none")
-        for sl, (home, words) in zip(vslots, HOMES):
-            sl.config = {"scenario": home, "speedup": args.speedup}
+        for sl, (home, words), srv in zip(vslots, HOMES, lines):
+            sl.config = {"scenario": home, "speedup": args.speedup,
+                         "speed_url": f"http://127.0.0.1:{srv.server_address[1]}", **SPEED_CONFIG}
             say.line(f"slot {sl.number}: {sl.port}  sim home: {words}")
 
         say.step("Running the bench: flash, provision, test, label (the real esptool and pytest-embedded)")
@@ -281,9 +303,26 @@ def run(args) -> int:
         parental = json.loads((EXAMPLES / "desired-parental.json").read_text())
         options = json.loads((EXAMPLES / "desired-options.json").read_text())
         options["bouquets"] = []                       # the boxes carry the free TNT lineup only
+        serial_home = {r["serial"]: vslots[int(r["slot"]) - 1].config["scenario"] for r in passed}
+        say.step("The operator sets each home's plan (options: speed tier, signed)")
+        for r in passed:
+            plan = dict(options, speed_tier=LINES[serial_home[r["serial"]]][0])
+            plan.pop("consent", None)
+            say.line(f"options (plan {plan['speed_tier']}) -> {r['serial']}: "
+                     + _push("options", plan, r["serial"], url, credentials.load_master(key), db))
         options.setdefault("consent", {})["detailed_consumption"] = True
         try:
-            while time.time() < end:
+            extended = False
+            while True:
+                rows = status.fleet(store, interval=30)
+                if time.time() >= end:
+                    # Speed against the plan for every box: a box that tested before its
+                    # plan arrived tests again the next sim day (43 s); wait for it, a little.
+                    if all(r["speed_ratio"] is not None for r in rows) or time.time() >= end + SPEED_WAIT_S:
+                        break
+                    if not extended:
+                        extended = True
+                        say.line(f"waiting up to {SPEED_WAIT_S} s more for every box's speed test against its plan")
                 if not pushed and time.time() >= push_at:
                     pushed = True
                     say.step("The operator pushes a parental schedule and an option change (signed)")
@@ -292,6 +331,7 @@ def run(args) -> int:
                                                                         box_key(r["serial"]), db))
                     leak_box = next((s for s, h in names.items() if h == dict(HOMES)["leaking_tap"]), None)
                     if leak_box:
+                        options["speed_tier"] = LINES["leaking_tap"][0]
                         say.line(f"options (consent to detailed consumption) -> {leak_box}: "
                                  + _push("options", options, leak_box, url, box_key(leak_box), db))
                     say.step("A new TV lineup for every box, as a campaign: a canary box first, then the rest")
@@ -299,7 +339,9 @@ def run(args) -> int:
                     for ln in _campaign("channels", lineup, [r["serial"] for r in passed], url, box_key, db):
                         say.line(ln)
                     say.step("Still watching")
-                rows = status.fleet(store, interval=30)
+                if extended:
+                    time.sleep(1.0)
+                    continue
                 say.line(f"[{time.strftime('%H:%M:%S')}] " + _plain_fleet(rows, names))
                 if live:
                     from rich.console import Console
@@ -314,7 +356,7 @@ def run(args) -> int:
         rows = status.fleet(store, interval=30)
         for r in rows:
             alarms = "; ".join(f"{a['code']} ({a['detail']})" for a in r["alarms"]) or "no alarm"
-            say.line(f"{r['box']} ({names.get(r['box'], '?')}): {alarms}")
+            say.line(f"{r['box']} ({names.get(r['box'], '?')}): {_speed(r)}; {alarms}")
         totals = dict(ingest.totals)
         say.line(f"ingest: {totals['stored']} messages stored, {totals['invalid']} outside the contract")
 
@@ -343,5 +385,8 @@ def run(args) -> int:
                 ingest_thread.join(10)
         if broker is not None:
             broker.stop()
+        for srv in lines:
+            srv.shutdown()
+            srv.server_close()
         print("done: nothing left running.")
     return rc

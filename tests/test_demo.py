@@ -37,7 +37,8 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
         assert words in log, words
     assert len(re.findall(r"^\s+PASS\s+slot", log, re.M)) == 3, log[-3000:]
     assert len(re.findall(r"parental -> HB-\d+: applied v1", log)) == 3, log[-3000:]
-    assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v1", log), log[-3000:]
+    assert len(re.findall(r"options \(plan 10M\) -> HB-\d+: applied v1", log)) == 3, log[-3000:]
+    assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v2", log), log[-3000:]
     assert re.search(r"campaign c-[\w-]+: completed", log), log[-3000:]
     assert re.search(r"canary: HB-\d+ applied v\d+", log), log[-3000:]
     m = re.search(r"^Report: (.+index\.html)$", log, re.M)
@@ -46,13 +47,16 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     html = index.read_text()
     pngs = sorted(x.name for x in index.parent.glob("box-*.png"))
     assert len(pngs) == 3, pngs
-    assert "weak_coverage" in html and "water_leak" in html
+    assert "weak_coverage" in html and "water_leak" in html and "slow_line" in html
     labels = index.parent / "labels"
     assert len(list(labels.glob("*.png"))) == 3 and len(list(labels.glob("*.pdf"))) == 3
     # the good home raises no alarm; the other two raise exactly theirs
-    assert re.search(r"\(a good home\): no alarm", log), log[-2000:]
+    assert re.search(r"\(a good home\): speed \d+% of plan; no alarm", log), log[-2000:]
+    # every box tested against its plan; the 6 Mbps line on a 10M plan is a slow line
+    assert re.search(r"\(weak Wi-Fi in one bedroom\): speed \d+% of plan", log), log[-2000:]
+    assert re.search(r"\(a leaking tap, a slow line\): speed [3-7]\d% of plan; .*slow_line", log), log[-2000:]
     assert re.search(r"\(weak Wi-Fi in one bedroom\): .*weak_coverage", log)
-    assert re.search(r"\(a leaking tap\): .*water_leak", log)
+    assert re.search(r"\(a leaking tap, a slow line\): .*water_leak", log)
     assert "0 outside the contract" in log
     # the home network (issue 15): a device refused in its blocked hours, the playlist following options
     assert re.search(r"the tablet asks for \S+ at 21:30: REFUSED", log), log[-3000:]

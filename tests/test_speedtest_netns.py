@@ -2,8 +2,10 @@
 with tc tbf, and a fixed RTT (netem where the kernel has it is not needed: the
 harness in benchmarks/speed.py delays packets with a tun relay). Root only.
 
-By default every rate (2, 5, 10, 50 Mbps) and both RTTs (20, 100 ms) are exercised
-once; HB_SPEED_FULL=1 runs the full 4 x 2 matrix."""
+By default two short checks: a slow line with a long RTT, and the deep tbf queue
+(latency 400 ms, burst 32 kbit) with 6 streams where the old least-squares window
+was off by up to 8 %. HB_SPEED_FULL=1 runs the 4 x 2 rate x RTT matrix. The sweep
+(20 runs per point, several bursts) is in `make bench` (benchmarks/speed.py sweep)."""
 from __future__ import annotations
 
 import os
@@ -19,8 +21,8 @@ pytestmark = pytest.mark.skipif(why is not None, reason=f"speed-test netns harne
 FULL = os.environ.get("HB_SPEED_FULL") == "1"
 # (rate Mbps, RTT ms, seconds per direction): slow lines get longer windows, since the
 # sender's buffer settles in proportion to its size over the rate.
-DEFAULT = [(2, 100, 5), (5, 20, 4), (10, 20, 3), (50, 100, 4)]
-MATRIX = [(r, t, 5 if r == 2 else 4) for t in speed.RTTS for r in speed.RATES]
+DEFAULT = [(2, 100, 5, None, None, 4), (10, 20, 4, "32kbit", 400, 6)]
+MATRIX = [(r, t, 5 if r == 2 else 4, None, None, 4) for t in speed.RTTS for r in speed.RATES]
 
 
 def latency_ok(measured, rtt) -> bool:
@@ -41,10 +43,10 @@ def check(row: dict, directions=("down", "up")) -> None:
     assert raw["client_limited"] is False
 
 
-@pytest.mark.parametrize("rate,rtt,seconds", MATRIX if FULL else DEFAULT,
+@pytest.mark.parametrize("rate,rtt,seconds,burst,latency,streams", MATRIX if FULL else DEFAULT,
                          ids=lambda v: str(v))
-def test_accuracy(rate, rtt, seconds):
-    row = speed.measure(rate, rtt, seconds)
+def test_accuracy(rate, rtt, seconds, burst, latency, streams):
+    row = speed.measure(rate, rtt, seconds, streams, burst=burst, latency_ms=latency)
     check(row)
     # The plan is the shaped rate: the ratio is the goodput factor, give or take 3%.
     assert abs(row["raw"]["ratio_down"] - speed.GOODPUT) < 0.03
