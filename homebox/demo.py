@@ -309,7 +309,7 @@ def run(args) -> int:
             plan = dict(options, speed_tier=LINES[serial_home[r["serial"]]][0])
             plan.pop("consent", None)
             say.line(f"options (plan {plan['speed_tier']}) -> {r['serial']}: "
-                     + _push("options", plan, r["serial"], url, credentials.load_master(key), db))
+                     + _push("options", plan, r["serial"], url, box_key(r["serial"]), db))
         options.setdefault("consent", {})["detailed_consumption"] = True
         try:
             extended = False
