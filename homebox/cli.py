@@ -16,8 +16,9 @@ ROLES = [
     ("fw", "build firmware and filesystem images", ["homebox.cli_fw"]),
     ("vbox", "virtual boxes that behave like ESP32 devkits on a serial link", ["homebox.cli_vbox"]),
     ("bench", "flash, provision and test boxes at the bench", ["homebox.cli_bench"]),
-    ("ops", "operator tools: validate, push, campaign, ingest, status, report", ["homebox.cli_speed:register_ops", "homebox.cli_ops_fleet",
-                                                                 "homebox.cli_ops_docs", "homebox.cli_ops_campaign"]),
+    ("ops", "operator tools: validate, push, campaign, ingest, status, report, serve", ["homebox.cli_speed:register_ops", "homebox.cli_ops_fleet",
+                                                                 "homebox.cli_ops_docs", "homebox.cli_ops_campaign",
+                                                                 "homebox.cli_ops_serve"]),
 ]
 
 

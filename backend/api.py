@@ -1,0 +1,585 @@
+"""The operator's HTTP API (JSON, /api/v1/...) and web console on one server.
+
+    from backend.api import Api, serve
+    api = Api("sqlite:///fleet.db", broker=parse_broker("mqtt://127.0.0.1:1883"), master=None)
+    srv = serve(api, "127.0.0.1", 0)          # a ThreadingHTTPServer on its own thread
+    srv.server_address                        # ('127.0.0.1', PORT)
+    srv.shutdown()
+
+Every route but /healthz and the console's login page needs an account: a bearer
+token (`Authorization: Bearer hbt_...`, for machine clients) or the console's
+session cookie. `POST /api/v1/tokens` also takes HTTP Basic (name and password)
+so that a machine client can get its first token. Roles: viewer reads,
+operator pushes documents, tags boxes and drives campaigns, admin manages
+accounts and reads the audit log. Every change is in the audit log with its
+author. The routes and their schemas are in backend/openapi.py, served at
+/api/v1/openapi.json; tests/test_api.py checks the two agree.
+
+Lists are paginated (limit, offset) and computed in SQL. A request takes a store
+connection from a small pool (never shared by two threads at once).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from backend import accounts, campaign, push, status
+from backend.errors import BrokerError, DocumentInvalid, OpsError
+from backend.store import EPOCH_STRIDE, Store
+
+MAX_BODY = 1 << 20
+MAX_LIMIT = 500
+
+
+class HttpError(Exception):
+    def __init__(self, code: int, error: str, message: str, extra: dict | None = None):
+        super().__init__(message)
+        self.code, self.error, self.message, self.extra = code, error, message, extra or {}
+
+
+# ---- fleet queries (SQL, paginated) ---------------------------------------------------
+
+def _page(q: dict) -> tuple[int, int]:
+    try:
+        limit = int(q.get("limit", 50))
+        offset = int(q.get("offset", 0))
+    except ValueError:
+        raise HttpError(400, "bad_request", "limit and offset are integers") from None
+    if not (1 <= limit <= MAX_LIMIT) or offset < 0:
+        raise HttpError(400, "bad_request", f"limit in 1..{MAX_LIMIT}, offset >= 0")
+    return limit, offset
+
+
+def search_boxes(store: Store, q: dict) -> dict:
+    """Boxes matching q (text in the id, tag, plan, alarm code or 'any', online), a page."""
+    campaign.ensure_schema(store)
+    where, args = [], []
+    if q.get("q"):
+        where.append("b.box LIKE ?")
+        args.append("%" + q["q"].replace("%", "").replace("_", "") + "%")
+    if q.get("online") in ("true", "false"):
+        where.append("b.state = 'online'" if q["online"] == "true"
+                     else "(b.state IS NULL OR b.state <> 'online')")
+    elif q.get("online"):
+        raise HttpError(400, "bad_request", "online: true or false")
+    if q.get("tag"):
+        where.append("EXISTS (SELECT 1 FROM box_tags t WHERE t.box = b.box AND t.tag = ?)")
+        args.append(q["tag"])
+    if q.get("alarm"):
+        if q["alarm"] == "any":
+            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box)")
+        else:
+            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box AND a.code = ?)")
+            args.append(q["alarm"])
+    if q.get("plan"):
+        # the plan is the speed_tier of the options document the operator set
+        text = "convert_from(d.payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(d.payload AS TEXT)"
+        where.append("EXISTS (SELECT 1 FROM desired d WHERE d.box = b.box AND d.section = 'options' "
+                     f"AND {text} LIKE ?)")
+        args.append('%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%")
+    limit, offset = _page(q)
+    w = (" WHERE " + " AND ".join(where)) if where else ""
+    total = int(store._q("SELECT COUNT(*) FROM boxes b" + w, tuple(args))[0][0])
+    rows = store._q(
+        "SELECT b.box, b.state, b.last_seen, b.fw, b.state_boot, "
+        "(SELECT COUNT(*) FROM alarms a WHERE a.box = b.box) FROM boxes b" + w
+        + " ORDER BY b.box LIMIT ? OFFSET ?", tuple(args) + (limit, offset))
+    items = [{"box": b, "state": st or "unknown", "last_seen": ls, "fw": fw,
+              "boot": None if sb is None else int(sb) % EPOCH_STRIDE, "alarms": int(n)}
+             for b, st, ls, fw, sb, n in rows]
+    return {"total": total, "limit": limit, "offset": offset, "items": items}
+
+
+class _OneBox:
+    """The store's read methods narrowed to one box, for status.fleet()."""
+
+    def __init__(self, store: Store, box: str):
+        self.s, self.box = store, box
+
+    def boxes(self):
+        cols = ("box", "first_seen", "last_seen", "state", "state_boot", "fw", "state_at")
+        return [dict(zip(cols, r)) for r in self.s._q(
+            "SELECT " + ", ".join(cols) + " FROM boxes WHERE box=?", (self.box,))]
+
+    def latest(self):
+        return {(self.box, k): {"boot": b, "seq": s, "ts": ts, "received_at": r, "data": json.loads(d)}
+                for k, b, s, ts, r, d in self.s._q(
+                    "SELECT kind, boot, seq, ts, received_at, data FROM latest WHERE box=?", (self.box,))}
+
+    def reported(self):
+        out = {}
+        for section, doc, rat in self.s._q("SELECT section, doc, received_at FROM reported WHERE box=?",
+                                           (self.box,)):
+            d = json.loads(doc)
+            d["_received_at"] = rat
+            out[section] = d
+        return {self.box: out} if out else {}
+
+    def desired_versions(self):
+        v = {s: int(x) for s, x in self.s._q("SELECT section, version FROM desired WHERE box=?", (self.box,))}
+        return {self.box: v} if v else {}
+
+    def gap_summary(self):
+        g = {c: int(n) for c, n in self.s._q(
+            "SELECT cause, SUM(last_seq - first_seq + 1) FROM gaps WHERE box=? GROUP BY cause", (self.box,))}
+        return {self.box: g} if g else {}
+
+    def alarms(self):
+        a = [{"code": c, "detail": d, "n": int(n), "first_at": f, "last_at": la} for c, d, n, f, la in
+             self.s._q("SELECT code, detail, n, first_at, last_at FROM alarms WHERE box=? ORDER BY code",
+                       (self.box,))]
+        return {self.box: a} if a else {}
+
+
+def box_detail(store: Store, box: str, interval: float = 300) -> dict:
+    one = _OneBox(store, box)
+    rows = status.fleet(one, interval=interval)  # type: ignore[arg-type]
+    if not rows:
+        raise HttpError(404, "not_found", f"no box {box!r}")
+    row = rows[0]
+    latest = {k: v for (_, k), v in one.latest().items()}
+    desired = []
+    for section, version, payload, source in store._q(
+            "SELECT section, version, payload, source FROM desired WHERE box=? ORDER BY section", (box,)):
+        try:
+            doc = json.loads(bytes(payload))
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            doc.pop("sig", None)      # the signature is no secret, but of no use to a reader
+        desired.append({"section": section, "version": int(version), "source": source, "document": doc})
+    reported = [{"section": s, "version": d.get("version"), "status": d.get("status"), "document":
+                 {k: v for k, v in d.items() if not k.startswith("_")}, "received_at": d.get("_received_at")}
+                for s, d in sorted(one.reported().get(box, {}).items())]
+    campaign.ensure_schema(store)
+    tags = [t for (t,) in store._q("SELECT tag FROM box_tags WHERE box=? ORDER BY tag", (box,))]
+    row.update({"latest": latest, "desired_documents": desired, "reported_documents": reported,
+                "tags": tags})
+    return row
+
+
+def list_alarms(store: Store, q: dict) -> dict:
+    limit, offset = _page(q)
+    where, args = "", ()
+    if q.get("code"):
+        where, args = " WHERE code=?", (q["code"],)
+    total = int(store._q("SELECT COUNT(*) FROM alarms" + where, args)[0][0])
+    rows = store._q("SELECT box, code, detail, n, first_at, last_at FROM alarms" + where
+                    + " ORDER BY last_at DESC, box LIMIT ? OFFSET ?", args + (limit, offset))
+    return {"total": total, "limit": limit, "offset": offset,
+            "items": [{"box": b, "code": c, "detail": d, "n": int(n), "first_at": f, "last_at": la}
+                      for b, c, d, n, f, la in rows]}
+
+
+# ---- the application ---------------------------------------------------------------
+
+class Api:
+    def __init__(self, db_url: str, *, broker=None, master: bytes | None = None, tls_ca: str | None = None,
+                 push_timeout: float = 10.0, interval: float = 300.0, secure_cookies: bool = False):
+        self.db_url = db_url
+        self.broker, self.master, self.tls_ca = broker, master, tls_ca
+        self.push_timeout = push_timeout
+        self.interval = interval
+        self.secure_cookies = secure_cookies
+        self._pool: list[Store] = []
+        self._lock = threading.Lock()
+        self.drivers: dict[str, threading.Thread] = {}
+        st = Store(db_url)           # the schemas, once, before any request
+        accounts.ensure_schema(st)
+        campaign.ensure_schema(st)
+        self._pool.append(st)
+
+    def acquire(self) -> Store:
+        """A store connection for one request (a pool: a connection is never shared
+        by two threads at once, and there are never more than the busiest moment needed)."""
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        st = Store(self.db_url)
+        st._accounts_ready = st._campaign_ready = True    # type: ignore[attr-defined]
+        return st
+
+    def release(self, st: Store) -> None:
+        with self._lock:
+            self._pool.append(st)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, []
+        for st in pool:
+            st.close()
+
+    # ---- handlers: each (ctx, match) -> (status, body) -------------------------------
+    def me(self, c, m):
+        return 200, {"name": c.account.name, "role": c.account.role}
+
+    def boxes(self, c, m):
+        return 200, search_boxes(c.store, c.query)
+
+    def box(self, c, m):
+        return 200, box_detail(c.store, m["box"], self.interval)
+
+    def telemetry(self, c, m):
+        limit, _ = _page(c.query)
+        kind = m["kind"]
+        if kind not in ("coverage", "speed", "consumption", "health", "event"):
+            raise HttpError(400, "bad_request", "kind: coverage, speed, consumption, health or event")
+        self._known(c.store, m["box"])
+        return 200, {"box": m["box"], "kind": kind, "items": c.store.series(m["box"], kind, limit)}
+
+    def alarms(self, c, m):
+        return 200, list_alarms(c.store, c.query)
+
+    def _known(self, store, box):
+        if not store._q("SELECT 1 FROM boxes WHERE box=?", (box,)):
+            raise HttpError(404, "not_found", f"no box {box!r}")
+
+    def push_doc(self, c, m):
+        section = m["section"]
+        if section not in push.SECTIONS:
+            raise HttpError(404, "not_found", f"no section {section!r}: one of {', '.join(push.SECTIONS)}")
+        doc = c.json_body()
+        if not isinstance(doc, dict):
+            raise HttpError(400, "bad_request", "the body is the section's document, a JSON object")
+        if self.broker is None:
+            raise HttpError(503, "no_broker", "this server was started without --broker: it cannot push")
+        try:
+            wait = float(c.query.get("wait", self.push_timeout))
+        except ValueError:
+            raise HttpError(400, "bad_request", "wait: seconds") from None
+        wait = min(max(wait, 0.0), 60.0)
+        try:
+            r = push.push(self.broker, m["box"], section, doc, self.master, store=c.store,
+                          tls_ca=self.tls_ca, timeout=wait, author=c.account.name)
+        except DocumentInvalid as e:
+            raise HttpError(422, "invalid_document", str(e),
+                            {"violations": [{"field": f, "rule": r} for f, r in e.violations]}) from None
+        except BrokerError as e:
+            raise HttpError(502, "broker", str(e)) from None
+        accounts.audit(c.store, c.account.name, "push", f"{m['box']}/{section}",
+                       {"version": r.version, "result": r.status})
+        return 200, {"box": r.box, "section": r.section, "version": r.version, "status": r.status,
+                     "message": r.message, "signed": self.master is not None}
+
+    def set_tags(self, c, m):
+        body = c.json_body()
+        add, rm = body.get("add", []) if isinstance(body, dict) else None, \
+            body.get("remove", []) if isinstance(body, dict) else None
+        ok = all(isinstance(x, list) and all(isinstance(t, str) and 0 < len(t) <= 64 for t in x)
+                 for x in (add, rm))
+        if not ok:
+            raise HttpError(400, "bad_request", "body: {add: [tags], remove: [tags]}")
+        self._known(c.store, m["box"])
+        if add:
+            campaign.tag(c.store, [m["box"]], add)
+        if rm:
+            campaign.tag(c.store, [m["box"]], rm, remove=True)
+        accounts.audit(c.store, c.account.name, "tags", m["box"], {"add": add, "remove": rm})
+        tags = [t for (t,) in c.store._q("SELECT tag FROM box_tags WHERE box=? ORDER BY tag", (m["box"],))]
+        return 200, {"box": m["box"], "tags": tags}
+
+    def campaigns(self, c, m):
+        limit, offset = _page(c.query)
+        items = campaign.list_campaigns(c.store)
+        return 200, {"total": len(items), "limit": limit, "offset": offset,
+                     "items": items[offset:offset + limit]}
+
+    def campaign_get(self, c, m):
+        st = campaign.status(c.store, m["id"])
+        limit, offset = _page(c.query)
+        st["boxes"] = st["boxes"][offset:offset + limit]
+        return 200, st
+
+    def campaign_create(self, c, m):
+        b = c.json_body()
+        if not isinstance(b, dict) or not isinstance(b.get("document"), dict) \
+                or not isinstance(b.get("target"), dict) or not isinstance(b.get("section"), str):
+            raise HttpError(400, "bad_request", "body: {section, document, target, ...}")
+        opts = {k: b[k] for k in ("name", "canary", "waves", "success", "abort", "abort_min", "rate",
+                                  "box_timeout", "max_in_flight") if k in b}
+        try:
+            cp = campaign.create(c.store, b["section"], b["document"], b["target"], author=c.account.name,
+                                 **opts)
+        except DocumentInvalid as e:
+            raise HttpError(422, "invalid_document", str(e),
+                            {"violations": [{"field": f, "rule": r} for f, r in e.violations]}) from None
+        except TypeError as e:
+            raise HttpError(400, "bad_request", str(e)) from None
+        accounts.audit(c.store, c.account.name, "campaign.create", cp["id"],
+                       {"section": cp["section"], "target": cp["target"]})
+        cp["counts"] = campaign.counts(c.store, cp["id"])
+        return 201, cp
+
+    def campaign_action(self, c, m):
+        cid, action = m["id"], m["action"]
+        fn = {"start": campaign.start, "pause": campaign.pause, "resume": campaign.resume,
+              "abort": campaign.abort}[action]
+        cp = fn(c.store, cid)
+        accounts.audit(c.store, c.account.name, f"campaign.{action}", cid, {"state": cp["state"]})
+        if cp["state"] == "running" and self.broker is not None:
+            self._drive(cid)
+        cp["counts"] = campaign.counts(c.store, cid)
+        cp["driven"] = cid in self.drivers and self.drivers[cid].is_alive()
+        return 200, cp
+
+    def _drive(self, cid: str) -> None:
+        t = self.drivers.get(cid)
+        if t is not None and t.is_alive():
+            return
+
+        def run():
+            st = Store(self.db_url)
+            try:
+                campaign.run(st, [self.broker], cid, self.master, tls_ca=self.tls_ca)
+            except OpsError:
+                pass            # another driver holds it, or the broker is away: status tells
+            finally:
+                st.close()
+        t = threading.Thread(target=run, name=f"campaign-{cid}", daemon=True)
+        self.drivers[cid] = t
+        t.start()
+
+    def accounts_list(self, c, m):
+        return 200, {"items": accounts.list_accounts(c.store)}
+
+    def accounts_add(self, c, m):
+        b = c.json_body()
+        if not isinstance(b, dict) or not all(isinstance(b.get(k), str) for k in ("name", "role", "password")):
+            raise HttpError(400, "bad_request", "body: {name, role, password}")
+        a = accounts.add(c.store, b["name"], b["role"], b["password"], author=c.account.name)
+        return 201, {"name": a.name, "role": a.role}
+
+    def accounts_change(self, c, m):
+        b = c.json_body()
+        if not isinstance(b, dict):
+            raise HttpError(400, "bad_request", "body: {role} or {disabled: true}")
+        if b.get("disabled") is True:
+            accounts.disable(c.store, m["name"], author=c.account.name)
+        elif isinstance(b.get("role"), str):
+            accounts.set_role(c.store, m["name"], b["role"], author=c.account.name)
+        else:
+            raise HttpError(400, "bad_request", "body: {role} or {disabled: true}")
+        a = [x for x in accounts.list_accounts(c.store) if x["name"] == m["name"]][0]
+        return 200, a
+
+    def token_create(self, c, m):
+        b = c.json_body(optional=True) or {}
+        label = b.get("label", "") if isinstance(b, dict) else ""
+        tok = accounts.new_token(c.store, c.account.name, str(label))
+        return 201, {"token": tok, "account": c.account.name, "role": c.account.role}
+
+    def audit(self, c, m):
+        limit, offset = _page(c.query)
+        return 200, {"limit": limit, "offset": offset,
+                     "items": accounts.audit_log(c.store, limit=limit, offset=offset,
+                                                 author=c.query.get("author"))}
+
+    def openapi(self, c, m):
+        from backend.openapi import document
+        return 200, document()
+
+
+# (method, path template, handler name, least role); the OpenAPI document lists the same
+ROUTES = [
+    ("GET", "/api/v1/openapi.json", "openapi", "viewer"),
+    ("GET", "/api/v1/me", "me", "viewer"),
+    ("GET", "/api/v1/boxes", "boxes", "viewer"),
+    ("GET", "/api/v1/boxes/{box}", "box", "viewer"),
+    ("GET", "/api/v1/boxes/{box}/telemetry/{kind}", "telemetry", "viewer"),
+    ("PUT", "/api/v1/boxes/{box}/desired/{section}", "push_doc", "operator"),
+    ("PUT", "/api/v1/boxes/{box}/tags", "set_tags", "operator"),
+    ("GET", "/api/v1/alarms", "alarms", "viewer"),
+    ("GET", "/api/v1/campaigns", "campaigns", "viewer"),
+    ("POST", "/api/v1/campaigns", "campaign_create", "operator"),
+    ("GET", "/api/v1/campaigns/{id}", "campaign_get", "viewer"),
+    ("POST", "/api/v1/campaigns/{id}/{action}", "campaign_action", "operator"),
+    ("GET", "/api/v1/accounts", "accounts_list", "admin"),
+    ("POST", "/api/v1/accounts", "accounts_add", "admin"),
+    ("PATCH", "/api/v1/accounts/{name}", "accounts_change", "admin"),
+    ("POST", "/api/v1/tokens", "token_create", "viewer"),
+    ("GET", "/api/v1/audit", "audit", "admin"),
+]
+_PARAM = {"action": "(start|pause|resume|abort)"}
+
+
+def _compile(tmpl: str):
+    rx = re.sub(r"\{(\w+)\}", lambda mm: f"(?P<{mm[1]}>{_PARAM.get(mm[1], '[^/]+')})", tmpl)
+    return re.compile("^" + rx + "$")
+
+
+_COMPILED = [(meth, _compile(t), h, role) for meth, t, h, role in ROUTES]
+
+
+class Ctx:
+    def __init__(self, handler: BaseHTTPRequestHandler, store: Store, query: dict, account=None):
+        self.h, self.store, self.query, self.account = handler, store, query, account
+        self._body: bytes | None = None
+
+    def body(self) -> bytes:
+        if self._body is None:
+            try:
+                n = int(self.h.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise HttpError(400, "bad_request", "bad Content-Length") from None
+            if n > MAX_BODY:
+                raise HttpError(413, "too_large", f"body over {MAX_BODY} bytes")
+            self._body = self.h.rfile.read(n) if n > 0 else b""
+        return self._body
+
+    def json_body(self, optional: bool = False):
+        raw = self.body()
+        if not raw and optional:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise HttpError(400, "bad_request", "the body is not JSON") from None
+
+
+def bearer(handler) -> str | None:
+    h = handler.headers.get("Authorization") or ""
+    if h[:7].lower() == "bearer ":
+        return h[7:].strip()
+    return None
+
+
+def basic(handler) -> tuple[str, str] | None:
+    h = handler.headers.get("Authorization") or ""
+    if h[:6].lower() != "basic ":
+        return None
+    try:
+        name, _, pw = base64.b64decode(h[6:].strip()).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return name, pw
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "homebox-api"
+    protocol_version = "HTTP/1.1"
+    api: Api
+
+    def log_message(self, fmt, *args):   # no access log on stderr (tokens never appear in URLs)
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, code: int, obj, headers: dict | None = None) -> None:
+        self._send(code, json.dumps(obj, default=_default).encode(), "application/json", headers)
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/healthz":
+            self._send(200, b"ok\n", "text/plain")
+            return
+        store = self.api.acquire()
+        try:
+            if url.path.startswith("/api/"):
+                self._api(store, url.path, query)
+            else:
+                from backend import console
+                console.handle(self, store, url.path, query)
+        except Exception as e:
+            # a lost database connection: a fresh one next time
+            print(f"api: {self.command} {url.path}: {type(e).__name__}: {e}", file=sys.stderr)
+            try:
+                store.reconnect()
+            except Exception:
+                pass
+            self.send_json(500, {"error": "internal", "message": "internal error"})
+        finally:
+            self.api.release(store)
+
+    def _api(self, store, path: str, query: dict) -> None:
+        try:
+            for meth, rx, name, role in _COMPILED:
+                m = rx.match(path)
+                if m and meth == self.command:
+                    break
+            else:
+                if any(rx.match(path) for _, rx, _, _ in _COMPILED):
+                    raise HttpError(405, "method_not_allowed", f"{self.command} not allowed here")
+                raise HttpError(404, "not_found", f"no route {path}")
+            acct = self.account(store, allow_basic=(name == "token_create"))
+            if acct is None:
+                raise HttpError(401, "unauthorized", "an account is needed: Authorization: Bearer TOKEN")
+            if not acct.can(role):
+                raise HttpError(403, "forbidden", f"{role} role needed (you are {acct.role})")
+            ctx = Ctx(self, store, query, acct)
+            code, body = getattr(self.api, name)(ctx, m.groupdict())
+            self.send_json(code, body)
+        except HttpError as e:
+            hdr = {"WWW-Authenticate": 'Bearer realm="homebox"'} if e.code == 401 else None
+            self.send_json(e.code, {"error": e.error, "message": e.message, **e.extra}, hdr)
+        except campaign.NoSuchCampaign as e:
+            self.send_json(404, {"error": "not_found", "message": str(e)})
+        except OpsError as e:
+            self.send_json(409, {"error": "refused", "message": str(e)})
+
+    def account(self, store, allow_basic: bool = False):
+        tok = bearer(self)
+        if tok:
+            return accounts.by_token(store, tok)
+        if allow_basic:
+            cred = basic(self)
+            if cred:
+                return accounts.login(store, *cred)
+        from backend import console
+        return console.session_account(self, store)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_HEAD = _dispatch  # type: ignore[assignment]
+
+
+def _default(o):
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o).decode("utf-8", "replace")
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def serve(api: Api, host: str = "127.0.0.1", port: int = 0, *, tls_cert: str | None = None,
+          tls_key: str | None = None) -> Server:
+    """Start the server on its own thread; returns it (shutdown() stops it)."""
+    handler = type("BoundHandler", (Handler,), {"api": api})
+    srv = Server((host, port), handler)
+    if tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tls_cert, tls_key)
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, name="homebox-api", daemon=True).start()
+    return srv
+
+
+def wait_ready(url: str, timeout: float = 10.0) -> bool:
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
