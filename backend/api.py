@@ -29,154 +29,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from backend import accounts, campaign, push, status
+from backend import accounts, campaign, console, push
 from backend.errors import BrokerError, DocumentInvalid, OpsError
-from backend.store import EPOCH_STRIDE, Store
+from backend.fleetq import HttpError, box_detail, list_alarms, page, search_boxes
+from backend.store import Store
 
 MAX_BODY = 1 << 20
-MAX_LIMIT = 500
-
-
-class HttpError(Exception):
-    def __init__(self, code: int, error: str, message: str, extra: dict | None = None):
-        super().__init__(message)
-        self.code, self.error, self.message, self.extra = code, error, message, extra or {}
-
-
-# ---- fleet queries (SQL, paginated) ---------------------------------------------------
-
-def _page(q: dict) -> tuple[int, int]:
-    try:
-        limit = int(q.get("limit", 50))
-        offset = int(q.get("offset", 0))
-    except ValueError:
-        raise HttpError(400, "bad_request", "limit and offset are integers") from None
-    if not (1 <= limit <= MAX_LIMIT) or offset < 0:
-        raise HttpError(400, "bad_request", f"limit in 1..{MAX_LIMIT}, offset >= 0")
-    return limit, offset
-
-
-def search_boxes(store: Store, q: dict) -> dict:
-    """Boxes matching q (text in the id, tag, plan, alarm code or 'any', online), a page."""
-    campaign.ensure_schema(store)
-    where, args = [], []
-    if q.get("q"):
-        where.append("b.box LIKE ?")
-        args.append("%" + q["q"].replace("%", "").replace("_", "") + "%")
-    if q.get("online") in ("true", "false"):
-        where.append("b.state = 'online'" if q["online"] == "true"
-                     else "(b.state IS NULL OR b.state <> 'online')")
-    elif q.get("online"):
-        raise HttpError(400, "bad_request", "online: true or false")
-    if q.get("tag"):
-        where.append("EXISTS (SELECT 1 FROM box_tags t WHERE t.box = b.box AND t.tag = ?)")
-        args.append(q["tag"])
-    if q.get("alarm"):
-        if q["alarm"] == "any":
-            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box)")
-        else:
-            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box AND a.code = ?)")
-            args.append(q["alarm"])
-    if q.get("plan"):
-        # the plan is the speed_tier of the options document the operator set
-        text = "convert_from(d.payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(d.payload AS TEXT)"
-        where.append("EXISTS (SELECT 1 FROM desired d WHERE d.box = b.box AND d.section = 'options' "
-                     f"AND {text} LIKE ?)")
-        args.append('%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%")
-    limit, offset = _page(q)
-    w = (" WHERE " + " AND ".join(where)) if where else ""
-    total = int(store._q("SELECT COUNT(*) FROM boxes b" + w, tuple(args))[0][0])
-    rows = store._q(
-        "SELECT b.box, b.state, b.last_seen, b.fw, b.state_boot, "
-        "(SELECT COUNT(*) FROM alarms a WHERE a.box = b.box) FROM boxes b" + w
-        + " ORDER BY b.box LIMIT ? OFFSET ?", tuple(args) + (limit, offset))
-    items = [{"box": b, "state": st or "unknown", "last_seen": ls, "fw": fw,
-              "boot": None if sb is None else int(sb) % EPOCH_STRIDE, "alarms": int(n)}
-             for b, st, ls, fw, sb, n in rows]
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
-
-
-class _OneBox:
-    """The store's read methods narrowed to one box, for status.fleet()."""
-
-    def __init__(self, store: Store, box: str):
-        self.s, self.box = store, box
-
-    def boxes(self):
-        cols = ("box", "first_seen", "last_seen", "state", "state_boot", "fw", "state_at")
-        return [dict(zip(cols, r)) for r in self.s._q(
-            "SELECT " + ", ".join(cols) + " FROM boxes WHERE box=?", (self.box,))]
-
-    def latest(self):
-        return {(self.box, k): {"boot": b, "seq": s, "ts": ts, "received_at": r, "data": json.loads(d)}
-                for k, b, s, ts, r, d in self.s._q(
-                    "SELECT kind, boot, seq, ts, received_at, data FROM latest WHERE box=?", (self.box,))}
-
-    def reported(self):
-        out = {}
-        for section, doc, rat in self.s._q("SELECT section, doc, received_at FROM reported WHERE box=?",
-                                           (self.box,)):
-            d = json.loads(doc)
-            d["_received_at"] = rat
-            out[section] = d
-        return {self.box: out} if out else {}
-
-    def desired_versions(self):
-        v = {s: int(x) for s, x in self.s._q("SELECT section, version FROM desired WHERE box=?", (self.box,))}
-        return {self.box: v} if v else {}
-
-    def gap_summary(self):
-        g = {c: int(n) for c, n in self.s._q(
-            "SELECT cause, SUM(last_seq - first_seq + 1) FROM gaps WHERE box=? GROUP BY cause", (self.box,))}
-        return {self.box: g} if g else {}
-
-    def alarms(self):
-        a = [{"code": c, "detail": d, "n": int(n), "first_at": f, "last_at": la} for c, d, n, f, la in
-             self.s._q("SELECT code, detail, n, first_at, last_at FROM alarms WHERE box=? ORDER BY code",
-                       (self.box,))]
-        return {self.box: a} if a else {}
-
-
-def box_detail(store: Store, box: str, interval: float = 300) -> dict:
-    one = _OneBox(store, box)
-    rows = status.fleet(one, interval=interval)  # type: ignore[arg-type]
-    if not rows:
-        raise HttpError(404, "not_found", f"no box {box!r}")
-    row = rows[0]
-    latest = {k: v for (_, k), v in one.latest().items()}
-    desired = []
-    for section, version, payload, source in store._q(
-            "SELECT section, version, payload, source FROM desired WHERE box=? ORDER BY section", (box,)):
-        try:
-            doc = json.loads(bytes(payload))
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict):
-            doc.pop("sig", None)      # the signature is no secret, but of no use to a reader
-        desired.append({"section": section, "version": int(version), "source": source, "document": doc})
-    reported = [{"section": s, "version": d.get("version"), "status": d.get("status"), "document":
-                 {k: v for k, v in d.items() if not k.startswith("_")}, "received_at": d.get("_received_at")}
-                for s, d in sorted(one.reported().get(box, {}).items())]
-    campaign.ensure_schema(store)
-    tags = [t for (t,) in store._q("SELECT tag FROM box_tags WHERE box=? ORDER BY tag", (box,))]
-    row.update({"latest": latest, "desired_documents": desired, "reported_documents": reported,
-                "tags": tags})
-    return row
-
-
-def list_alarms(store: Store, q: dict) -> dict:
-    limit, offset = _page(q)
-    where, args = "", ()
-    if q.get("code"):
-        where, args = " WHERE code=?", (q["code"],)
-    total = int(store._q("SELECT COUNT(*) FROM alarms" + where, args)[0][0])
-    rows = store._q("SELECT box, code, detail, n, first_at, last_at FROM alarms" + where
-                    + " ORDER BY last_at DESC, box LIMIT ? OFFSET ?", args + (limit, offset))
-    return {"total": total, "limit": limit, "offset": offset,
-            "items": [{"box": b, "code": c, "detail": d, "n": int(n), "first_at": f, "last_at": la}
-                      for b, c, d, n, f, la in rows]}
-
-
 # ---- the application ---------------------------------------------------------------
 
 class Api:
@@ -226,7 +84,7 @@ class Api:
         return 200, box_detail(c.store, m["box"], self.interval)
 
     def telemetry(self, c, m):
-        limit, _ = _page(c.query)
+        limit, _ = page(c.query)
         kind = m["kind"]
         if kind not in ("coverage", "speed", "consumption", "health", "event"):
             raise HttpError(400, "bad_request", "kind: coverage, speed, consumption, health or event")
@@ -285,14 +143,14 @@ class Api:
         return 200, {"box": m["box"], "tags": tags}
 
     def campaigns(self, c, m):
-        limit, offset = _page(c.query)
+        limit, offset = page(c.query)
         items = campaign.list_campaigns(c.store)
         return 200, {"total": len(items), "limit": limit, "offset": offset,
                      "items": items[offset:offset + limit]}
 
     def campaign_get(self, c, m):
         st = campaign.status(c.store, m["id"])
-        limit, offset = _page(c.query)
+        limit, offset = page(c.query)
         st["boxes"] = st["boxes"][offset:offset + limit]
         return 200, st
 
@@ -375,7 +233,7 @@ class Api:
         return 201, {"token": tok, "account": c.account.name, "role": c.account.role}
 
     def audit(self, c, m):
-        limit, offset = _page(c.query)
+        limit, offset = page(c.query)
         return 200, {"limit": limit, "offset": offset,
                      "items": accounts.audit_log(c.store, limit=limit, offset=offset,
                                                  author=c.query.get("author"))}
@@ -494,7 +352,6 @@ class Handler(BaseHTTPRequestHandler):
             if url.path.startswith("/api/"):
                 self._api(store, url.path, query)
             else:
-                from backend import console
                 console.handle(self, store, url.path, query)
         except Exception as e:
             # a lost database connection: a fresh one next time
@@ -509,14 +366,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _api(self, store, path: str, query: dict) -> None:
         try:
-            for meth, rx, name, role in _COMPILED:
-                m = rx.match(path)
-                if m and meth == self.command:
-                    break
-            else:
+            hit = next(((rx.match(path), h, r) for meth, rx, h, r in _COMPILED
+                        if meth == self.command and rx.match(path)), None)
+            if hit is None:
                 if any(rx.match(path) for _, rx, _, _ in _COMPILED):
                     raise HttpError(405, "method_not_allowed", f"{self.command} not allowed here")
                 raise HttpError(404, "not_found", f"no route {path}")
+            m, name, role = hit
             acct = self.account(store, allow_basic=(name == "token_create"))
             if acct is None:
                 raise HttpError(401, "unauthorized", "an account is needed: Authorization: Bearer TOKEN")
@@ -541,7 +397,6 @@ class Handler(BaseHTTPRequestHandler):
             cred = basic(self)
             if cred:
                 return accounts.login(store, *cred)
-        from backend import console
         return console.session_account(self, store)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_HEAD = _dispatch  # type: ignore[assignment]

@@ -246,7 +246,7 @@ def _state(lang, st) -> str:
 
 
 def _search(h, lang, set_lang, acct, store, query) -> None:
-    from backend.api import HttpError, search_boxes
+    from backend.fleetq import HttpError, search_boxes
     q = {k: query[k] for k in ("q", "tag", "alarm", "online", "offset") if query.get(k)}
     q["limit"] = "25"
     try:
@@ -276,7 +276,7 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
 
 
 def _box(h, lang, set_lang, acct, store, box: str) -> None:
-    from backend.api import HttpError, box_detail
+    from backend.fleetq import HttpError, box_detail
     try:
         d = box_detail(store, box, h.api.interval)
     except HttpError:
@@ -371,7 +371,7 @@ def _mbps(bps):
 
 
 def _alarms(h, lang, set_lang, acct, store, query) -> None:
-    from backend.api import list_alarms
+    from backend.fleetq import list_alarms
     res = list_alarms(store, {"limit": "100", "offset": query.get("offset", "0")})
     if res["items"]:
         rows = "".join(f'<tr><td><a href="/boxes/{quote(a["box"])}">{E(a["box"])}</a></td><td>{E(a["code"])}</td>'
