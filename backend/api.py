@@ -29,7 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from backend import accounts, campaign, console, push
+from backend import accounts, campaign, console, inventory, push
 from backend.errors import BrokerError, DocumentInvalid, OpsError
 from backend.fleetq import HttpError, box_detail, list_alarms, page, search_boxes
 from backend.store import Store
@@ -39,11 +39,13 @@ MAX_BODY = 1 << 20
 
 class Api:
     def __init__(self, db_url: str, *, broker=None, master: bytes | None = None, tls_ca: str | None = None,
-                 push_timeout: float = 10.0, interval: float = 300.0, secure_cookies: bool = False):
+                 push_timeout: float = 10.0, interval: float = 300.0, secure_cookies: bool = False,
+                 grace: float = inventory.GRACE_S):
         self.db_url = db_url
         self.broker, self.master, self.tls_ca = broker, master, tls_ca
         self.push_timeout = push_timeout
         self.interval = interval
+        self.grace = grace
         self.secure_cookies = secure_cookies
         self._pool: list[Store] = []
         self._lock = threading.Lock()
@@ -51,6 +53,7 @@ class Api:
         st = Store(db_url)           # the schemas, once, before any request
         accounts.ensure_schema(st)
         campaign.ensure_schema(st)
+        inventory.ensure_schema(st)
         self._pool.append(st)
 
     def acquire(self) -> Store:
@@ -60,7 +63,7 @@ class Api:
             if self._pool:
                 return self._pool.pop()
         st = Store(self.db_url)
-        st._accounts_ready = st._campaign_ready = True    # type: ignore[attr-defined]
+        st._accounts_ready = st._campaign_ready = st._inventory_ready = True    # type: ignore[attr-defined]
         return st
 
     def release(self, st: Store) -> None:
@@ -78,10 +81,10 @@ class Api:
         return 200, {"name": c.account.name, "role": c.account.role}
 
     def boxes(self, c, m):
-        return 200, search_boxes(c.store, c.query)
+        return 200, search_boxes(c.store, c.query, self.grace)
 
     def box(self, c, m):
-        return 200, box_detail(c.store, m["box"], self.interval)
+        return 200, box_detail(c.store, m["box"], self.interval, self.grace)
 
     def telemetry(self, c, m):
         limit, _ = page(c.query)
@@ -141,6 +144,16 @@ class Api:
         accounts.audit(c.store, c.account.name, "tags", m["box"], {"add": add, "remove": rm})
         tags = [t for (t,) in c.store._q("SELECT tag FROM box_tags WHERE box=? ORDER BY tag", (m["box"],))]
         return 200, {"box": m["box"], "tags": tags}
+
+    def set_place(self, c, m):
+        b = c.json_body()
+        if not isinstance(b, dict) or not all(isinstance(b.get(k, ""), str) for k in ("address", "building")) \
+                or not ({"address", "building"} & set(b)):
+            raise HttpError(400, "bad_request", "body: {address, building} (strings)")
+        d = inventory.set_place(c.store, m["box"], address=b.get("address"), building=b.get("building"))
+        accounts.audit(c.store, c.account.name, "place", m["box"],
+                       {k: b[k] for k in ("address", "building") if k in b})
+        return 200, d
 
     def campaigns(self, c, m):
         limit, offset = page(c.query)
@@ -252,6 +265,7 @@ ROUTES = [
     ("GET", "/api/v1/boxes/{box}/telemetry/{kind}", "telemetry", "viewer"),
     ("PUT", "/api/v1/boxes/{box}/desired/{section}", "push_doc", "operator"),
     ("PUT", "/api/v1/boxes/{box}/tags", "set_tags", "operator"),
+    ("PUT", "/api/v1/boxes/{box}/place", "set_place", "operator"),
     ("GET", "/api/v1/alarms", "alarms", "viewer"),
     ("GET", "/api/v1/campaigns", "campaigns", "viewer"),
     ("POST", "/api/v1/campaigns", "campaign_create", "operator"),
@@ -384,8 +398,9 @@ class Handler(BaseHTTPRequestHandler):
         except HttpError as e:
             hdr = {"WWW-Authenticate": 'Bearer realm="homebox"'} if e.code == 401 else None
             self.send_json(e.code, {"error": e.error, "message": e.message, **e.extra}, hdr)
-        except campaign.NoSuchCampaign as e:
-            self.send_json(404, {"error": "not_found", "message": str(e)})
+        except (campaign.NoSuchCampaign, inventory.InventoryError) as e:
+            code = 404 if isinstance(e, campaign.NoSuchCampaign) or "not in the inventory" in str(e) else 400
+            self.send_json(code, {"error": "not_found" if code == 404 else "bad_request", "message": str(e)})
         except OpsError as e:
             self.send_json(409, {"error": "refused", "message": str(e)})
 

@@ -33,7 +33,9 @@ T = {
     "bad_login": ("Identifiant ou mot de passe incorrect.", "Wrong account or password."),
     "logout": ("Déconnexion", "Sign out"),
     "search": ("Rechercher une box", "Find a box"),
-    "search_label": ("Numéro de série ou identifiant", "Serial number or box id"),
+    "search_label": ("Numéro de série, adresse ou bâtiment", "Serial number, address or building"),
+    "place": ("Lieu", "Place"),
+    "never_connected": ("jamais connectée", "never connected"),
     "tag_label": ("Bâtiment ou tour (étiquette)", "Building or tower (tag)"),
     "go": ("Rechercher", "Search"),
     "boxes": ("Box", "Boxes"),
@@ -241,7 +243,7 @@ def _login(h, lang, set_lang, error: bool = False) -> None:
 def _state(lang, st) -> str:
     st = st or "unknown"
     cls = "ok" if st == "online" else "bad" if st == "offline" else ""
-    label = tr(lang, st) if st in ("online", "offline", "unknown") else st
+    label = tr(lang, st) if st in ("online", "offline", "unknown", "never_connected") else st
     return f'<span class="{cls}">{E(label)}</span>'
 
 
@@ -250,15 +252,16 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
     q = {k: query[k] for k in ("q", "tag", "alarm", "online", "offset") if query.get(k)}
     q["limit"] = "25"
     try:
-        res = search_boxes(store, q)
+        res = search_boxes(store, q, h.api.grace)
     except HttpError as e:
         return _page(h, lang, tr(lang, "search"), f"<p class='bad'>{E(e.message)}</p>", acct, 400)
     rows = "".join(
         f'<tr><td><a href="/boxes/{quote(b["box"])}">{E(b["box"])}</a></td><td>{_state(lang, b["state"])}</td>'
+        f'<td>{E(" · ".join(x for x in (b["building"], b["address"]) if x))}</td>'
         f'<td>{E(_ago(lang, b["last_seen"]))}</td><td>{b["alarms"] or ""}</td></tr>' for b in res["items"])
     table = (f'<p>{E(tr(lang, "total").format(res["total"]))}</p><table><thead><tr><th scope="col">'
              f'{E(tr(lang, "box"))}</th><th scope="col">{E(tr(lang, "state"))}</th><th scope="col">'
-             f'{E(tr(lang, "last_seen"))}</th><th scope="col">{E(tr(lang, "alarms"))}</th></tr></thead>'
+             f'{E(tr(lang, "place"))}</th><th scope="col">{E(tr(lang, "last_seen"))}</th><th scope="col">{E(tr(lang, "alarms"))}</th></tr></thead>'
              f'<tbody>{rows}</tbody></table>') if res["items"] else f'<p>{E(tr(lang, "none"))}</p>'
     nav = []
     base = {k: v for k, v in q.items() if k not in ("limit", "offset")}
@@ -278,13 +281,16 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
 def _box(h, lang, set_lang, acct, store, box: str) -> None:
     from backend.fleetq import HttpError, box_detail
     try:
-        d = box_detail(store, box, h.api.interval)
+        d = box_detail(store, box, h.api.interval, h.api.grace)
     except HttpError:
         return _page(h, lang, tr(lang, "not_found"), "", acct, code=404, set_lang=set_lang)
     latest = d["latest"]
     parts = [f'<p>{E(tr(lang, "state"))}: {_state(lang, d["state"])} · {E(tr(lang, "last_seen"))}: '
              f'{E(_ago(lang, d["last_seen"]))} · fw {E(str(d.get("fw") or "?"))}'
              + (f' · {E(tr(lang, "tags"))}: {E(", ".join(d["tags"]))}' if d["tags"] else "") + "</p>"]
+    inv = d.get("inventory") or {}
+    if inv.get("address") or inv.get("building"):
+        parts.append(f'<p>{E(tr(lang, "place"))}: {E(" · ".join(x for x in (inv.get("building"), inv.get("address")) if x))}</p>')
     # alarms
     parts.append(f'<h2>{E(tr(lang, "alarms"))}</h2>')
     if d["alarms"]:

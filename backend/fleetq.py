@@ -4,8 +4,9 @@ alone), the alarms list. Errors are HttpError (the API turns them into JSON)."""
 from __future__ import annotations
 
 import json
+import time
 
-from backend import campaign, status
+from backend import campaign, inventory, status
 from backend.store import EPOCH_STRIDE, Store
 
 MAX_LIMIT = 500
@@ -30,43 +31,61 @@ def page(q: dict) -> tuple[int, int]:
     return limit, offset
 
 
-def search_boxes(store: Store, q: dict) -> dict:
-    """Boxes matching q (text in the id, tag, plan, alarm code or 'any', online), a page."""
+def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: float | None = None) -> dict:
+    """Boxes matching q, a page: every box ingest saw and every box of the inventory.
+
+    q: text in the id, address or building (q), building, tag, plan (the
+    options' speed_tier), alarm (a code, 'any'; never_connected: in the inventory,
+    tested more than `grace` s ago, never seen), online (true|false)."""
     campaign.ensure_schema(store)
+    inventory.ensure_schema(store)
+    now = time.time() if now is None else now
+    never = "(b.box IS NULL AND i.tested_at < ?)"
     where, args = [], []
     if q.get("q"):
-        where.append("b.box LIKE ?")
-        args.append("%" + q["q"].replace("%", "").replace("_", "") + "%")
+        like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
+        where.append("(u.box LIKE ? OR i.address LIKE ? OR i.building LIKE ?)")
+        args += [like, like, like]
+    if q.get("building"):
+        where.append("i.building = ?")
+        args.append(q["building"])
     if q.get("online") in ("true", "false"):
         where.append("b.state = 'online'" if q["online"] == "true"
                      else "(b.state IS NULL OR b.state <> 'online')")
     elif q.get("online"):
         raise HttpError(400, "bad_request", "online: true or false")
     if q.get("tag"):
-        where.append("EXISTS (SELECT 1 FROM box_tags t WHERE t.box = b.box AND t.tag = ?)")
+        where.append("EXISTS (SELECT 1 FROM box_tags t WHERE t.box = u.box AND t.tag = ?)")
         args.append(q["tag"])
     if q.get("alarm"):
         if q["alarm"] == "any":
-            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box)")
+            where.append(f"(EXISTS (SELECT 1 FROM alarms a WHERE a.box = u.box) OR {never})")
+            args.append(now - grace)
+        elif q["alarm"] == "never_connected":
+            where.append(never)
+            args.append(now - grace)
         else:
-            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = b.box AND a.code = ?)")
+            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = u.box AND a.code = ?)")
             args.append(q["alarm"])
     if q.get("plan"):
         # the plan is the speed_tier of the options document the operator set
         text = "convert_from(d.payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(d.payload AS TEXT)"
-        where.append("EXISTS (SELECT 1 FROM desired d WHERE d.box = b.box AND d.section = 'options' "
+        where.append("EXISTS (SELECT 1 FROM desired d WHERE d.box = u.box AND d.section = 'options' "
                      f"AND {text} LIKE ?)")
         args.append('%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%")
     limit, offset = page(q)
+    frm = (" FROM (SELECT box FROM boxes UNION SELECT box FROM inventory) u "
+           "LEFT JOIN boxes b ON b.box = u.box LEFT JOIN inventory i ON i.box = u.box")
     w = (" WHERE " + " AND ".join(where)) if where else ""
-    total = int(store._q("SELECT COUNT(*) FROM boxes b" + w, tuple(args))[0][0])
+    total = int(store._q("SELECT COUNT(*)" + frm + w, tuple(args))[0][0])
     rows = store._q(
-        "SELECT b.box, b.state, b.last_seen, b.fw, b.state_boot, "
-        "(SELECT COUNT(*) FROM alarms a WHERE a.box = b.box) FROM boxes b" + w
-        + " ORDER BY b.box LIMIT ? OFFSET ?", tuple(args) + (limit, offset))
-    items = [{"box": b, "state": st or "unknown", "last_seen": ls, "fw": fw,
-              "boot": None if sb is None else int(sb) % EPOCH_STRIDE, "alarms": int(n)}
-             for b, st, ls, fw, sb, n in rows]
+        "SELECT u.box, b.state, b.last_seen, b.fw, b.state_boot, i.address, i.building, "
+        f"(SELECT COUNT(*) FROM alarms a WHERE a.box = u.box) + (CASE WHEN {never} THEN 1 ELSE 0 END)"
+        + frm + w + " ORDER BY u.box LIMIT ? OFFSET ?", (now - grace,) + tuple(args) + (limit, offset))
+    items = [{"box": b, "state": st or ("never_connected" if ls is None else "unknown"), "last_seen": ls,
+              "fw": fw, "boot": None if sb is None else int(sb) % EPOCH_STRIDE, "address": ad,
+              "building": bu, "alarms": int(n)}
+             for b, st, ls, fw, sb, ad, bu, n in rows]
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
@@ -111,12 +130,24 @@ class _OneBox:
         return {self.box: a} if a else {}
 
 
-def box_detail(store: Store, box: str, interval: float = 300) -> dict:
+def box_detail(store: Store, box: str, interval: float = 300, grace: float = inventory.GRACE_S) -> dict:
     one = _OneBox(store, box)
     rows = status.fleet(one, interval=interval)  # type: ignore[arg-type]
+    inv = inventory.get(store, box)
     if not rows:
-        raise HttpError(404, "not_found", f"no box {box!r}")
+        if inv is None:
+            raise HttpError(404, "not_found", f"no box {box!r}")
+        # provisioned at the bench, never seen by ingest
+        alarms = []
+        if inv["tested_at"] is not None and time.time() - inv["tested_at"] > grace:
+            days = (time.time() - inv["tested_at"]) / 86400
+            alarms.append({"code": "never_connected",
+                           "detail": f"tested at the bench {days:.0f} days ago, never connected"})
+        rows = [{"box": box, "state": "never_connected", "boot": None, "epoch": None, "fw": None,
+                 "last_seen": None, "silent_s": None, "versions": {}, "desired": {}, "pending": [],
+                 "speed_ratio": None, "weak_share": None, "alarms": alarms}]
     row = rows[0]
+    row["inventory"] = inv
     latest = {k: v for (_, k), v in one.latest().items()}
     desired = []
     for section, version, payload, source in store._q(

@@ -1,5 +1,6 @@
 """`homebox ops serve` (the HTTP API and web console), `ops account ...`,
-`ops token create` and `ops audit`: backend/api.py and backend/accounts.py."""
+`ops token create`, `ops inventory import|set` and `ops audit`: backend/api.py,
+backend/accounts.py and backend/inventory.py."""
 from __future__ import annotations
 
 import getpass
@@ -27,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", default=None, help="its private key (PEM)")
     p.add_argument("--push-timeout", type=float, default=10.0, help="seconds a push waits for the report")
+    p.add_argument("--grace", type=float, default=7 * 86400,
+                   help="seconds after its bench test before a box never connected raises never_connected")
     p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print the address as JSON once listening")
     p.set_defaults(func=cmd_serve)
@@ -63,6 +66,21 @@ def register(sub) -> None:
     t.add_argument("--db", default=None, help=DB_HELP)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("inventory", help="the boxes the bench provisioned, with their address and building")
+    isub = p.add_subparsers(dest="action", metavar="ACTION")
+    isub.required = True
+    i = isub.add_parser("import", help="import a bench ledger (no secret is read from it)")
+    i.add_argument("--ledger", required=True, help="the bench's ledger file (SQLite), or a copy")
+    i.set_defaults(func=cmd_inventory_import)
+    i2 = isub.add_parser("set", help="set a box's address and building")
+    i2.add_argument("box")
+    i2.add_argument("--address", default=None)
+    i2.add_argument("--building", default=None)
+    i2.set_defaults(func=cmd_inventory_set)
+    for x in (i, i2):
+        x.add_argument("--db", default=None, help=DB_HELP)
+        x.add_argument("--json", action="store_true")
 
     p = sub.add_parser("audit", help="the audit log of the API and console: who did what")
     p.add_argument("--db", default=None, help=DB_HELP)
@@ -102,7 +120,7 @@ def cmd_serve(args) -> int:
     from backend.store import default_url
     try:
         api = Api(args.db or default_url(), broker=broker, master=master, tls_ca=args.tls_ca,
-                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert))
+                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace)
         srv = serve(api, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except (StoreError, OSError) as e:
         raise SystemExit(f"cannot serve: {e}") from None
@@ -206,6 +224,35 @@ def cmd_token(args) -> int:
     finally:
         store.close()
     print(json.dumps({"account": args.name, "token": tok}) if args.json else tok)
+    return 0
+
+
+def cmd_inventory_import(args) -> int:
+    from backend import accounts, inventory
+    store = _store(args)
+    try:
+        n = inventory.import_ledger(store, args.ledger)
+        accounts.audit(store, _author(), "inventory.import", str(args.ledger), {"boxes": n})
+    except inventory.InventoryError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"imported": n}) if args.json else f"{n} boxes imported from {args.ledger}")
+    return 0
+
+
+def cmd_inventory_set(args) -> int:
+    from backend import accounts, inventory
+    store = _store(args)
+    try:
+        d = inventory.set_place(store, args.box, address=args.address, building=args.building)
+        accounts.audit(store, _author(), "place", args.box,
+                       {k: v for k, v in (("address", args.address), ("building", args.building)) if v is not None})
+    except inventory.InventoryError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps(d) if args.json else f"{args.box}: {d.get('building') or '-'}, {d.get('address') or '-'}")
     return 0
 
 

@@ -13,11 +13,12 @@ import urllib.request
 import pytest
 from jsonschema import Draft202012Validator
 
-from backend import accounts
+from backend import accounts, inventory
 from backend.api import ROUTES, Api, serve
 from backend.openapi import document
 from backend.store import Store
 from common.broker import parse_broker
+from flashing.ledger import Ledger
 from tests.test_status_report import PROFILES, populate
 
 PW = {"ada": "ada-admin-pass-1", "oscar": "oscar-operator-1", "vic": "vic-viewer-pass1"}
@@ -63,13 +64,19 @@ class Client:
 
 
 @pytest.fixture
-def server(db_url, broker):
+def server(db_url, broker, tmp_path):
     st = Store(db_url)
     populate(st, now=int(time.time()) // 3600 * 3600)
     for name, role in (("ada", "admin"), ("oscar", "operator"), ("vic", "viewer")):
         accounts.add(st, name, role, PW[name], author="test")
+    # the bench provisioned one more box, which never connected, and one that did
+    with Ledger(tmp_path / "ledger.db") as led:
+        fresh = led.allocate("a4:5e:60:00:00:01", {"chip": "ESP32"}).serial
+    assert inventory.import_ledger(st, tmp_path / "ledger.db") == 1
+    inventory.import_rows(st, [{"box": "nantes-001", "verdict": "pass", "tested_at": time.time() - 86400}])
     st.close()
-    api = Api(db_url, broker=parse_broker(f"127.0.0.1:{broker.port}"), push_timeout=0.5)
+    api = Api(db_url, broker=parse_broker(f"127.0.0.1:{broker.port}"), push_timeout=0.5, grace=0.0)
+    api.fresh = fresh
     srv = serve(api, "127.0.0.1", 0)
     host, port = srv.server_address[:2]
     yield api, f"http://{host}:{port}"
@@ -115,7 +122,7 @@ def test_api_roles_audit_push_and_campaign(server):
 
     # search: paging, text, alarms, online
     code, page = c.call("GET", "/api/v1/boxes?limit=3", tok["vic"])
-    assert page["total"] == len(PROFILES) and len(page["items"]) == 3
+    assert page["total"] == len(PROFILES) + 1 and len(page["items"]) == 3
     code, page2 = c.call("GET", "/api/v1/boxes?limit=3&offset=3", tok["vic"])
     assert not {b["box"] for b in page["items"]} & {b["box"] for b in page2["items"]}
     assert [b["box"] for b in c.call("GET", "/api/v1/boxes?q=brest", tok["vic"])[1]["items"]] == \
@@ -123,6 +130,20 @@ def test_api_roles_audit_push_and_campaign(server):
     assert "brest-004" not in [b["box"] for b in c.call("GET", "/api/v1/boxes?online=true&limit=500",
                                                          tok["vic"])[1]["items"]]
     assert c.call("GET", "/api/v1/boxes?limit=0", tok["vic"])[0] == 400
+
+    # the inventory: a box provisioned but never connected is listed, with its alarm
+    code, nc = c.call("GET", "/api/v1/boxes?alarm=never_connected", tok["vic"])
+    assert [(b["box"], b["state"]) for b in nc["items"]] == [(api.fresh, "never_connected")]
+    code, d = c.call("GET", f"/api/v1/boxes/{api.fresh}", tok["vic"])
+    assert [a["code"] for a in d["alarms"]] == ["never_connected"] and d["inventory"]["chip"] == "ESP32"
+    assert c.call("PUT", f"/api/v1/boxes/{api.fresh}/place", tok["vic"], {"building": "tower-A"})[0] == 403
+    code, p = c.call("PUT", f"/api/v1/boxes/{api.fresh}/place", tok["oscar"],
+                     {"building": "tower-A", "address": "12 rue de la Paix, Brest"})
+    assert code == 200 and p["building"] == "tower-A"
+    assert [b["box"] for b in c.call("GET", "/api/v1/boxes?q=Paix", tok["vic"])[1]["items"]] == [api.fresh]
+    assert c.call("GET", "/api/v1/boxes?building=tower-A", tok["vic"])[1]["total"] == 1
+    assert c.call("PUT", "/api/v1/boxes/nope/place", tok["oscar"], {"building": "x"})[0] == 404
+    assert c.call("GET", "/api/v1/boxes/nantes-001", tok["vic"])[1]["inventory"]["verdict"] == "pass"
 
     # one box: the alarms status computes, its latest telemetry, its history
     code, d = c.call("GET", "/api/v1/boxes/nantes-002", tok["vic"])
@@ -191,6 +212,7 @@ def test_api_roles_audit_push_and_campaign(server):
     assert {("oscar", "push", "nantes-001/options"), ("oscar", "tags", "nantes-001"),
             ("oscar", "campaign.create", "tier-b"), ("oscar", "campaign.start", "tier-b"),
             ("oscar", "campaign.abort", "tier-b"), ("ada", "account.add", "sam"),
-            ("ada", "account.disable", "vic"), ("ada", "account.role", "sam")} <= did
+            ("ada", "account.disable", "vic"), ("ada", "account.role", "sam"),
+            ("oscar", "place", api.fresh)} <= did
     assert not any(PW[n] in json.dumps(log) for n in PW)
     assert c.seen == {h for _, _, h, _ in ROUTES}, {h for _, _, h, _ in ROUTES} - c.seen
