@@ -155,7 +155,7 @@ def _page(h, lang: str, title: str, body: str, acct=None, code: int = 200, set_l
 <style>
 body{{font:16px/1.5 system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:0 1rem;color:#111;background:#fff}}
 a{{color:#0645ad}} header{{display:flex;justify-content:space-between;align-items:center;flex-wrap:wrap;border-bottom:2px solid #0645ad}}
-table{{border-collapse:collapse;width:100%;margin:.5rem 0}} th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ccc}}
+table{{border-collapse:collapse;width:100%;margin:.5rem 0}} th,td{{text-align:left;padding:.3rem .3rem;border-bottom:1px solid #ccc;overflow-wrap:anywhere}}
 .bad{{color:#a00;font-weight:bold}} .ok{{color:#060}} .inline{{display:inline}}
 label{{display:block;margin-top:.5rem}} input,button{{font-size:1rem;padding:.3rem}}
 .skip{{position:absolute;left:-999px}} .skip:focus{{left:1rem}}

@@ -40,52 +40,64 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
     campaign.ensure_schema(store)
     inventory.ensure_schema(store)
     now = time.time() if now is None else now
-    never = "(b.box IS NULL AND i.tested_at < ?)"
+    never = ("u.box IN (SELECT i1.box FROM inventory i1 WHERE i1.tested_at < ? AND NOT EXISTS "
+             "(SELECT 1 FROM boxes b1 WHERE b1.box = i1.box))")
     where, args = [], []
     if q.get("q"):
         like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
-        where.append("(u.box LIKE ? OR i.address LIKE ? OR i.building LIKE ?)")
+        where.append("(u.box LIKE ? OR u.box IN (SELECT box FROM inventory WHERE address LIKE ? OR building LIKE ?))")
         args += [like, like, like]
     if q.get("building"):
-        where.append("i.building = ?")
+        where.append("u.box IN (SELECT box FROM inventory WHERE building = ?)")
         args.append(q["building"])
     if q.get("online") in ("true", "false"):
-        where.append("b.state = 'online'" if q["online"] == "true"
-                     else "(b.state IS NULL OR b.state <> 'online')")
+        where.append("u.box IN (SELECT box FROM boxes WHERE state = 'online')" if q["online"] == "true"
+                     else "u.box NOT IN (SELECT box FROM boxes WHERE state = 'online')")
     elif q.get("online"):
         raise HttpError(400, "bad_request", "online: true or false")
     if q.get("tag"):
-        where.append("EXISTS (SELECT 1 FROM box_tags t WHERE t.box = u.box AND t.tag = ?)")
+        where.append("u.box IN (SELECT box FROM box_tags WHERE tag = ?)")
         args.append(q["tag"])
     if q.get("alarm"):
         if q["alarm"] == "any":
-            where.append(f"(EXISTS (SELECT 1 FROM alarms a WHERE a.box = u.box) OR {never})")
+            where.append(f"(u.box IN (SELECT box FROM alarms) OR {never})")
             args.append(now - grace)
         elif q["alarm"] == "never_connected":
             where.append(never)
             args.append(now - grace)
         else:
-            where.append("EXISTS (SELECT 1 FROM alarms a WHERE a.box = u.box AND a.code = ?)")
+            where.append("u.box IN (SELECT box FROM alarms WHERE code = ?)")
             args.append(q["alarm"])
     if q.get("plan"):
         # the plan is the speed_tier of the options document the operator set
         text = "convert_from(d.payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(d.payload AS TEXT)"
-        where.append("EXISTS (SELECT 1 FROM desired d WHERE d.box = u.box AND d.section = 'options' "
-                     f"AND {text} LIKE ?)")
+        where.append(f"u.box IN (SELECT d.box FROM desired d WHERE d.section = 'options' AND {text} LIKE ?)")
         args.append('%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%")
     limit, offset = page(q)
-    frm = (" FROM (SELECT box FROM boxes UNION SELECT box FROM inventory) u "
-           "LEFT JOIN boxes b ON b.box = u.box LEFT JOIN inventory i ON i.box = u.box")
+    # the universe: every box ingest saw, then those only the inventory knows (no
+    # UNION dedup: an anti-join on the primary key); each filter a subquery on an index
+    frm = (" FROM (SELECT box FROM boxes UNION ALL SELECT box FROM inventory i0 WHERE NOT EXISTS "
+           "(SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) u")
     w = (" WHERE " + " AND ".join(where)) if where else ""
     total = int(store._q("SELECT COUNT(*)" + frm + w, tuple(args))[0][0])
-    rows = store._q(
-        "SELECT u.box, b.state, b.last_seen, b.fw, b.state_boot, i.address, i.building, "
-        f"(SELECT COUNT(*) FROM alarms a WHERE a.box = u.box) + (CASE WHEN {never} THEN 1 ELSE 0 END)"
-        + frm + w + " ORDER BY u.box LIMIT ? OFFSET ?", (now - grace,) + tuple(args) + (limit, offset))
-    items = [{"box": b, "state": st or ("never_connected" if ls is None else "unknown"), "last_seen": ls,
-              "fw": fw, "boot": None if sb is None else int(sb) % EPOCH_STRIDE, "address": ad,
-              "building": bu, "alarms": int(n)}
-             for b, st, ls, fw, sb, ad, bu, n in rows]
+    ids = [b for (b,) in store._q("SELECT u.box" + frm + w + " ORDER BY u.box LIMIT ? OFFSET ?",
+                                  tuple(args) + (limit, offset))]
+    items = []
+    if ids:
+        marks = ",".join("?" * len(ids))
+        seen = {r[0]: r[1:] for r in store._q(
+            f"SELECT box, state, last_seen, fw, state_boot FROM boxes WHERE box IN ({marks})", tuple(ids))}
+        inv = {r[0]: r[1:] for r in store._q(
+            f"SELECT box, address, building, tested_at FROM inventory WHERE box IN ({marks})", tuple(ids))}
+        nal = {r[0]: int(r[1]) for r in store._q(
+            f"SELECT box, COUNT(*) FROM alarms WHERE box IN ({marks}) GROUP BY box", tuple(ids))}
+        for box in ids:
+            st, ls, fw, sb = seen.get(box, (None, None, None, None))
+            ad, bu, tested = inv.get(box, (None, None, None))
+            n = nal.get(box, 0) + (1 if box not in seen and tested is not None and tested < now - grace else 0)
+            items.append({"box": box, "state": st or ("never_connected" if box not in seen else "unknown"),
+                          "last_seen": ls, "fw": fw, "boot": None if sb is None else int(sb) % EPOCH_STRIDE,
+                          "address": ad, "building": bu, "alarms": n})
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backend import accounts
+from backend import accounts, inventory
 from backend.api import Api, serve
 from backend.store import Store
 from tests.test_status_report import populate
@@ -29,6 +29,9 @@ def console(tmp_path):
     st = Store(url)
     populate(st, now=int(time.time()) // 3600 * 3600)
     accounts.add(st, "sam", "viewer", "sam-support-42", author="test")
+    inventory.import_rows(st, [{"box": "nantes-002"}, {"box": "HB-000900", "tested_at": time.time() - 30 * 86400}])
+    inventory.set_place(st, "nantes-002", address="3 allée des Lilas, Nantes", building="Tour B")
+    inventory.set_place(st, "HB-000900", address="5 rue de Kerourien, Brest")
     st.close()
     api = Api(url)
     srv = serve(api, "127.0.0.1", 0)
@@ -54,6 +57,7 @@ def test_support_agent_path_in_chromium(console, tmp_path):
         try:
             # a phone-sized window, French by default
             page = browser.new_page(viewport={"width": 390, "height": 844}, locale="fr-FR")
+            page.set_default_timeout(10_000)
             page.goto(console + "/boxes/nantes-002")
             assert page.url.endswith("/login")
             assert page.locator("html").get_attribute("lang") == "fr"
@@ -68,17 +72,27 @@ def test_support_agent_path_in_chromium(console, tmp_path):
             shot = page.screenshot(path=str(tmp_path / "search-fr.png"), full_page=True)
             _not_blank(shot)
             # search by serial, open the box
-            page.get_by_label("Numéro de série ou identifiant").fill("nantes-00")
+            page.get_by_label("Numéro de série, adresse ou bâtiment").fill("nantes-00")
             page.get_by_role("button", name="Rechercher").click()
             rows = page.locator("tbody tr")
             assert rows.count() == 3
+            _not_blank(page.screenshot(path=str(tmp_path / "results-fr.png"), full_page=True))
             page.get_by_role("link", name="nantes-002").click()
             assert page.get_by_role("heading", level=1).inner_text() == "Box nantes-002"
+            assert "Tour B · 3 allée des Lilas, Nantes" in page.locator("main").inner_text()
             assert "slow_line" in page.locator("main").inner_text()
             assert "de l'offre" in page.locator("main").inner_text()
             assert page.locator("h2", has_text="Couverture Wi-Fi").count() == 1
             assert "consentement" in page.locator("main").inner_text()     # no consent recorded
             _not_blank(page.screenshot(path=str(tmp_path / "box-fr.png"), full_page=True))
+            # by address: a box the bench provisioned that never connected
+            page.get_by_role("link", name="Rechercher une box").click()
+            page.get_by_label("Numéro de série, adresse ou bâtiment").fill("Kerourien")
+            page.get_by_role("button", name="Rechercher").click()
+            assert page.locator("tbody tr").count() == 1
+            assert "jamais connectée" in page.locator("tbody").inner_text()
+            page.locator("tbody a").click()
+            assert "never_connected" in page.locator("main").inner_text()
             # English, kept for the next pages
             page.get_by_role("link", name="English").click()
             assert page.locator("html").get_attribute("lang") == "en"
