@@ -40,8 +40,7 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
     campaign.ensure_schema(store)
     inventory.ensure_schema(store)
     now = time.time() if now is None else now
-    never = ("u.box IN (SELECT i1.box FROM inventory i1 WHERE i1.tested_at < ? AND NOT EXISTS "
-             "(SELECT 1 FROM boxes b1 WHERE b1.box = i1.box))")
+    never = "(u.seen = 0 AND u.box IN (SELECT box FROM inventory WHERE tested_at < ?))"
     where, args = [], []
     if q.get("q"):
         like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
@@ -76,8 +75,8 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
     limit, offset = page(q)
     # the universe: every box ingest saw, then those only the inventory knows (no
     # UNION dedup: an anti-join on the primary key); each filter a subquery on an index
-    frm = (" FROM (SELECT box FROM boxes UNION ALL SELECT box FROM inventory i0 WHERE NOT EXISTS "
-           "(SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) u")
+    frm = (" FROM (SELECT box, 1 AS seen FROM boxes UNION ALL SELECT box, 0 AS seen FROM inventory i0 "
+           "WHERE NOT EXISTS (SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) u")
     w = (" WHERE " + " AND ".join(where)) if where else ""
     total = int(store._q("SELECT COUNT(*)" + frm + w, tuple(args))[0][0])
     ids = [b for (b,) in store._q("SELECT u.box" + frm + w + " ORDER BY u.box LIMIT ? OFFSET ?",
