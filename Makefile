@@ -64,7 +64,7 @@ test: setup
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: setup
-	$(VENV)/bin/homebox demo
+	$(VENV)/bin/homebox demo --console-for -1
 
 check: setup
 	$(VENV)/bin/ruff check .

@@ -291,18 +291,9 @@ _COMPILED = [(meth, _compile(t), h, role) for meth, t, h, role in ROUTES]
 class Ctx:
     def __init__(self, handler: BaseHTTPRequestHandler, store: Store, query: dict, account=None):
         self.h, self.store, self.query, self.account = handler, store, query, account
-        self._body: bytes | None = None
 
     def body(self) -> bytes:
-        if self._body is None:
-            try:
-                n = int(self.h.headers.get("Content-Length") or 0)
-            except ValueError:
-                raise HttpError(400, "bad_request", "bad Content-Length") from None
-            if n > MAX_BODY:
-                raise HttpError(413, "too_large", f"body over {MAX_BODY} bytes")
-            self._body = self.h.rfile.read(n) if n > 0 else b""
-        return self._body
+        return self.h.raw_body
 
     def json_body(self, optional: bool = False):
         raw = self.body()
@@ -361,6 +352,19 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/healthz":
             self._send(200, b"ok\n", "text/plain")
             return
+        # the body is read here, whole, once: a request is never left half-read on a
+        # kept-alive connection (its rest would be taken for the next request)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if n < 0 or n > MAX_BODY:
+            self.close_connection = True
+            self.send_json(413 if n > 0 else 400, {"error": "too_large" if n > 0 else "bad_request",
+                                                   "message": f"body over {MAX_BODY} bytes" if n > 0
+                                                   else "bad Content-Length"})
+            return
+        self.raw_body = self.rfile.read(n) if n else b""
         store = self.api.acquire()
         try:
             if url.path.startswith("/api/"):

@@ -182,11 +182,7 @@ def _redirect(h, to: str, cookie: str | None = None) -> None:
 
 
 def _form(h) -> dict:
-    try:
-        n = min(int(h.headers.get("Content-Length") or 0), 16384)
-    except ValueError:
-        n = 0
-    raw = h.rfile.read(n).decode("utf-8", "replace") if n > 0 else ""
+    raw = h.raw_body.decode("utf-8", "replace")
     return {k: v[-1] for k, v in parse_qs(raw).items()}
 
 

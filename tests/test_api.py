@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -215,4 +216,10 @@ def test_api_roles_audit_push_and_campaign(server):
             ("ada", "account.disable", "vic"), ("ada", "account.role", "sam"),
             ("oscar", "place", api.fresh)} <= did
     assert not any(PW[n] in json.dumps(log) for n in PW)
+    # a body over the limit is refused unread, and the connection closed
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sk:
+        sk.sendall(b"PUT /api/v1/boxes/x/tags HTTP/1.1\r\nHost: h\r\nContent-Length: 9999999\r\n\r\n")
+        head = sk.recv(200)
+    assert head.startswith(b"HTTP/1.1 413")
     assert c.seen == {h for _, _, h, _ in ROUTES}, {h for _, _, h, _ in ROUTES} - c.seen
