@@ -16,10 +16,14 @@ ROLES = [
     ("fw", "build firmware and filesystem images", ["homebox.cli_fw"]),
     ("vbox", "virtual boxes that behave like ESP32 devkits on a serial link", ["homebox.cli_vbox"]),
     ("bench", "flash, provision and test boxes at the bench", ["homebox.cli_bench"]),
-    ("ops", "operator tools: validate, push, campaign, ingest, status, report, serve", ["homebox.cli_speed:register_ops", "homebox.cli_ops_fleet",
-                                                                 "homebox.cli_ops_docs", "homebox.cli_ops_campaign",
-                                                                 "homebox.cli_ops_serve"]),
+    ("ops", "operator tools: validate, push, campaign, ingest, status, report", ["homebox.cli_speed:register_ops", "homebox.cli_ops_fleet",
+                                                                 "homebox.cli_ops_docs", "homebox.cli_ops_campaign"]),
 ]
+
+
+# More subcommands of a role, kept apart from its line above: the operator's HTTP
+# API and console (ops serve, account, token, inventory, audit)
+EXTRA = {"ops": ["homebox.cli_ops_serve"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         rp = roles.add_parser(role, help=help_)
         sub = rp.add_subparsers(dest="cmd", metavar="COMMAND")
         sub.required = True
-        for entry in modules:
+        for entry in modules + EXTRA.get(role, []):
             mod, _, fn = entry.partition(":")
             getattr(importlib.import_module(mod), fn or "register")(sub)
     demo = roles.add_parser("demo", help="the whole system on this machine, in one command")
