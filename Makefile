@@ -32,6 +32,15 @@ system-deps:
 	    echo "note: dig is not installed and we are not root: the DNS tests skip (apt-get install bind9-dnsutils)"; \
 	  fi; \
 	fi
+	@# The operator console's browser tests drive Debian's chromium with Playwright.
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: chromium is not installed and we are not root: the console's browser tests skip (apt-get install chromium)"; \
+	  fi; \
+	fi
 	@# The backend's PostgreSQL tests start a throwaway server from Debian's binaries.
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -55,7 +64,7 @@ test: setup
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: setup
-	$(VENV)/bin/homebox demo
+	$(VENV)/bin/homebox demo --console-for -1
 
 check: setup
 	$(VENV)/bin/ruff check .

@@ -304,12 +304,26 @@ def _dns_lines(d: dict) -> list[str]:
             f"(CPython: {_n(cp.get('qps_cached'))} and {_n(cp.get('qps_forwarded'))})"]
 
 
+def _api_lines(a: dict) -> list[str]:
+    out = []
+    for k in ("sqlite", "postgresql"):
+        v = a.get(k)
+        if isinstance(v, dict):
+            out.append(f"- operator API at {_n(v.get('boxes'))} boxes on {k}: slowest call p95 "
+                       f"{_n(v.get('api_p95_max_ms'), ' ms')} (target 200), slowest page p95 "
+                       f"{_n(v.get('page_p95_max_ms'), ' ms')} (target 500); box detail p95 "
+                       f"{_n(_g(v, 'api_box_detail', 'p95_ms'), ' ms')}")
+        elif v:
+            out.append(f"- operator API on {k}: {v}")
+    return out
+
+
 # The other issues' benchmarks: results key -> (label on a problem, lines when fine).
 PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
             "ingest": ("ingest", _ingest_lines), "ingest_fleet": ("ingest, fleet-shaped", _ingest_fleet_lines),
             "flash": ("flash", _flash_lines),
             "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines),
-            "dns": ("DNS forwarder", _dns_lines)}
+            "dns": ("DNS forwarder", _dns_lines), "api": ("operator API", _api_lines)}
 
 
 def write(res: dict, path: Path) -> None:

@@ -21,6 +21,11 @@ ROLES = [
 ]
 
 
+# More subcommands of a role, kept apart from its line above: the operator's HTTP
+# API and console (ops serve, account, token, inventory, audit)
+EXTRA = {"ops": ["homebox.cli_ops_serve"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="homebox", description="homebox: box, bench and operator tools")
     roles = p.add_subparsers(dest="role", metavar="ROLE")
@@ -31,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         rp = roles.add_parser(role, help=help_)
         sub = rp.add_subparsers(dest="cmd", metavar="COMMAND")
         sub.required = True
-        for entry in modules:
+        for entry in modules + EXTRA.get(role, []):
             mod, _, fn = entry.partition(":")
             getattr(importlib.import_module(mod), fn or "register")(sub)
     demo = roles.add_parser("demo", help="the whole system on this machine, in one command")

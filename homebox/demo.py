@@ -44,6 +44,8 @@ def configure(p) -> None:
     p.add_argument("--speedup", type=float, default=2000,
                    help="sim clock speed (default 2000x: one sim hour in 1.8 s)")
     p.add_argument("--out", type=Path, default=None, help="work and report directory (default: a new temp dir)")
+    p.add_argument("--console-for", type=float, default=0,
+                   help="keep the operator console up S seconds at the end (-1: until Ctrl-C; make demo does)")
     p.add_argument("--plain", action="store_true", help="plain lines instead of the live view")
     p.set_defaults(func=run)
 
@@ -210,6 +212,40 @@ def _add_labels(index: Path, labels: list[tuple[str, dict]]) -> None:
                      else html + "".join(parts))
 
 
+def _console(say, db: str, keep: float) -> None:
+    """The operator console on this demo's store, with a demo account; up for `keep`
+    seconds (-1: until Ctrl-C). It reads only: started without a broker or keys,
+    its pushes answer 503 (the demo pushes with `ops push`'s library above)."""
+    import secrets
+
+    from backend import accounts
+    from backend.api import Api, serve
+    from backend.store import Store
+    st = Store(db)
+    password = "demo-" + secrets.token_urlsafe(6)
+    accounts.add(st, "demo", "viewer", password, author="demo")
+    st.close()
+    api = Api(db, grace=60)
+    srv = serve(api, "127.0.0.1", 0)
+    host, port = srv.server_address[:2]
+    say.step("The operator console (HTTP API and web pages, French and English)")
+    say.line(f"console: http://{host}:{port}/  account: demo  password: {password}  "
+             f"(OpenAPI: http://{host}:{port}/api/v1/openapi.json)")
+    try:
+        if keep < 0:
+            say.line("up until Ctrl-C")
+            while True:
+                time.sleep(1)
+        elif keep > 0:
+            time.sleep(keep)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        api.close()
+
+
 def run(args) -> int:
     from backend import report, status
     from backend.ingest import Ingest
@@ -367,6 +403,7 @@ def run(args) -> int:
                              work / "home-net"):
             rc = 1
         print(f"\nReport: {index}")
+        _console(say, db, args.console_for)
         if totals["invalid"] or len(passed) < len(HOMES):
             rc = 1
     except BenchError as e:

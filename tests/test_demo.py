@@ -41,6 +41,8 @@ def test_demo_runs_the_whole_system_and_leaves_nothing_running(tmp_path):
     assert re.search(r"options \(consent to detailed consumption\) -> HB-\d+: applied v2", log), log[-3000:]
     assert re.search(r"campaign c-[\w-]+: completed", log), log[-3000:]
     assert re.search(r"canary: HB-\d+ applied v\d+", log), log[-3000:]
+    # the operator console, with a demo account (make demo keeps it up until Ctrl-C)
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/  account: demo  password: demo-\S+", log), log[-2000:]
     m = re.search(r"^Report: (.+index\.html)$", log, re.M)
     assert m, log[-2000:]
     index = Path(m.group(1))

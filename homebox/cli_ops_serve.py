@@ -1,0 +1,272 @@
+"""`homebox ops serve` (the HTTP API and web console), `ops account ...`,
+`ops token create`, `ops inventory import|set` and `ops audit`: backend/api.py,
+backend/accounts.py and backend/inventory.py."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import time
+
+from homebox.cli_ops_fleet import DB_HELP, _store
+
+ENV_PASSWORD = "HOMEBOX_ACCOUNT_PASSWORD"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="the HTTP API (OpenAPI) and the web console, with accounts and roles")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (0: any free port; default 8080)")
+    p.add_argument("--broker", default=None,
+                   help="MQTT broker for pushes and campaigns (the push account; password: "
+                        "$HOMEBOX_MQTT_PASSWORD); without it the server only reads")
+    p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--master-secret-file", default=None,
+                   help="operator master secret to sign documents (default: $HOMEBOX_MASTER_SECRET)")
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    p.add_argument("--push-timeout", type=float, default=10.0, help="seconds a push waits for the report")
+    p.add_argument("--grace", type=float, default=7 * 86400,
+                   help="seconds after its bench test before a box never connected raises never_connected")
+    p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="print the address as JSON once listening")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("account", help="accounts of the API and console (add, list, role, disable)")
+    asub = p.add_subparsers(dest="action", metavar="ACTION")
+    asub.required = True
+    a = asub.add_parser("add", help=f"create an account (password from ${ENV_PASSWORD} or asked)")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    for x in [a] + [asub.add_parser(n, help=h) for n, h in
+                    (("list", "list accounts"),)]:
+        x.add_argument("--db", default=None, help=DB_HELP)
+        x.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_account_add)
+    asub.choices["list"].set_defaults(func=cmd_account_list)
+    r = asub.add_parser("role", help="change an account's role")
+    r.add_argument("name")
+    r.add_argument("role", choices=("viewer", "operator", "admin"))
+    d = asub.add_parser("disable", help="disable an account and revoke its tokens")
+    d.add_argument("name")
+    for x, fn in ((r, cmd_account_role), (d, cmd_account_disable)):
+        x.add_argument("--db", default=None, help=DB_HELP)
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(func=fn)
+
+    p = sub.add_parser("token", help="bearer tokens for machine clients")
+    tsub = p.add_subparsers(dest="action", metavar="ACTION")
+    tsub.required = True
+    t = tsub.add_parser("create", help="a new token for an account (printed once)")
+    t.add_argument("name")
+    t.add_argument("--label", default="", help="what the token is for (e.g. crm)")
+    t.add_argument("--db", default=None, help=DB_HELP)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("inventory", help="the boxes the bench provisioned, with their address and building")
+    isub = p.add_subparsers(dest="action", metavar="ACTION")
+    isub.required = True
+    i = isub.add_parser("import", help="import a bench ledger (no secret is read from it)")
+    i.add_argument("--ledger", required=True, help="the bench's ledger file (SQLite), or a copy")
+    i.set_defaults(func=cmd_inventory_import)
+    i2 = isub.add_parser("set", help="set a box's address and building")
+    i2.add_argument("box")
+    i2.add_argument("--address", default=None)
+    i2.add_argument("--building", default=None)
+    i2.set_defaults(func=cmd_inventory_set)
+    for x in (i, i2):
+        x.add_argument("--db", default=None, help=DB_HELP)
+        x.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("audit", help="the audit log of the API and console: who did what")
+    p.add_argument("--db", default=None, help=DB_HELP)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--author", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+
+def _author() -> str:
+    return "cli:" + (os.environ.get("USER") or "unknown")
+
+
+def _fail(args, e) -> int:
+    if args.json:
+        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
+    else:
+        print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args) -> int:
+    from backend.api import Api, serve
+    from backend.store import StoreError
+    from common import credentials
+    broker = None
+    if args.broker:
+        from common.broker import parse_broker
+        try:
+            broker = parse_broker(args.broker)
+        except ValueError as e:
+            raise SystemExit(f"--broker: {e}") from None
+    try:
+        master = credentials.load_master(args.master_secret_file)
+    except credentials.MasterSecretError as e:
+        raise SystemExit(str(e)) from None
+    from backend.store import default_url
+    try:
+        api = Api(args.db or default_url(), broker=broker, master=master, tls_ca=args.tls_ca,
+                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace)
+        srv = serve(api, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except (StoreError, OSError) as e:
+        raise SystemExit(f"cannot serve: {e}") from None
+    host, port = srv.server_address[:2]
+    url = f"{'https' if args.tls_cert else 'http'}://{host}:{port}"
+    if args.json:
+        print(json.dumps({"url": url, "openapi": url + "/api/v1/openapi.json", "console": url + "/"}), flush=True)
+    else:
+        print(f"console: {url}/   API: {url}/api/v1/   OpenAPI: {url}/api/v1/openapi.json", flush=True)
+        if broker is None:
+            print("note: no --broker: pushes and campaign drives answer 503", flush=True)
+        if not args.tls_cert and host not in ("127.0.0.1", "localhost", "::1"):
+            print("warning: plain HTTP on a public address: use --tls-cert/--tls-key or a TLS proxy",
+                  file=sys.stderr, flush=True)
+    try:
+        end = time.time() + args.duration if args.duration else None
+        while end is None or time.time() < end:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.shutdown()
+    return 0
+
+
+def _password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get(ENV_PASSWORD):
+        return os.environ[ENV_PASSWORD]
+    if not sys.stdin.isatty():
+        raise SystemExit(f"no password: use --password-stdin or ${ENV_PASSWORD}")
+    a, b = getpass.getpass("password: "), getpass.getpass("again: ")
+    if a != b:
+        raise SystemExit("the two passwords differ")
+    return a
+
+
+def cmd_account_add(args) -> int:
+    from backend import accounts
+    pw = _password(args)
+    store = _store(args)
+    try:
+        a = accounts.add(store, args.name, args.role, pw, author=_author())
+    except accounts.AccountError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"name": a.name, "role": a.role}) if args.json else f"account {a.name} ({a.role}) created")
+    return 0
+
+
+def cmd_account_list(args) -> int:
+    from backend import accounts
+    store = _store(args)
+    try:
+        rows = accounts.list_accounts(store)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['role']:<9} {'disabled' if r['disabled'] else ''}")
+    return 0
+
+
+def cmd_account_role(args) -> int:
+    from backend import accounts
+    store = _store(args)
+    try:
+        a = accounts.set_role(store, args.name, args.role, author=_author())
+    except accounts.AccountError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"name": a.name, "role": a.role}) if args.json else f"{a.name}: {a.role}")
+    return 0
+
+
+def cmd_account_disable(args) -> int:
+    from backend import accounts
+    store = _store(args)
+    try:
+        accounts.disable(store, args.name, author=_author())
+    except accounts.AccountError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"name": args.name, "disabled": True}) if args.json else f"{args.name}: disabled")
+    return 0
+
+
+def cmd_token(args) -> int:
+    from backend import accounts
+    store = _store(args)
+    try:
+        tok = accounts.new_token(store, args.name, args.label)
+    except accounts.AccountError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"account": args.name, "token": tok}) if args.json else tok)
+    return 0
+
+
+def cmd_inventory_import(args) -> int:
+    from backend import accounts, inventory
+    store = _store(args)
+    try:
+        n = inventory.import_ledger(store, args.ledger)
+        accounts.audit(store, _author(), "inventory.import", str(args.ledger), {"boxes": n})
+    except inventory.InventoryError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps({"imported": n}) if args.json else f"{n} boxes imported from {args.ledger}")
+    return 0
+
+
+def cmd_inventory_set(args) -> int:
+    from backend import accounts, inventory
+    store = _store(args)
+    try:
+        d = inventory.set_place(store, args.box, address=args.address, building=args.building)
+        accounts.audit(store, _author(), "place", args.box,
+                       {k: v for k, v in (("address", args.address), ("building", args.building)) if v is not None})
+    except inventory.InventoryError as e:
+        return _fail(args, e)
+    finally:
+        store.close()
+    print(json.dumps(d) if args.json else f"{args.box}: {d.get('building') or '-'}, {d.get('address') or '-'}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from backend import accounts
+    store = _store(args)
+    try:
+        rows = accounts.audit_log(store, limit=args.limit, author=args.author)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            t = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
+            print(f"{t}  {r['author']:<16} {r['action']:<16} {r['target']}  {json.dumps(r['detail'])}")
+    return 0
