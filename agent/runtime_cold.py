@@ -98,8 +98,8 @@ def start(box):
         from agent import coverage
         tasks.append(_task(box, "coverage", lambda: coverage.task(box)))
     if c.get("speed_url"):
-        from agent import speedtest
-        tasks.append(_task(box, "speedtest", lambda: speedtest.task(box)))
+        from agent import speedsched
+        tasks.append(_task(box, "speedtest", lambda: speedsched.task(box)))
     if c.get("tic_mode") or c.get("water_enabled"):
         from agent import consumption
         cons = consumption.start(box)
