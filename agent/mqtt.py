@@ -72,7 +72,7 @@ class Client:
         self.error = None
 
     # ---- wire helpers -------------------------------------------------
-    async def send(self, data, more=None):
+    async def send(self, data):
         # One writer at a time: MicroPython's asyncio lets one task wait on a
         # stream for writing. Contention is rare (a PUBACK or a ping during a
         # publish), so a flag does what an asyncio.Lock would, without its module.
@@ -81,8 +81,6 @@ class Client:
         self._busy = True
         try:
             self.writer.write(data)
-            if more is not None:
-                self.writer.write(more)      # a payload, not copied onto its header
             await self.writer.drain()
             self._last_tx = ticks_ms()
         finally:
@@ -150,7 +148,9 @@ class Client:
         if qos:
             hdr += struct.pack("!H", pid)
         try:
-            await self.send(hdr, payload)
+            # One write: a header sent on its own would wait for the broker's
+            # delayed ACK before the payload could follow (Nagle).
+            await self.send(hdr + payload)
             if qos:
                 await self.wait_ack(pid, ev)
         finally:

@@ -15,7 +15,6 @@ from agent.compat import cold
 
 PRIO_LOW = 0
 PRIO_HIGH = 1
-RBUF = 1024               # the head record is read into a buffer of this size, kept
 
 
 class Outbox:
@@ -33,7 +32,6 @@ class Outbox:
         self.segs = []            # the segment numbers, oldest first
         self.top_boot = 0         # the highest boot number stored: the boot counter exceeds it
         self.head = None          # [seg, off]: everything before it was PUBACKed
-        self.rbuf = None          # bytearray(RBUF): the head record, read by peek()
         cold("agent.outbox_cold", "load", self)
 
     # ---- paths ------------------------------------------------------------
@@ -67,32 +65,20 @@ class Outbox:
 
     # ---- draining -------------------------------------------------------------
     def peek(self):
-        """The oldest unacked record as (topic, payload), or None. The payload is a
-        read-only view of the outbox's own buffer (a report needs no fresh hole in
-        the heap each time it is sent), valid until the next peek()."""
+        """The oldest unacked record as (topic, payload bytes), or None."""
         if self.peeked is not None:
             return self.peeked[2]
         while self.segs:
             n = self.segs[0]
-            b = self.rbuf
-            if b is None:
-                b = self.rbuf = bytearray(RBUF)
             with open(self.seg_path(n), "rb") as f:
                 f.seek(self.head[1])
-                k = f.readinto(b) or 0
-                e = b.find(b"\n", 0, k)
-                if e < 0 and k == len(b):
-                    # longer than the buffer: read as a line
-                    f.seek(self.head[1])
-                    b = f.readline()
-                    e = len(b) - 1 if b[-1:] == b"\n" else -1
-            if e >= 0:
-                # <prio>|<boot>|<seq>|<topic>|<payload>
-                i = b.find(b"|", b.find(b"|", b.find(b"|") + 1) + 1) + 1
-                j = b.find(b"|", i)
-                m = memoryview(b)
-                rec = (bytes(m[i:j]).decode(), m[j + 1:e])
-                self.peeked = (n, self.head[1] + e + 1, rec, e + 1)
+                line = f.readline()
+            if line and line[-1:] == b"\n":
+                # <prio>|<boot>|<seq>|<topic>|<payload>: one copy of the payload
+                i = line.find(b"|", line.find(b"|", line.find(b"|") + 1) + 1) + 1
+                j = line.find(b"|", i)
+                rec = (line[i:j].decode(), line[j + 1:-1])
+                self.peeked = (n, self.head[1] + len(line), rec, len(line))
                 return rec
             if len(self.segs) == 1:
                 return None

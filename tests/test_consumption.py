@@ -80,7 +80,7 @@ def drain(box):
         rec = box.outbox.peek()
         if rec is None:
             return out
-        out.append((rec[0], json.loads(bytes(rec[1]))))
+        out.append((rec[0], json.loads(rec[1])))
         box.outbox.ack()
 
 
