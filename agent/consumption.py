@@ -41,9 +41,7 @@ def _add(b, wh, va, litres, rx, tx):
 
 
 def consent(box):
-    doc = box.twin.applied.get("options") or {}
-    c = doc.get("consent") if isinstance(doc, dict) else None
-    return isinstance(c, dict) and c.get("detailed_consumption") is True
+    return cold("agent.consumption_cold", "consent", box)
 
 
 class Consumption:
@@ -227,44 +225,14 @@ class Consumption:
         e = self.prev or {}
         return (dict((k, e[k]) for k in e if e[k]), self.wm.index_l() if self.wm else 0)
 
-    def render(self, m, detailed):
-        scope, b, end, curve, idx = m
-        d = {"scope": scope, "start": b[0], "end": end if b[0] is not None else None,
-             "detailed": bool(detailed and curve is not None)}
-        if self.reader is not None:
-            r = self.reader
-            s = self.last or {}
-            sub = s.get("sub")
-            e = {"mode": s.get("mode"), "meter": self.meter_hash,
-                 "wh": b[1], "wh_total": sum(b[1].values()), "va_max": b[2],
-                 "index_wh": idx[0],
-                 "period": s.get("period"), "status": s.get("status"),
-                 "subscribed": None if sub is None else {"value": sub[0], "unit": sub[1]},
-                 "frames_ok": r.frames_ok, "frames_bad": r.frames_bad,
-                 "errors": {"checksum": r.errors["checksum"], "malformed": r.errors["malformed"],
-                            "interrupted": r.errors["interrupted"],
-                            "implausible": self.implausible}}
-            d["elec"] = e
-        if self.wm is not None:
-            d["water"] = {"l": b[3], "index_l": idx[1], "restored": self.wm.restored,
-                          "bounces": self.wm.bounces}
-        if self.net:
-            d["net"] = {"rx_bytes": b[4], "tx_bytes": b[5]}
-        if d["detailed"]:
-            d["curve"] = curve
-        return d
-
     # ---- the runtime's hooks -------------------------------------------------------
     def produce(self, box):
         if self.task is None:
             self._spawn()
         if not self.ready:
             return
-        detailed = consent(box)
-        while self.ready:
-            m = self.ready.pop(0)
-            if detailed or m[0] == "day":
-                box.emit("consumption", self.render(m, detailed))
+        # Once an hour: the messages are built by agent/consumption_cold.py.
+        cold("agent.consumption_cold", "produce", self, box)
 
     def _spawn(self):
         # Under the runtime's guard when there is one: a poll task that dies stops

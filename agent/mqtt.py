@@ -148,6 +148,8 @@ class Client:
         if qos:
             hdr += struct.pack("!H", pid)
         try:
+            # One write: a header sent on its own would wait for the broker's
+            # delayed ACK before the payload could follow (Nagle).
             await self.send(hdr + payload)
             if qos:
                 await self.wait_ack(pid, ev)

@@ -3,8 +3,9 @@
 # desired document (rules, signature, effects). One connection attempt is
 # agent/session_cold.py.
 # Loaded when it runs, then released. The optional features are imported here
-# only when the config enables them (on the unix port, speedtest costs ~18 KB of
-# heap, the TIC decoder ~12 KB; docs/performance.md).
+# only when the config enables them (on the unix port the speed-test schedule costs
+# ~3 KB, its measurement ~11 KB while a test runs, the TIC decoder ~10 KB;
+# docs/performance.md).
 import asyncio
 
 from agent import VERSION, fsutil
@@ -100,8 +101,8 @@ def start(box):
         from agent import coverage
         tasks.append(_task(box, "coverage", lambda: coverage.task(box)))
     if c.get("speed_url"):
-        from agent import speedtest
-        tasks.append(_task(box, "speedtest", lambda: speedtest.task(box)))
+        from agent import speedsched
+        tasks.append(_task(box, "speedtest", lambda: speedsched.task(box)))
     if c.get("tic_mode") or c.get("water_enabled"):
         from agent import consumption
         cons = consumption.start(box)

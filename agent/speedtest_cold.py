@@ -5,7 +5,8 @@ import select
 import socket
 
 from agent.compat import ticks_diff, ticks_ms
-from agent.speedtest import _BAD, _OUT, _addr, idle, parse_url
+from agent.speedsched import idle
+from agent.speedtest import _BAD, _OUT, _addr, parse_url
 
 
 def tier_bps(t):

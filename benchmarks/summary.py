@@ -94,9 +94,12 @@ def render(res: dict) -> str:
         L += [f"- {_problem(fp)}", ""]
     else:
         day, gr, cpu = fp.get("day", {}), fp.get("growth", {}), fp.get("cpu", {})
+        bp, e32 = fp.get("day_board_boot_path") or {}, fp.get("day_esp32_all_features") or {}
         live = gr.get("live_heap_bytes", {})
         L += ["| figure | value |", "|---|---|",
               f"| smallest `-X heapsize` for a full sim day (288 reports) | {_n(day.get('smallest_kb'), ' KiB')} |",
+              f"| the same on the board boot path | {_n(bp.get('smallest_kb'), ' KiB')} |",
+              f"| the same on the ESP32 path, every feature on (goal <= 112 KiB) | {_n(e32.get('smallest_kb'), ' KiB')} |",
               f"| live heap after GC: steady (median) / peak (max) | {_kib(live.get('median'))} / {_kib(live.get('max'))} |",
               f"| heap over {_n(gr.get('cycles'))} cycles: first tenth / last tenth (median) | "
               f"{_kib(gr.get('first_tenth_median'))} / {_kib(gr.get('last_tenth_median'))} |",

@@ -1,4 +1,4 @@
-"""The scheduled speed test as the runtime runs it (agent.speedtest.task), under CPython
+"""The scheduled speed test as the runtime runs it (agent.speedsched.task), under CPython
 and MicroPython: the plan comes from the applied options document, and a box without
 a data counter (the ESP32) decides an idle line by the connect-latency probe."""
 from __future__ import annotations

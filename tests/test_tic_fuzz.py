@@ -19,7 +19,8 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 # (see the decision record: a lost '@' is the one undetectable single-byte loss).
 TEXT = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ./-+", min_size=0, max_size=40)
 WORD = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-", min_size=1, max_size=16)
-KNOWN = {m: [x for x in labels.split("|") if x and x not in tic.DIGITS]
+DIGITS = {x: w for w, labels in tic.WIDTHS for x in labels.split("|") if x}
+KNOWN = {m: [x for x in labels.split("|") if x and x not in DIGITS]
          for m, labels in (("historic", tic.LABELS_H), ("standard", tic.LABELS_S))}
 HORODATED = [x for x in tic.HORODATED.split("|") if x]
 # season letter: E/H, e/h when the meter's clock is degraded, space when unknown
@@ -44,8 +45,8 @@ def group_st(draw, mode):
     kind = draw(st.integers(0, 2))
     own = tic.LABELS_H if mode == "historic" else tic.LABELS_S
     if kind == 0:       # a fixed-length numeric label
-        label = draw(st.sampled_from(sorted(k for k in tic.DIGITS if "|%s|" % k in own)))
-        value = "%0*d" % (tic.DIGITS[label], draw(st.integers(0, 10 ** tic.DIGITS[label] - 1)))
+        label = draw(st.sampled_from(sorted(k for k in DIGITS if "|%s|" % k in own)))
+        value = "%0*d" % (DIGITS[label], draw(st.integers(0, 10 ** DIGITS[label] - 1)))
     else:
         label = draw(st.sampled_from(KNOWN[mode]))
         value = draw(WORD if mode == "historic" else TEXT)

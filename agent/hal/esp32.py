@@ -12,6 +12,7 @@
 # loop and every guarded task are alive. The rarely-run parts are in
 # agent/hal/esp32_cold.py.
 import asyncio
+import struct
 import time
 
 import machine
@@ -165,5 +166,10 @@ class Esp32Hal:
                 wdt.feed()
             n += 1
             if n % 10 == 0:
-                cold(_MOD, "keep_uptime", self)
+                # The uptime in RTC memory, for the reset cause after a bite (boot_info):
+                # here, not in the cold half, which would load ~5 KB each time.
+                try:
+                    machine.RTC().memory(b"up" + struct.pack("<I", self.uptime_s()))
+                except Exception:
+                    pass
             await asyncio.sleep(ms / 4000)

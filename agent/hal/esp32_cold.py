@@ -49,13 +49,6 @@ def nvs_set(key: str, value: int) -> None:
     n.commit()
 
 
-def keep_uptime(hal) -> None:
-    try:
-        machine.RTC().memory(b"up" + struct.pack("<I", hal.uptime_s()))
-    except Exception:
-        pass
-
-
 def attach_meters(hal, config: dict) -> None:
     # The meters the config enables, as the optional HAL methods.
     if not (config.get("tic_mode") or config.get("water_enabled")):

@@ -1,4 +1,4 @@
-# Drives agent.speedtest.task with a stand-in box, under CPython or MicroPython:
+# Drives agent.speedsched.task with a stand-in box, under CPython or MicroPython:
 #     <interp> speed_task_run.py URL STATE_DIR
 # Three sim nights; the box has no line_idle() (like the ESP32), so the connect-latency
 # probe decides from the second run on. Prints one "REC <json>" per emitted record.
@@ -8,7 +8,7 @@ import asyncio
 import json
 import sys
 
-from agent import fsutil, speedtest
+from agent import fsutil, speedsched
 
 DAY = 1767225600 + 23 * 3600    # 23:00 UTC: after any slot of a [0, 24] window
 
@@ -53,6 +53,6 @@ class Box:
 
 async def main():
     b = Box(sys.argv[1], sys.argv[2])
-    await asyncio.wait_for(speedtest.task(b), 120)
+    await asyncio.wait_for(speedsched.task(b), 120)
 
 asyncio.run(main())

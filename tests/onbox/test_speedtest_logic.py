@@ -1,4 +1,5 @@
 # Pure logic of the speed test: URL, budget split, warm-up window, ceiling, schedule.
+from agent import speedsched
 from agent import speedtest as st
 from agent import speedtest_cold as stc
 
@@ -166,27 +167,27 @@ DAY = 1767225600          # 2026-01-01T00:00Z
 
 
 def test_schedule_slot_is_box_specific_and_in_window(tmp):
-    s = st.Schedule("box-1", 1, 5)
+    s = speedsched.Schedule("box-1", 1, 5)
     w0, w1 = s.window(DAY + 3600 * 12)
     assert (w0, w1) == (DAY + 86400 + 3600, DAY + 86400 + 5 * 3600)
     slots = set()
     for i in range(200):
-        b = st.Schedule("box-%d" % i, 1, 5)
+        b = speedsched.Schedule("box-%d" % i, 1, 5)
         x = b.slot(w0)
         assert w0 <= x < w0 + 3 * 3600
         slots.add(x // 60)
     assert len(slots) > 100          # 200 boxes over 180 minutes: ~120 distinct expected
-    assert s.slot(w0) == st.Schedule("box-1", 1, 5).slot(w0)
+    assert s.slot(w0) == speedsched.Schedule("box-1", 1, 5).slot(w0)
 
 
 def test_schedule_wraps_midnight(tmp):
-    s = st.Schedule("b", 23, 3)
+    s = speedsched.Schedule("b", 23, 3)
     assert s.window(DAY + 3600) == (DAY - 3600, DAY + 3 * 3600)
     assert s.window(DAY + 4 * 3600) == (DAY + 23 * 3600, DAY + 27 * 3600)
 
 
 def test_schedule_decisions(tmp):
-    s = st.Schedule("box-1", 1, 5, daily=30000000, per_run=20000000)
+    s = speedsched.Schedule("box-1", 1, 5, daily=30000000, per_run=20000000)
     state = {}
     w0, w1 = s.window(DAY)
     slot = s.slot(w0)
@@ -205,11 +206,11 @@ def test_schedule_decisions(tmp):
 
 
 def test_schedule_busy_all_night_and_budget(tmp):
-    s = st.Schedule("box-2", 1, 5, daily=500000)
+    s = speedsched.Schedule("box-2", 1, 5, daily=500000)
     state = {}
     w0, w1 = s.window(DAY)
     assert s.decide(s.slot(w0), state) == ("skip", "budget")
-    s = st.Schedule("box-2", 1, 5)
+    s = speedsched.Schedule("box-2", 1, 5)
     state = {}
     assert s.decide(w1 - 10, state, idle=False) == ("skip", "busy")
     assert state["done"] and state["why"] == "busy"
