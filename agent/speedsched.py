@@ -70,11 +70,6 @@ class Schedule:
         state["done"] = True
 
 
-def idle(hal):
-    f = getattr(hal, "line_idle", None)
-    return f() if f else None
-
-
 async def task(box):
     """Scheduled tests for the runtime: cfg speed_url (required), speed_window [start, end]
     UTC hours, speed_daily_budget, speed_budget, speed_streams, speed_seconds,

@@ -5,7 +5,6 @@ import select
 import socket
 
 from agent.compat import ticks_diff, ticks_ms
-from agent.speedsched import idle
 from agent.speedtest import _BAD, _OUT, _addr, parse_url
 
 
@@ -68,6 +67,12 @@ async def probe(addr, n=PROBES, limit_ms=2000):
         if ok and (best is None or ms < best):
             best = ms
     return best
+
+
+def idle(hal):
+    # the HAL's data counter where it has one (True/False), else None
+    f = getattr(hal, "line_idle", None)
+    return f() if f else None
 
 
 async def line_idle(box, url, st):
