@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from backend.errors import OpsError
+from backend.store import ensure_tables
 
 ROLES = ("viewer", "operator", "admin")
 SESSION_S = 8 * 3600
@@ -63,11 +64,7 @@ def _ddl(dialect: str) -> list[str]:
 
 
 def ensure_schema(store) -> None:
-    if getattr(store, "_accounts_ready", False):
-        return
-    stmts = _ddl(store.dialect)
-    store._tx(lambda cur: [cur.execute(s) for s in stmts])
-    store._accounts_ready = True
+    ensure_tables(store, "_accounts_ready", lambda: _ddl(store.dialect))
 
 
 def _hasher():

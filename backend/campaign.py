@@ -50,6 +50,7 @@ import uuid
 from agent import topics
 from backend import history, push
 from backend.errors import OpsError
+from backend.store import ensure_tables
 
 STATES = ("created", "running", "paused", "completed", "aborted")
 BOX_STATES = ("pending", "sent", "applied", "rejected", "timed_out", "offline")
@@ -90,12 +91,7 @@ def _ddl(dialect: str) -> list[str]:
 
 
 def ensure_schema(store) -> None:
-    if getattr(store, "_campaign_ready", False):
-        return
-    stmts = _ddl(store.dialect)
-    store._tx(lambda cur: [cur.execute(s) for s in stmts])
-    history.ensure_schema(store)
-    store._campaign_ready = True
+    ensure_tables(store, "_campaign_ready", lambda: _ddl(store.dialect), then=history.ensure_schema)
 
 
 # ---- tags and targets ------------------------------------------------------------

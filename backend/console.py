@@ -255,10 +255,9 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
         f'<tr><td><a href="/boxes/{quote(b["box"])}">{E(b["box"])}</a></td><td>{_state(lang, b["state"])}</td>'
         f'<td>{E(" · ".join(x for x in (b["building"], b["address"]) if x))}</td>'
         f'<td>{E(_ago(lang, b["last_seen"]))}</td><td>{b["alarms"] or ""}</td></tr>' for b in res["items"])
-    table = (f'<p>{E(tr(lang, "total").format(res["total"]))}</p><table><thead><tr><th scope="col">'
-             f'{E(tr(lang, "box"))}</th><th scope="col">{E(tr(lang, "state"))}</th><th scope="col">'
-             f'{E(tr(lang, "place"))}</th><th scope="col">{E(tr(lang, "last_seen"))}</th><th scope="col">{E(tr(lang, "alarms"))}</th></tr></thead>'
-             f'<tbody>{rows}</tbody></table>') if res["items"] else f'<p>{E(tr(lang, "none"))}</p>'
+    table = (f'<p>{E(tr(lang, "total").format(res["total"]))}</p>'
+             + _table(lang, ("box", "state", "place", "last_seen", "alarms"), rows)
+             ) if res["items"] else f'<p>{E(tr(lang, "none"))}</p>'
     nav = []
     base = {k: v for k, v in q.items() if k not in ("limit", "offset")}
     off = res["offset"]
@@ -312,9 +311,7 @@ def _box(h, lang, set_lang, acct, store, box: str) -> None:
             rows.append(f'<tr><td><code>{E(str(s.get("id", "?"))[:16])}</code></td>'
                         f'<td>{E(str(avg if avg is not None else "?"))}</td>'
                         f'<td class="{"bad" if weak > 0.25 else ""}">{weak:.0%}</td></tr>')
-        parts.append(f'<table><thead><tr><th scope="col">{E(tr(lang, "device"))}</th><th scope="col">'
-                     f'{E(tr(lang, "signal"))}</th><th scope="col">{E(tr(lang, "weak"))}</th></tr></thead>'
-                     f'<tbody>{"".join(rows)}</tbody></table>')
+        parts.append(_table(lang, ("device", "signal", "weak"), "".join(rows)))
     else:
         parts.append(f'<p>{E(tr(lang, "no_coverage"))}</p>')
     # speed
@@ -356,10 +353,14 @@ def _box(h, lang, set_lang, acct, store, box: str) -> None:
         ok = isinstance(have, int) and have >= x["version"]
         rows.append(f'<tr><td>{E(x["section"])}</td><td>v{x["version"]}</td><td>{E(str(have or "—"))}</td>'
                     f'<td class="{"ok" if ok else "bad"}">{E(tr(lang, "up_to_date" if ok else "pending"))}</td></tr>')
-    parts.append(f'<table><thead><tr><th scope="col">{E(tr(lang, "section"))}</th><th scope="col">'
-                 f'{E(tr(lang, "desired"))}</th><th scope="col">{E(tr(lang, "applied"))}</th><th scope="col">'
-                 f'{E(tr(lang, "state"))}</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    parts.append(_table(lang, ("section", "desired", "applied", "state"), "".join(rows)))
     _page(h, lang, f'{tr(lang, "box")} {box}', "\n".join(parts), acct, set_lang=set_lang)
+
+
+def _table(lang: str, heads, rows: str) -> str:
+    """A table with a header cell per key of `heads` (translated) over the <tr> rows `rows`."""
+    th = "".join(f'<th scope="col">{E(tr(lang, k))}</th>' for k in heads)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _consent(opts: dict) -> bool:
@@ -378,9 +379,7 @@ def _alarms(h, lang, set_lang, acct, store, query) -> None:
     if res["items"]:
         rows = "".join(f'<tr><td><a href="/boxes/{quote(a["box"])}">{E(a["box"])}</a></td><td>{E(a["code"])}</td>'
                        f'<td>{E(a["detail"])}</td><td>{E(_ago(lang, a["last_at"]))}</td></tr>' for a in res["items"])
-        body = (f'<table><thead><tr><th scope="col">{E(tr(lang, "box"))}</th><th scope="col">{E(tr(lang, "code"))}'
-                f'</th><th scope="col">{E(tr(lang, "detail"))}</th><th scope="col">{E(tr(lang, "last_seen"))}'
-                f'</th></tr></thead><tbody>{rows}</tbody></table>')
+        body = _table(lang, ("box", "code", "detail", "last_seen"), rows)
     else:
         body = f'<p class="ok">{E(tr(lang, "no_alarm"))}</p>'
     _page(h, lang, tr(lang, "alarms"), body, acct, set_lang=set_lang)
@@ -392,9 +391,7 @@ def _campaigns(h, lang, set_lang, acct, store) -> None:
         rows = "".join(
             f'<tr><td>{E(c["id"])}</td><td>{E(c["section"])}</td><td>{E(c["state"])}</td>'
             f'<td>{E(json.dumps({k: v for k, v in c["counts"].items() if v}))}</td></tr>' for c in items)
-        body = (f'<table><thead><tr><th scope="col">{E(tr(lang, "campaign"))}</th><th scope="col">'
-                f'{E(tr(lang, "section"))}</th><th scope="col">{E(tr(lang, "state"))}</th><th scope="col">'
-                f'{E(tr(lang, "progress"))}</th></tr></thead><tbody>{rows}</tbody></table>')
+        body = _table(lang, ("campaign", "section", "state", "progress"), rows)
     else:
         body = f'<p>{E(tr(lang, "none"))}</p>'
     _page(h, lang, tr(lang, "campaigns"), body, acct, set_lang=set_lang)

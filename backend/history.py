@@ -18,6 +18,7 @@ import os
 import time
 
 from backend.errors import OpsError
+from backend.store import ensure_tables
 
 _DDL = {
     "sqlite": ["""CREATE TABLE IF NOT EXISTS desired_history (
@@ -41,11 +42,7 @@ def default_author() -> str:
 
 
 def ensure_schema(store) -> None:
-    if getattr(store, "_history_ready", False):
-        return
-    stmts = _DDL[store.dialect] + [_INDEX]
-    store._tx(lambda cur: [cur.execute(s) for s in stmts])
-    store._history_ready = True
+    ensure_tables(store, "_history_ready", lambda: _DDL[store.dialect] + [_INDEX])
 
 
 def _insert(store, cur, box, section, version, payload, author, campaign) -> None:

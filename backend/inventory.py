@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from backend.errors import OpsError
+from backend.store import ensure_tables
 
 GRACE_S = 7 * 86400
 
@@ -45,11 +46,7 @@ def _ddl() -> list[str]:
 
 
 def ensure_schema(store) -> None:
-    if getattr(store, "_inventory_ready", False):
-        return
-    stmts = _ddl()
-    store._tx(lambda cur: [cur.execute(s) for s in stmts])
-    store._inventory_ready = True
+    ensure_tables(store, "_inventory_ready", _ddl)
 
 
 def read_ledger(path: str | Path) -> list[dict]:

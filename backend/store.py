@@ -933,6 +933,18 @@ class Store:
         return [float(a) for (a,) in self._q("SELECT stored_at - received_at FROM messages")]
 
 
+def ensure_tables(store, flag: str, ddl, then=None) -> None:
+    """Run the statements `ddl()` returns in one transaction, then `then(store)`, once
+    per Store: the attribute `flag` marks it done (the schema of a backend module)."""
+    if getattr(store, flag, False):
+        return
+    stmts = ddl()
+    store._tx(lambda cur: [cur.execute(s) for s in stmts])
+    if then is not None:
+        then(store)
+    setattr(store, flag, True)
+
+
 def open_store(url: str | None) -> Store:
     return Store(url or default_url())
 

@@ -29,17 +29,11 @@ import time
 
 from agent import topics
 from backend.fanout import Publisher
+from benchmarks.fleet import _cpu_ticks, _pct
 from common.broker import parse_broker
 
 OPTIONS = {"speed_tier": "10M", "bouquets": [], "phone": {"enabled": True, "number": "+33299000000"}}
 OLD_P99_S = 4.29
-
-
-def _pct(xs, p):
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 3)
 
 
 def measure(port: int, ids: list[str], version: int, how: str = "campaign", connections: int = 4,
@@ -73,7 +67,7 @@ def measure(port: int, ids: list[str], version: int, how: str = "campaign", conn
     time.sleep(2.0)                              # the retained reports of earlier versions come first
     body = json.dumps(dict(OPTIONS, version=version), separators=(",", ":")).encode()
     sent: dict[str, float] = {}
-    cpu0 = {p: _cpu(p) for p in pids or []}
+    cpu0 = {p: _cpu_ticks(p) for p in pids or []}
     t0 = time.time()
     extra: dict = {}
     if how == "single":
@@ -118,25 +112,15 @@ def measure(port: int, ids: list[str], version: int, how: str = "campaign", conn
            "all_acked_after_s": round(max(ack_at.values()) - t0, 2) if ack_at else None}
     if pids:
         hz = os.sysconf("SC_CLK_TCK")
-        out["cpu_s_per_box"] = round(sum(_cpu(p) - cpu0[p] for p in pids) / hz / len(ids), 4)
+        out["cpu_s_per_box"] = round(sum(_cpu_ticks(p) - cpu0[p] for p in pids) / hz / len(ids), 4)
         out["window_s"] = round(dt, 1)
     out.update(extra)
     return out
 
 
-def _cpu(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return int(parts[11]) + int(parts[12])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def run(boxes: int | None = None) -> dict:
-    from backend.store import Store
     from benchmarks.agentrun import workdir
-    from benchmarks.fleet import Fleet, _probe, limits
+    from benchmarks.fleet import Fleet, limits, start_backend, wait_online
     n = boxes or int(os.environ.get("HB_FLEET_BOXES", "1000"))
     lim = limits(n)
     out: dict = {"boxes": n, "old_p99_s": OLD_P99_S, "target_p99_s": 2.0}
@@ -147,18 +131,9 @@ def run(boxes: int | None = None) -> dict:
     fleet = Fleet(work, n, 300)
     t_start = time.time()
     try:
-        fleet.start_broker()
-        fleet.start_ingest()
-        store = Store(fleet.db)
-        _probe(fleet.broker.port, store)
+        store = start_backend(fleet)
         fleet.spawn()
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            online = sum(1 for b in store.boxes() if b["state"] == "online" and b["box"] != "bench-probe")
-            if online >= n:
-                break
-            time.sleep(1)
-        out["online"] = online
+        out["online"] = wait_online(store, n, 180)
         time.sleep(5)
         port = fleet.broker.port
         agents = [p.pid for p in fleet.procs.values()]

@@ -163,6 +163,28 @@ def _probe(port: int, store: Store, timeout: float = 30) -> None:
     raise RuntimeError("ingest does not store what the broker delivers")
 
 
+def start_backend(fleet: Fleet) -> Store:
+    """The fleet's broker and ingest started, and a Store on its database once ingest
+    stores what the broker delivers (`_probe`)."""
+    fleet.start_broker()
+    fleet.start_ingest()
+    store = Store(fleet.db)
+    _probe(fleet.broker.port, store)
+    return store
+
+
+def wait_online(store: Store, n: int, timeout: float) -> int:
+    """How many boxes (the probe aside) are online once `n` are, or after `timeout` s."""
+    deadline = time.time() + timeout
+    online = 0
+    while time.time() < deadline:
+        online = sum(1 for b in store.boxes() if b["state"] == "online" and b["box"] != "bench-probe")
+        if online >= n:
+            break
+        time.sleep(1)
+    return online
+
+
 def _connect_times(log: Path, since: float, ids: set[str]) -> list[int]:
     out = []
     for ln in log.read_text(errors="replace").splitlines():
@@ -190,21 +212,11 @@ def run(boxes: int | None = None, interval: int = 10, window: float = 60.0, down
     fleet = Fleet(work, n, interval)
     t_start = time.time()
     try:
-        fleet.start_broker()
-        fleet.start_ingest()
-        store = Store(fleet.db)
-        _probe(fleet.broker.port, store)
+        store = start_backend(fleet)
         t = time.time()
         fleet.spawn()
         out["spawn_s"] = round(time.time() - t, 1)
-        deadline = time.time() + 120
-        online = 0
-        while time.time() < deadline:
-            online = sum(1 for b in store.boxes() if b["state"] == "online" and b["box"] != "bench-probe")
-            if online >= n:
-                break
-            time.sleep(1)
-        out["online_after_spawn"] = online
+        out["online_after_spawn"] = wait_online(store, n, 120)
         out["online_s"] = round(time.time() - t, 1)
         out["agents_alive"] = fleet.alive()
 

@@ -13,6 +13,7 @@ PostgreSQL figures are left out and the results say why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -58,12 +59,44 @@ class Broker:
         self.proc.wait(10)
 
 
-def _db(kind: str, workdir: Path, tag: str, pg: str | None) -> tuple[str, callable]:
+def _stop_all(ps: list, timeout: float) -> None:
+    """SIGTERM every process, then wait for each (kill it after `timeout` s)."""
+    for p in ps:
+        p.send_signal(signal.SIGTERM)
+    for p in ps:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@contextlib.contextmanager
+def _pg_server(kinds: list, out: dict, hint: str = ""):
+    """A throwaway PostgreSQL server if `kinds` has postgresql (None otherwise), stopped
+    on exit; without the binaries postgresql leaves `kinds` and `out` says why."""
+    server = None
+    if "postgresql" in kinds:
+        bindir = pg_bindir()
+        if bindir is None:
+            kinds.remove("postgresql")
+            out["postgresql"] = "skipped: PostgreSQL binaries (initdb, pg_ctl) not found" + hint
+        else:
+            server = ThrowawayPostgres(bindir).start()
+            out["postgresql"] = "a throwaway server (initdb, fsync off) on this machine"
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _db(kind: str, workdir: Path, tag: str, pg: str | None,
+        prefix: str = "hbbench_") -> tuple[str, callable]:
     """The store URL for one measurement, and how to remove what it wrote. `pg`: the
-    base URL of the PostgreSQL server (postgresql runs only)."""
+    base URL of the PostgreSQL server (postgresql runs only); `prefix`: of the schema."""
     if kind == "sqlite":
         return f"sqlite:///{workdir}/{tag}.db", lambda: None
-    schema = "hbbench_" + uuid.uuid4().hex[:8]
+    schema = prefix + uuid.uuid4().hex[:8]
 
     def drop():
         import psycopg
@@ -145,13 +178,7 @@ def throughput(workdir: Path, db_kind: str, procs: int, n: int, pg: str | None =
         t_ing = time.time() - t0
         stored = store.counters()["stored"]
     finally:
-        for p in ps:
-            p.send_signal(signal.SIGTERM)
-        for p in ps:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(ps, 30)
         log.close()
         broker.stop()
         store.close()
@@ -212,31 +239,20 @@ def run(n: int = 20000, db: str = "both", lag_rate: int = 600, lag_seconds: floa
     kinds = ["sqlite", "postgresql"] if db == "both" else [db]
     out: dict = {"cpus": os.cpu_count(), "boxes": BOXES,
                  "note": "mosquitto_sub, N mosquitto_pub and the ingest processes share this machine"}
-    server = None
-    if "postgresql" in kinds:
-        bindir = pg_bindir()
-        if bindir is None:
-            kinds.remove("postgresql")
-            out["postgresql"] = ("skipped: PostgreSQL binaries (initdb, pg_ctl) not found "
-                                 "(make setup as root, or apt-get install postgresql)")
-        else:
-            server = ThrowawayPostgres(bindir).start()
-            out["postgresql"] = "a throwaway server (initdb, fsync off) on this machine"
-    work = Path(tempfile.mkdtemp(prefix="hb-bench-ingest-"))
-    try:
-        for k in kinds:
-            pg = server.url if k == "postgresql" else None
-            for procs in (1, 2):
-                d = work / f"{k}-{procs}"
+    with _pg_server(kinds, out, " (make setup as root, or apt-get install postgresql)") as server:
+        work = Path(tempfile.mkdtemp(prefix="hb-bench-ingest-"))
+        try:
+            for k in kinds:
+                pg = server.url if k == "postgresql" else None
+                for procs in (1, 2):
+                    d = work / f"{k}-{procs}"
+                    d.mkdir()
+                    out[f"{k}_{procs}proc"] = throughput(d, k, procs, n, pg)
+                d = work / f"{k}-lag"
                 d.mkdir()
-                out[f"{k}_{procs}proc"] = throughput(d, k, procs, n, pg)
-            d = work / f"{k}-lag"
-            d.mkdir()
-            out[f"{k}_lag"] = lag(d, k, lag_rate, lag_seconds, pg)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if server is not None:
-            server.stop()
+                out[f"{k}_lag"] = lag(d, k, lag_rate, lag_seconds, pg)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 

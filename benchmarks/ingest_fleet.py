@@ -38,7 +38,7 @@ from pathlib import Path
 
 from backend.ingest import classify
 from backend.store import Store
-from tests.pgserver import ThrowawayPostgres, pg_bindir
+from benchmarks.ingest import _db, _pg_server, _stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 # The commit before the set-based write path (issue 16): its store is the baseline.
@@ -75,22 +75,10 @@ def _baseline_store():
     return mod
 
 
-def _db(kind: str, workdir: Path, tag: str, pg: str | None) -> tuple[str, callable]:
-    if kind == "sqlite":
-        return f"sqlite:///{workdir}/{tag}.db", lambda: None
-    schema = "hbfleet_" + uuid.uuid4().hex[:8]
-
-    def drop():
-        import psycopg
-        with psycopg.connect(pg, autocommit=True) as c:
-            c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return f"{pg}?schema={schema}", drop
-
-
 def store_path(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, store_cls=Store,
                tag: str = "new") -> dict:
     """classify + write_batch, batches of BATCH messages from BATCH distinct boxes."""
-    url, drop = _db(kind, workdir, f"store-{tag}", pg)
+    url, drop = _db(kind, workdir, f"store-{tag}", pg, "hbfleet_")
     s = store_cls(url)
     try:
         stream = list(_fleet_stream(boxes, msgs, "fb"))
@@ -219,7 +207,7 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
         raw.stdin.flush()
         raw.wait(30)
         for procs in (1, 2):
-            url, drop = _db(kind, workdir, f"e2e{procs}", pg)
+            url, drop = _db(kind, workdir, f"e2e{procs}", pg, "hbfleet_")
             store = Store(url)
             group = "bench" + uuid.uuid4().hex[:6] if procs == 2 else None
             users = [f"homebox-ingest-{i + 1}" for i in range(procs)]
@@ -242,13 +230,7 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
                     break
                 time.sleep(0.02)
             t_end = time.time()
-            for p in ps:
-                p.send_signal(signal.SIGTERM)
-            for p in ps:
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            _stop_all(ps, 60)
             n = store.counters()["stored"]
             store.close()
             drop()
@@ -279,36 +261,26 @@ def run(boxes: int = 600, msgs: int = 30, db: str = "both", store_boxes: int = 5
     kinds = ["sqlite", "postgresql"] if db == "both" else [db]
     out: dict = {"cpus": os.cpu_count(), "batch": BATCH, "baseline": BASELINE,
                  "goal": ">= 10,000 msg/s per ingest process on PostgreSQL, >= 0.3 of raw, 2 procs >= 1.7x"}
-    server = None
-    if "postgresql" in kinds:
-        bindir = pg_bindir()
-        if bindir is None:
-            kinds.remove("postgresql")
-            out["postgresql"] = "skipped: PostgreSQL binaries (initdb, pg_ctl) not found"
-        else:
-            server = ThrowawayPostgres(bindir).start()
-            out["postgresql"] = "a throwaway server (initdb, fsync off) on this machine"
-    base = _baseline_store()
-    work = Path(tempfile.mkdtemp(prefix="hb-bench-fleet-"))
-    try:
-        for k in kinds:
-            pg = server.url if k == "postgresql" else None
-            d = work / k
-            d.mkdir()
-            out[f"{k}_store"] = {"set_based": store_path(k, d, pg, store_boxes, store_msgs)}
-            if base is not None:
-                out[f"{k}_store"]["row_by_row_baseline"] = store_path(k, d, pg, store_boxes, store_msgs,
-                                                                       base.Store, "old")
-                out[f"{k}_store"]["speedup"] = round(out[f"{k}_store"]["set_based"]["msgs_per_s"]
-                                                     / out[f"{k}_store"]["row_by_row_baseline"]["msgs_per_s"], 2)
-            if e2e_run:
-                d = work / f"{k}-e2e"
+    with _pg_server(kinds, out) as server:
+        base = _baseline_store()
+        work = Path(tempfile.mkdtemp(prefix="hb-bench-fleet-"))
+        try:
+            for k in kinds:
+                pg = server.url if k == "postgresql" else None
+                d = work / k
                 d.mkdir()
-                out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if server is not None:
-            server.stop()
+                out[f"{k}_store"] = {"set_based": store_path(k, d, pg, store_boxes, store_msgs)}
+                if base is not None:
+                    out[f"{k}_store"]["row_by_row_baseline"] = store_path(k, d, pg, store_boxes, store_msgs,
+                                                                           base.Store, "old")
+                    out[f"{k}_store"]["speedup"] = round(out[f"{k}_store"]["set_based"]["msgs_per_s"]
+                                                         / out[f"{k}_store"]["row_by_row_baseline"]["msgs_per_s"], 2)
+                if e2e_run:
+                    d = work / f"{k}-e2e"
+                    d.mkdir()
+                    out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 

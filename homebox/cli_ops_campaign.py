@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backend.push import SECTIONS
 from common import credentials
-from homebox.cli_ops_fleet import DB_HELP
+from homebox.cli_ops_common import add_db_json, broker_url, fail, out, with_store
 
 EXIT = {"completed": 0, "aborted": 1, "paused": 3, "running": 4, "created": 4}
 
@@ -112,8 +112,7 @@ def register(sub) -> None:
 
 
 def _common(p) -> None:
-    p.add_argument("--db", default=None, help=DB_HELP)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_db_json(p, "machine-readable output")
 
 
 def _store(args):
@@ -122,18 +121,7 @@ def _store(args):
 
 
 def _fail(args, e) -> int:
-    from backend.errors import DocumentInvalid
-    if args.json:
-        out = {"error": type(e).__name__, "message": str(e)}
-        if isinstance(e, DocumentInvalid):
-            out["violations"] = [{"field": f, "rule": r} for f, r in e.violations]
-        print(json.dumps(out))
-    else:
-        if isinstance(e, DocumentInvalid):
-            for f, r in e.violations:
-                print(f"{f}: {r}", file=sys.stderr)
-        print(f"error: {e}", file=sys.stderr)
-    return 2
+    return fail(args, e, 2)
 
 
 def _master(path):
@@ -168,8 +156,8 @@ def cmd_create(args) -> int:
         target = {"plan": args.plan}
     else:
         target = {"all": True}
-    store = _store(args)
-    try:
+
+    def do(store) -> dict:
         doc = load_doc(args.file)
         waves = [float(x) for x in args.waves.split(",") if x.strip()]
         c = campaign.create(store, args.section, doc, target, name=args.name, canary=args.canary, waves=waves,
@@ -177,11 +165,11 @@ def cmd_create(args) -> int:
                             box_timeout=args.box_timeout, max_in_flight=args.max_in_flight,
                             author=args.author)
         c["counts"] = campaign.counts(store, c["id"])
-    except (OpsError, ValueError) as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps(c) if args.json else f"created {_line(c)}; waves end at boxes {c['waves']}")
+        return c
+    c, rc = with_store(args, do, (OpsError, ValueError), 2)
+    if rc is not None:
+        return rc
+    out(args, c, f"created {_line(c)}; waves end at boxes {c['waves']}")
     return 0
 
 
@@ -221,29 +209,25 @@ def cmd_drive(args) -> int:
 def cmd_state(args) -> int:
     from backend import campaign
     from backend.errors import OpsError
-    store = _store(args)
-    try:
-        fn = campaign.pause if args.action == "pause" else campaign.abort
+    fn = campaign.pause if args.action == "pause" else campaign.abort
+
+    def do(store) -> dict:
         c = fn(store, args.id, args.reason) if args.reason else fn(store, args.id)
         c["counts"] = campaign.counts(store, args.id)
-    except OpsError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps(c) if args.json else _line(c))
+        return c
+    c, rc = with_store(args, do, OpsError, 2)
+    if rc is not None:
+        return rc
+    out(args, c, _line(c))
     return 0
 
 
 def cmd_status(args) -> int:
     from backend import campaign
     from backend.errors import OpsError
-    store = _store(args)
-    try:
-        st = campaign.status(store, args.id)
-    except OpsError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
+    st, rc = with_store(args, lambda store: campaign.status(store, args.id), OpsError, 2)
+    if rc is not None:
+        return rc
     if args.json:
         print(json.dumps(st))
         return 0
@@ -260,11 +244,7 @@ def cmd_status(args) -> int:
 
 def cmd_list(args) -> int:
     from backend import campaign
-    store = _store(args)
-    try:
-        cs = campaign.list_campaigns(store)
-    finally:
-        store.close()
+    cs, _ = with_store(args, campaign.list_campaigns)
     if args.json:
         print(json.dumps(cs))
     else:
@@ -277,24 +257,15 @@ def cmd_list(args) -> int:
 
 def cmd_tag(args) -> int:
     from backend import campaign
-    store = _store(args)
-    try:
-        campaign.tag(store, args.boxes, [args.tag], remove=args.remove)
-    finally:
-        store.close()
-    out = {"tag": args.tag, "boxes": args.boxes, "removed": args.remove}
-    print(json.dumps(out) if args.json else
-          f"{'untagged' if args.remove else 'tagged'} {len(args.boxes)} box(es) {args.tag}")
+    with_store(args, lambda store: campaign.tag(store, args.boxes, [args.tag], remove=args.remove))
+    out(args, {"tag": args.tag, "boxes": args.boxes, "removed": args.remove},
+        f"{'untagged' if args.remove else 'tagged'} {len(args.boxes)} box(es) {args.tag}")
     return 0
 
 
 def cmd_history(args) -> int:
     from backend import history
-    store = _store(args)
-    try:
-        docs = history.list_docs(store, args.box, args.section)
-    finally:
-        store.close()
+    docs, _ = with_store(args, lambda store: history.list_docs(store, args.box, args.section))
     if args.json:
         print(json.dumps([dict(d, payload=json.loads(d["payload"])) for d in docs]))
         return 0
@@ -311,19 +282,12 @@ def cmd_history(args) -> int:
 def cmd_rollback(args) -> int:
     from backend import rollback
     from backend.errors import OpsError
-    from common.broker import parse_broker
-    try:
-        url = parse_broker(args.broker)
-    except ValueError as e:
-        raise SystemExit(f"--broker: {e}") from None
-    store = _store(args)
-    try:
-        r = rollback.rollback(url, store, args.box, args.section, args.to, _master(args.master_secret_file),
-                             author=args.author, tls_ca=args.tls_ca, timeout=args.timeout)
-    except OpsError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
+    url = broker_url(args.broker)
+    r, rc = with_store(args, lambda store: rollback.rollback(
+        url, store, args.box, args.section, args.to, _master(args.master_secret_file),
+        author=args.author, tls_ca=args.tls_ca, timeout=args.timeout), OpsError, 2)
+    if rc is not None:
+        return rc
     if args.json:
         print(json.dumps({"result": r.status, "version": r.version, "box": r.box, "section": r.section,
                           "rolled_back_to": args.to, "message": r.message}))

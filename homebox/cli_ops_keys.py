@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from common import credentials
+from homebox.cli_ops_common import broker_url, out
 
 REG_HELP = "the key registry (SQLite; default: $HOMEBOX_REGISTRY, else registry.sqlite)"
 KEY_HELP = "the operator's private key (default: $HOMEBOX_OPERATOR_KEY)"
@@ -89,7 +90,7 @@ def operator_key(args) -> bytes:
 
 
 def _out(args, data: dict, text: str) -> None:
-    print(json.dumps(data, sort_keys=True) if args.json else text)
+    out(args, data, text, sort_keys=True)
 
 
 def cmd_keygen(args) -> int:
@@ -135,11 +136,7 @@ def cmd_list(args) -> int:
 def cmd_rotate(args) -> int:
     from backend import keys
     from backend.errors import OpsError
-    from common.broker import parse_broker
-    try:
-        url = parse_broker(args.broker)
-    except ValueError as e:
-        raise SystemExit(f"--broker: {e}") from None
+    url = broker_url(args.broker)
     key = operator_key(args)
     with registry(args) as reg:
         try:

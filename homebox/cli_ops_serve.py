@@ -9,7 +9,8 @@ import os
 import sys
 import time
 
-from homebox.cli_ops_fleet import DB_HELP, _store
+from homebox.cli_ops_common import add_db_json, broker_url, out, with_store
+from homebox.cli_ops_fleet import DB_HELP
 
 ENV_PASSWORD = "HOMEBOX_ACCOUNT_PASSWORD"
 
@@ -43,8 +44,7 @@ def register(sub) -> None:
     a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     for x in [a] + [asub.add_parser(n, help=h) for n, h in
                     (("list", "list accounts"),)]:
-        x.add_argument("--db", default=None, help=DB_HELP)
-        x.add_argument("--json", action="store_true")
+        add_db_json(x)
     a.set_defaults(func=cmd_account_add)
     asub.choices["list"].set_defaults(func=cmd_account_list)
     r = asub.add_parser("role", help="change an account's role")
@@ -53,8 +53,7 @@ def register(sub) -> None:
     d = asub.add_parser("disable", help="disable an account and revoke its tokens")
     d.add_argument("name")
     for x, fn in ((r, cmd_account_role), (d, cmd_account_disable)):
-        x.add_argument("--db", default=None, help=DB_HELP)
-        x.add_argument("--json", action="store_true")
+        add_db_json(x)
         x.set_defaults(func=fn)
 
     p = sub.add_parser("token", help="bearer tokens for machine clients")
@@ -63,8 +62,7 @@ def register(sub) -> None:
     t = tsub.add_parser("create", help="a new token for an account (printed once)")
     t.add_argument("name")
     t.add_argument("--label", default="", help="what the token is for (e.g. crm)")
-    t.add_argument("--db", default=None, help=DB_HELP)
-    t.add_argument("--json", action="store_true")
+    add_db_json(t)
     t.set_defaults(func=cmd_token)
 
     p = sub.add_parser("inventory", help="the boxes the bench provisioned, with their address and building")
@@ -79,8 +77,7 @@ def register(sub) -> None:
     i2.add_argument("--building", default=None)
     i2.set_defaults(func=cmd_inventory_set)
     for x in (i, i2):
-        x.add_argument("--db", default=None, help=DB_HELP)
-        x.add_argument("--json", action="store_true")
+        add_db_json(x)
 
     p = sub.add_parser("audit", help="the audit log of the API and console: who did what")
     p.add_argument("--db", default=None, help=DB_HELP)
@@ -94,25 +91,13 @@ def _author() -> str:
     return "cli:" + (os.environ.get("USER") or "unknown")
 
 
-def _fail(args, e) -> int:
-    if args.json:
-        print(json.dumps({"error": type(e).__name__, "message": str(e)}))
-    else:
-        print(f"error: {e}", file=sys.stderr)
-    return 1
-
-
 def cmd_serve(args) -> int:
     from backend.api import Api, serve
     from backend.store import StoreError
     from common import credentials
     broker = None
     if args.broker:
-        from common.broker import parse_broker
-        try:
-            broker = parse_broker(args.broker)
-        except ValueError as e:
-            raise SystemExit(f"--broker: {e}") from None
+        broker = broker_url(args.broker)
     try:
         master = credentials.load_master(args.master_secret_file)
     except credentials.MasterSecretError as e:
@@ -162,24 +147,17 @@ def _password(args) -> str:
 def cmd_account_add(args) -> int:
     from backend import accounts
     pw = _password(args)
-    store = _store(args)
-    try:
-        a = accounts.add(store, args.name, args.role, pw, author=_author())
-    except accounts.AccountError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps({"name": a.name, "role": a.role}) if args.json else f"account {a.name} ({a.role}) created")
+    a, rc = with_store(args, lambda st: accounts.add(st, args.name, args.role, pw, author=_author()),
+                       accounts.AccountError)
+    if rc is not None:
+        return rc
+    out(args, {"name": a.name, "role": a.role}, f"account {a.name} ({a.role}) created")
     return 0
 
 
 def cmd_account_list(args) -> int:
     from backend import accounts
-    store = _store(args)
-    try:
-        rows = accounts.list_accounts(store)
-    finally:
-        store.close()
+    rows, _ = with_store(args, accounts.list_accounts)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -190,79 +168,64 @@ def cmd_account_list(args) -> int:
 
 def cmd_account_role(args) -> int:
     from backend import accounts
-    store = _store(args)
-    try:
-        a = accounts.set_role(store, args.name, args.role, author=_author())
-    except accounts.AccountError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps({"name": a.name, "role": a.role}) if args.json else f"{a.name}: {a.role}")
+    a, rc = with_store(args, lambda st: accounts.set_role(st, args.name, args.role, author=_author()),
+                       accounts.AccountError)
+    if rc is not None:
+        return rc
+    out(args, {"name": a.name, "role": a.role}, f"{a.name}: {a.role}")
     return 0
 
 
 def cmd_account_disable(args) -> int:
     from backend import accounts
-    store = _store(args)
-    try:
-        accounts.disable(store, args.name, author=_author())
-    except accounts.AccountError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps({"name": args.name, "disabled": True}) if args.json else f"{args.name}: disabled")
+    _, rc = with_store(args, lambda st: accounts.disable(st, args.name, author=_author()), accounts.AccountError)
+    if rc is not None:
+        return rc
+    out(args, {"name": args.name, "disabled": True}, f"{args.name}: disabled")
     return 0
 
 
 def cmd_token(args) -> int:
     from backend import accounts
-    store = _store(args)
-    try:
-        tok = accounts.new_token(store, args.name, args.label)
-    except accounts.AccountError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps({"account": args.name, "token": tok}) if args.json else tok)
+    tok, rc = with_store(args, lambda st: accounts.new_token(st, args.name, args.label), accounts.AccountError)
+    if rc is not None:
+        return rc
+    out(args, {"account": args.name, "token": tok}, tok)
     return 0
 
 
 def cmd_inventory_import(args) -> int:
     from backend import accounts, inventory
-    store = _store(args)
-    try:
+
+    def do(store) -> int:
         n = inventory.import_ledger(store, args.ledger)
         accounts.audit(store, _author(), "inventory.import", str(args.ledger), {"boxes": n})
-    except inventory.InventoryError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps({"imported": n}) if args.json else f"{n} boxes imported from {args.ledger}")
+        return n
+    n, rc = with_store(args, do, inventory.InventoryError)
+    if rc is not None:
+        return rc
+    out(args, {"imported": n}, f"{n} boxes imported from {args.ledger}")
     return 0
 
 
 def cmd_inventory_set(args) -> int:
     from backend import accounts, inventory
-    store = _store(args)
-    try:
+
+    def do(store) -> dict:
         d = inventory.set_place(store, args.box, address=args.address, building=args.building)
         accounts.audit(store, _author(), "place", args.box,
                        {k: v for k, v in (("address", args.address), ("building", args.building)) if v is not None})
-    except inventory.InventoryError as e:
-        return _fail(args, e)
-    finally:
-        store.close()
-    print(json.dumps(d) if args.json else f"{args.box}: {d.get('building') or '-'}, {d.get('address') or '-'}")
+        return d
+    d, rc = with_store(args, do, inventory.InventoryError)
+    if rc is not None:
+        return rc
+    out(args, d, f"{args.box}: {d.get('building') or '-'}, {d.get('address') or '-'}")
     return 0
 
 
 def cmd_audit(args) -> int:
     from backend import accounts
-    store = _store(args)
-    try:
-        rows = accounts.audit_log(store, limit=args.limit, author=args.author)
-    finally:
-        store.close()
+    rows, _ = with_store(args, lambda st: accounts.audit_log(st, limit=args.limit, author=args.author))
     if args.json:
         print(json.dumps(rows))
     else:

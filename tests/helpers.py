@@ -46,6 +46,18 @@ def interpreter_env(interp: str, pypath: str | None = None) -> dict:
     return env
 
 
+def wait_until(pred, timeout: float, what: str, interval: float = 0.2):
+    """pred()'s first true value, polled every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ from backend.store import Store
 from common.broker import parse_broker
 from common.credentials import box_key
 from homebox import boxrun, cli
-from tests.helpers import Mosquitto
+from tests.helpers import Mosquitto, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER = b"operator-master-secret-for-campaigns-0123456789"
@@ -39,13 +39,7 @@ GOOD, BAD = 19, 10
 
 
 def wait(pred, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timeout: {what}")
+    return wait_until(pred, timeout, what, interval=0.1)
 
 
 @pytest.fixture(scope="module")

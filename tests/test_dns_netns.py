@@ -15,7 +15,7 @@ import pytest
 
 from agent.rules import lineup, tz
 from tests.boxproc import BoxProcess
-from tests.helpers import INTERPRETERS, Capture, free_port, publish
+from tests.helpers import INTERPRETERS, Capture, free_port, publish, wait_until
 from tests.homenet import PROFILE_IP, HomeNet, StubUpstream, available, parse_m3u
 
 why = available()
@@ -41,15 +41,7 @@ def parental(version, pause_until=None):
             "profiles": [kids, {"id": "parents", "macs": [PHONE]}]}
 
 
-def wait(pred, timeout, what):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
+wait = wait_until
 
 
 def enforced(cap, box_id):
