@@ -227,7 +227,7 @@ class Box:
     async def run(self):
         tasks = cold("agent.runtime_cold", "start", self)
         await self.stop.wait()
-        await cold("agent.runtime_cold", "shutdown", self, tasks)
+        await cold("agent.runtime_stop", "shutdown", self, tasks)
 
     async def guard(self, name, fn):
         # A task that dies must not leave a half-working box: stop, so that the

@@ -1,5 +1,5 @@
 # The runtime's cold code (agent/runtime.py): what runs once per boot (the
-# set-up of a Box, the start of its tasks), at the end (the shutdown), and for a
+# set-up of a Box, the start of its tasks), and for a
 # desired document (rules, signature, effects). One connection attempt is
 # agent/session_cold.py.
 # Loaded when it runs, then released. The optional features are imported here
@@ -9,7 +9,7 @@
 import asyncio
 
 from agent import VERSION, fsutil
-from agent.compat import cold, mem
+from agent.compat import cold
 from agent.log import log
 from agent.outbox import Outbox
 from agent.twin import Twin
@@ -122,34 +122,6 @@ def start(box):
     if dur:
         tasks.append(asyncio.create_task(box.timer(dur)))
     return tasks
-
-
-async def shutdown(box, tasks):
-    # Give the outbox a moment to drain, then leave cleanly (status offline).
-    for _ in range(int(box.cfg.get("shutdown_drain", 2) * 10)):
-        if box.outbox.count == 0 and not box.twin.dirty:
-            break
-        box.wake.set()
-        await asyncio.sleep(0.1)
-    c = box.client
-    if c is not None and c.connected:
-        try:
-            await asyncio.wait_for(c.publish(box.t_status, cold("agent.session_cold", "status_doc", box, "offline"), retain=True), 2)
-        except Exception:
-            pass
-        await c.disconnect()
-    for t in tasks:
-        t.cancel()
-    if box.fx_task is not None:
-        box.fx_task.cancel()
-    cons = box.consumption
-    if cons is not None and cons.wm is not None:
-        cons.wm.save()           # the water index (the poll task may not run again)
-    if hasattr(box.hal, "clock"):
-        box.hal.clock.save()
-    free, alloc, peak = mem()
-    log("stopped", "cycles", box.cycles, "seq", box.seq, "backlog", box.outbox.count,
-        "heap_alloc", alloc, "heap_free", free, "heap_peak", peak)
 
 
 # ---- desired documents ------------------------------------------------------------
