@@ -80,7 +80,10 @@ class BoardHost:
             from agent.hal.sim_linky import SimLinky
             self.linky = SimLinky(self.vnow, lk.get("mode", "standard"), seed=lk.get("seed", 6 + self.seed),
                                   faults=lk.get("faults", 0.0), three_phase=lk.get("three_phase", False),
-                                  base_w=lk.get("base_w", 350), line=time.time)
+                                  base_w=lk.get("base_w", 350), line=time.time,
+                                  # the wire cannot overflow: the board's rx FIFO is
+                                  # the UART's socket (a starved host sends late, in a burst)
+                                  rxbuf=1 << 24)
         wt = sc.get("water")
         if wt:
             from agent.hal.sim_water import SimWater
@@ -220,13 +223,16 @@ class BoardHost:
         if lk is None or not self.uarts or self.sc.get("linky", {}).get("silent"):
             return          # no meter, no UART open, or a meter wired but silent
         u = next(iter(self.uarts.values()))
-        buf = bytearray(64)
-        n = lk.tic_read(buf)
-        if not n:
-            return
         ok = u["baud"] == TIC_BAUD.get(lk.mode) and u["bits"] == 7 and u["parity"] == "0"
-        out = bytes(buf[:n]) if ok else bytes((b * 37 + 0x80) & 0xFF for b in buf[:n])
-        self._send(out, u["addr"])
+        buf = bytearray(512)
+        while True:              # all that is due: a loaded host catches up at once
+            n = lk.tic_read(buf)
+            if not n:
+                return
+            out = bytes(buf[:n]) if ok else bytes((b * 37 + 0x80) & 0xFF for b in buf[:n])
+            self._send(out, u["addr"])
+            if n < len(buf):
+                return
 
     def _water(self) -> None:
         if self.water is None or self.ctl is None or self.water_pin is None:
