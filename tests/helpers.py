@@ -155,6 +155,17 @@ class FleetBroker:
 
     def start(self, timeout: float = 10) -> FleetBroker:
         self.proc = start_mosquitto(self.out / "mosquitto.conf", self.tls, self.out / "mosquitto.log", timeout)
+        if self.plain:
+            # the listeners open one after the other: the plain one may still be coming
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.plain), 0.2):
+                        break
+                except OSError:
+                    if time.time() > deadline or self.proc.poll() is not None:
+                        raise RuntimeError("mosquitto's plain listener did not open") from None
+                    time.sleep(0.05)
         return self
 
     def stop(self, sig=signal.SIGTERM) -> None:
