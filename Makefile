@@ -53,7 +53,10 @@ system-deps:
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.lock
+	@# --no-deps: the lock is the whole resolution (uv's); pip's own resolver once
+	@# picked an unpinned newer release for an extra (pwdlib[argon2]) and stopped.
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/dev.lock
+	$(VENV)/bin/pip check
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
