@@ -40,10 +40,6 @@ def _add(b, wh, va, litres, rx, tx):
     b[5] += tx
 
 
-def consent(box):
-    return cold("agent.consumption_cold", "consent", box)
-
-
 class Consumption:
     def __init__(self, box):
         cfg = box.cfg

@@ -19,13 +19,8 @@ def band(rssi):
     return 4
 
 
-# The report side lives in agent/coverage_cold.py (loaded for a report, then released).
-def station_id(salt, mac):
-    return cold("agent.coverage_cold", "station_id", salt, mac)
-
-
-def recommend(scan, current):
-    return cold("agent.coverage_cold", "recommend", scan, current)
+# The report side (station ids, the scan summary, the channel recommendation) lives
+# in agent/coverage_cold.py, loaded for a report and released after.
 
 
 class Coverage:

@@ -85,13 +85,9 @@ def report(cov, scan, current):
 
 
 def salt(box):
+    # the config's, else the box's own random salt (agent/keys.py, STATE/salt.json)
     s = box.cfg.get("station_salt")
     if s:
         return s
-    from agent import compat, fsutil
-    path = box.cfg["state_dir"] + "/salt.json"
-    d = fsutil.read_json(path, {}) or {}
-    if not d.get("salt"):
-        d = {"salt": "".join("%02x" % b for b in compat.urandom(16))}
-        fsutil.write_json(path, d)
-    return d["salt"]
+    from agent.compat import cold
+    return cold("agent.keys", "salt", box.cfg)

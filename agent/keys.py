@@ -110,7 +110,6 @@ def confirm(box):
     _report(box, {"version": cfg.get("key_version") or 0, "status": "confirmed"})
 
 
-
 def salt(cfg):
     # The box's own random salt (hex), made once and kept in STATE/salt.json (the
     # same file as the coverage's station salt): hashes of a meter number or a MAC

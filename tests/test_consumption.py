@@ -13,6 +13,7 @@ import time
 import pytest
 
 from agent import consumption
+from agent.compat import cold
 from agent.hal.sim_linky import SimLinky
 from agent.hal.sim_water import SimWater
 from agent.runtime import Box
@@ -140,7 +141,7 @@ def test_consent_revoked_takes_effect_at_the_next_message(tmp_path):
     assert [m["data"]["detailed"] for m in msgs] == [True]
     # a consent that is not literally true is no consent
     box.twin.applied["options"] = {"version": 3, "consent": {"detailed_consumption": "yes"}}
-    assert not consumption.consent(box)
+    assert not cold("agent.consumption_cold", "consent", box)
 
 
 def test_day_aggregate_and_energy_matches_the_meter(tmp_path):

@@ -1,6 +1,6 @@
 # Coverage statistics and channel choice against hand-computed expectations from the
 # seeded "weak_bedroom" sim scenario (agent/hal/sim_wifi.py).
-from agent import coverage
+from agent import coverage, coverage_cold
 from agent.hal.sim_wifi import SCENARIOS, SimWifi
 
 SALT = b"box-salt"
@@ -15,7 +15,7 @@ def run(sc, seconds=300, dt=10, seed=1):
 
 
 def by_mac(d, mac):
-    sid = coverage.station_id(SALT, mac)
+    sid = coverage_cold.station_id(SALT, mac)
     for e in d["stations"]:
         if e["id"] == sid:
             return e
@@ -52,8 +52,8 @@ def test_macs_are_hashed_with_the_salt(tmp):
     assert len(ids) == 2 and all(len(i) == 16 for i in ids)
     text = repr(d)
     assert "a4:5e" not in text and "3c:22" not in text
-    assert coverage.station_id(b"other", "a4:5e:60:11:22:33") not in ids
-    assert coverage.station_id(SALT, "A4-5E-60-11-22-33") in ids
+    assert coverage_cold.station_id(b"other", "a4:5e:60:11:22:33") not in ids
+    assert coverage_cold.station_id(SALT, "A4-5E-60-11-22-33") in ids
 
 
 def test_neighbour_scan_and_channel_choice(tmp):
@@ -73,12 +73,12 @@ def test_neighbour_scan_and_channel_choice(tmp):
 def test_keep_current_within_margin(tmp):
     scan = [("a", "b1", 1, -60), ("b", "b2", 11, -65)]
     # ch1: 5*40/5 = 40; ch6: 0; ch11: 5*35/5 = 35.  Current 11 vs best 6: 35 >= 10 -> move.
-    r = coverage.recommend(scan, 11)
+    r = coverage_cold.recommend(scan, 11)
     assert r["recommended"] == 6
     scan = [("a", "b1", 6, -95)]      # ch6: 5*5/5 = 5; best ch1/ch11 0: within margin
-    r = coverage.recommend(scan, 6)
+    r = coverage_cold.recommend(scan, 6)
     assert r["recommended"] == 6 and r["reason"].startswith("keep 6")
-    r = coverage.recommend([], 6)
+    r = coverage_cold.recommend([], 6)
     assert r["recommended"] == 6 and r["reason"] == "no neighbour APs seen"
 
 
