@@ -26,8 +26,9 @@ CINEMA = [{"lcn": 40, "name": "Ciné Un", "url": "udp://@239.1.1.40:1234", "bouq
 RCODES = {0: "answered", 2: "SERVFAIL", 3: "NXDOMAIN (no such name)", 5: "REFUSED"}
 
 
-def _port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def _port(kind: int = socket.SOCK_DGRAM) -> int:
+    # a free port of the kind the box will bind (a free UDP port may be a TCP one in use)
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -108,7 +109,7 @@ def run(say, broker_url: str, key: bytes, push, work: Path) -> bool:
     leases.write_text("".join(f"0 {mac} {ip} {n} *\n" for n, (ip, mac) in (("tablet", TABLET), ("phone", PHONE))))
     up = _Upstream()
     up.start()
-    dport, hport = _port(), _port()
+    dport, hport = _port(), _port(socket.SOCK_STREAM)
     host, _, bport = broker_url.rpartition(":")
     cfg = boxrun.write_config(work, box_id=box_id, broker_host=host, broker_port=int(bport), speedup=60,
                               telemetry_interval=300, scenario={"start": START}, keepalive=10,

@@ -277,6 +277,12 @@ class Capture:
                         pass
             return out
 
+    def telemetry_count(self) -> int:
+        # for waits: counts topics without parsing, so a poll every 50 ms does not
+        # hold the lock that the receiving thread needs for long
+        with self.lock:
+            return sum(1 for t, _p, _r in self.messages if "/telemetry/" in t or t.endswith("/event"))
+
     def telemetry(self) -> list[dict]:
         with self.lock:
             return [json.loads(p) for t, p, _r in self.messages if "/telemetry/" in t or t.endswith("/event")]

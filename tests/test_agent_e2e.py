@@ -67,13 +67,13 @@ def test_broker_outage_loses_nothing(interp, tmp_path):
         cap = Capture(broker.port, persistent=True)
         box = BoxProcess(tmp_path / "box", "box-outage", broker.port, interp, max_cycles=70,
                          shutdown_drain=20).start()
-        assert cap.wait_for(lambda c: len(c.telemetry()) >= 5, 20), box.output()
+        assert cap.wait_for(lambda c: c.telemetry_count() >= 5, 20), box.output()
         broker.stop()
         mark = len(box.lines)
         time.sleep(3.0)                                # ~30 telemetry intervals offline
         broker.start()
         assert box.wait(90) == 0, box.output()
-        assert cap.wait_for(lambda c: len(c.telemetry()) >= 70, 20)
+        assert cap.wait_for(lambda c: c.telemetry_count() >= 70, 20)
         cap.close()
     finally:
         broker.stop()

@@ -35,6 +35,7 @@ from pathlib import Path
 
 NTP_DELTA = 2208988800          # 1900-01-01 to 1970-01-01
 TIC_BAUD = {"historic": 1200, "standard": 9600}
+UART_WIRE = 64                  # bytes per UART datagram: a count, then up to 63 bytes
 
 
 class BoardHost:
@@ -224,13 +225,15 @@ class BoardHost:
             return          # no meter, no UART open, or a meter wired but silent
         u = next(iter(self.uarts.values()))
         ok = u["baud"] == TIC_BAUD.get(lk.mode) and u["bits"] == 7 and u["parity"] == "0"
-        buf = bytearray(512)
+        buf = bytearray(UART_WIRE - 1)
         while True:              # all that is due: a loaded host catches up at once
             n = lk.tic_read(buf)
             if not n:
                 return
             out = bytes(buf[:n]) if ok else bytes((b * 37 + 0x80) & 0xFF for b in buf[:n])
-            self._send(out, u["addr"])
+            # one datagram of exactly UART_WIRE bytes: the count, then the bytes
+            # (the board reads whole datagrams only: vbox/board/machine.py)
+            self._send(bytes((n,)) + out + bytes(UART_WIRE - 1 - n), u["addr"])
             if n < len(buf):
                 return
 

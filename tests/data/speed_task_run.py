@@ -33,7 +33,7 @@ class Box:
     def __init__(self, url, sd):
         self.id = "box-t"
         self.cfg = {"speed_url": url, "state_dir": sd, "speed_window": [0, 24],
-                    "speed_seconds": 1.5, "speed_budget": 2000000, "speed_streams": 2}
+                    "speed_seconds": 3, "speed_budget": 2000000, "speed_streams": 2}
         self.hal = Hal()
         self.twin = Twin()
         self.stop = asyncio.Event()

@@ -11,6 +11,8 @@ WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
+_WIRE = 64         # vbox/boardhost.py UART_WIRE
+
 
 def reset_cause():
     return vboxenv.reset or PWRON_RESET
@@ -69,6 +71,9 @@ class UART:
                  flow=None, rts=None, cts=None):
         self.id = id
         self.s = None
+        self.stage = bytearray(_WIRE)
+        self.mv = memoryview(self.stage)
+        self.at = 0
         self.init(baudrate, bits, parity, stop, tx=tx, rx=rx, rxbuf=rxbuf)
 
     def init(self, baudrate=9600, bits=8, parity=None, stop=1, *, tx=None, rx=None,
@@ -97,16 +102,25 @@ class UART:
 
     def readinto(self, buf, nbytes=None):
         # None when nothing came (MicroPython's esp32 UART with timeout=0).
+        # The wire comes in datagrams of exactly _WIRE bytes (a length, then the
+        # bytes): a stream read of a UDP socket truncates a datagram longer than
+        # the room left, so the socket is only ever read into the whole stage.
         n = 0
         end = len(buf) if nbytes is None else nbytes
-        mv = memoryview(buf)
-        while end - n >= 64:
-            try:
-                k = self.s.readinto(mv[n:end])
-            except OSError:
-                break
-            if not k:
-                break
+        st = self.stage
+        while n < end:
+            if self.at >= st[0]:
+                try:
+                    k = self.s.readinto(st)
+                except OSError:
+                    k = 0
+                if k != _WIRE:
+                    st[0] = 0
+                    break
+                self.at = 0
+            k = min(st[0] - self.at, end - n)
+            buf[n:n + k] = self.mv[1 + self.at:1 + self.at + k]
+            self.at += k
             n += k
         return n or None
 
