@@ -48,16 +48,20 @@ def nvs_set(key: str, value: int) -> None:
 
 
 def attach_meters(hal, config: dict) -> None:
-    # The meters the config enables, as the optional HAL methods.
-    if not (config.get("tic_mode") or config.get("water_enabled")):
+    # The meters the config enables, as the optional HAL methods (their bound
+    # methods, and the pin's irq, keep the meter objects).
+    mode = config.get("tic_mode")
+    if not (mode or config.get("water_enabled")):
         return
-    from agent.hal.esp32_meters import Meters
-    m = hal.meters = Meters(config)
-    if m.tic is not None:
-        hal.tic_read = m.tic.read
-        hal.tic_set_mode = m.tic.set_mode
-    if m.water is not None:
-        hal.water_edges = m.water.read
+    from agent.hal import esp32_meters as em
+    if mode:
+        tic = em.TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode,
+                         config.get("tic_tx_pin", 17))
+        hal.tic_read = tic.read
+        hal.tic_set_mode = tic.set_mode
+    if config.get("water_enabled"):
+        hal.water_edges = em.WaterPulses(config.get("water_pin", 27),
+                                         config.get("water_debounce_ms", 80)).read
 
 
 async def bring_up_ap(hal) -> None:
