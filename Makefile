@@ -74,7 +74,7 @@ check: setup
 	$(PY) -m tests.tools.imports
 	@# mypy ignores bare .pyi files in site-packages: copy the board stubs aside.
 	$(PY) -c "import importlib.metadata as m, shutil, pathlib; d = pathlib.Path('build/stubs'); [(d / f.parent).mkdir(parents=True, exist_ok=True) or shutil.copy(f.locate(), d / f) for dist in ('micropython-esp32-stubs', 'micropython-stdlib-stubs') for f in m.files(dist) if f.suffix == '.pyi']"
-	MYPYPATH=build/stubs $(VENV)/bin/mypy --config-file mypy-onbox.ini agent/hal/esp32.py agent/hal/esp32_cold.py agent/hal/esp32_meters.py
+	MYPYPATH=build/stubs $(VENV)/bin/mypy --config-file mypy-onbox.ini agent/hal/esp32.py agent/hal/esp32_cold.py agent/hal/esp32_ntp.py agent/hal/esp32_meters.py
 
 bench: setup
 	$(PY) -m benchmarks.run --out benchmarks/results.json

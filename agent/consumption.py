@@ -42,52 +42,8 @@ def _add(b, wh, va, litres, rx, tx):
 
 class Consumption:
     def __init__(self, box):
-        cfg = box.cfg
-        hal = box.hal
-        self.box = box
-        self.hal = hal
-        self.salt = str(cfg.get("hash_salt") or cold("agent.keys", "salt", cfg))
-        cs = int(cfg.get("consumption_curve_s") or 600)
-        self.curve_s = cs if cs >= 60 and 3600 % cs == 0 else 600
-        self.poll_ms = int(cfg.get("consumption_poll_ms") or 250)
-        self.reader = None
-        mode = cfg.get("tic_mode")
-        if mode and hasattr(hal, "tic_read"):
-            from agent import tic
-            self.tic = tic
-            self.reader = tic.Reader(None if mode == "auto" else mode, tic.KEEP, False, False)
-            self.rbuf = bytearray(256)
-            # auto mode on a real UART: try the other baud rate after 10 s without a frame
-            self.autobaud = mode == "auto" and hasattr(hal, "tic_set_mode")
-            self.baud_mode = "standard"
-            self.seen = (0, ticks_ms())
-        self.wm = None
-        if cfg.get("water_enabled") and hasattr(hal, "water_edges"):
-            from agent import water
-            self.wm = water.WaterMeter(cfg["state_dir"] + "/water.json",
-                                       cfg.get("water_l_per_pulse", 1),
-                                       cfg.get("water_debounce_ms", 80),
-                                       cfg.get("water_save_pulses", 10),
-                                       save_idle_s=cfg.get("water_save_idle_s", 60),
-                                       save_max_s=cfg.get("water_save_max_s", 900),
-                                       leak_s=cfg.get("water_leak_s", 7200),
-                                       gap_s=cfg.get("water_gap_s", 900))
-            nw = cfg.get("water_night_utc", [0, 4])
-            self.night = water.NightWatch(nw[0], nw[1]) if nw else None
-        self.net = hasattr(hal, "data_bytes")
-        self.net_prev = None
-        self.prev = None           # last accepted indexes {tariff: Wh}
-        self.prev_t = None
-        self.t_poll = None
-        self.implausible = 0
-        self.last = None           # last summary (mode, meter, period, sub, status)
-        self.meter_hash = None
-        self.water_prev = self.wm.pulses if self.wm else 0
-        self.keys = None
-        self.slot = self.hour = self.day = None
-        self.curve = []
-        self.ready = []
-        self.task = None
+        # The set-up runs once: cold code (agent/consumption_cold.py init).
+        cold("agent.consumption_cold", "init", self, box)
 
     # ---- input ------------------------------------------------------------------
     def poll(self):

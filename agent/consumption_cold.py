@@ -1,5 +1,56 @@
-# The cold half of agent/consumption.py: the hour and day messages, built once an
-# hour (loaded through compat.cold(), out of RAM after).
+# The cold half of agent/consumption.py: the set-up, and the hour and day messages,
+# built once an hour (loaded through compat.cold(), out of RAM after).
+from agent.compat import cold, ticks_ms
+
+
+def init(cons, box):
+    # Consumption.__init__ (agent/consumption.py): once per boot, so not resident.
+    cfg = box.cfg
+    hal = box.hal
+    cons.box = box
+    cons.hal = hal
+    cons.salt = str(cfg.get("hash_salt") or cold("agent.keys", "salt", cfg))
+    cs = int(cfg.get("consumption_curve_s") or 600)
+    cons.curve_s = cs if cs >= 60 and 3600 % cs == 0 else 600
+    cons.poll_ms = int(cfg.get("consumption_poll_ms") or 250)
+    cons.reader = None
+    mode = cfg.get("tic_mode")
+    if mode and hasattr(hal, "tic_read"):
+        from agent import tic
+        cons.tic = tic
+        cons.reader = tic.Reader(None if mode == "auto" else mode, tic.KEEP, False, False)
+        cons.rbuf = bytearray(256)
+        # auto mode on a real UART: try the other baud rate after 10 s without a frame
+        cons.autobaud = mode == "auto" and hasattr(hal, "tic_set_mode")
+        cons.baud_mode = "standard"
+        cons.seen = (0, ticks_ms())
+    cons.wm = None
+    if cfg.get("water_enabled") and hasattr(hal, "water_edges"):
+        from agent import water
+        cons.wm = water.WaterMeter(cfg["state_dir"] + "/water.json",
+                                   cfg.get("water_l_per_pulse", 1),
+                                   cfg.get("water_debounce_ms", 80),
+                                   cfg.get("water_save_pulses", 10),
+                                   save_idle_s=cfg.get("water_save_idle_s", 60),
+                                   save_max_s=cfg.get("water_save_max_s", 900),
+                                   leak_s=cfg.get("water_leak_s", 7200),
+                                   gap_s=cfg.get("water_gap_s", 900))
+        nw = cfg.get("water_night_utc", [0, 4])
+        cons.night = water.NightWatch(nw[0], nw[1]) if nw else None
+    cons.net = hasattr(hal, "data_bytes")
+    cons.net_prev = None
+    cons.prev = None           # last accepted indexes {tariff: Wh}
+    cons.prev_t = None
+    cons.t_poll = None
+    cons.implausible = 0
+    cons.last = None           # last summary (mode, meter, period, sub, status)
+    cons.meter_hash = None
+    cons.water_prev = cons.wm.pulses if cons.wm else 0
+    cons.keys = None
+    cons.slot = cons.hour = cons.day = None
+    cons.curve = []
+    cons.ready = []
+    cons.task = None
 
 
 def consent(box):

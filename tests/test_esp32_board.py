@@ -117,7 +117,7 @@ def test_emulated_board_matches_the_stubs(mod):
 def test_the_emulation_covers_what_the_hal_uses():
     # Every machine/network name the ESP32 HAL uses exists on the emulated board.
     used = set()
-    for f in ("esp32.py", "esp32_cold.py", "esp32_meters.py"):
+    for f in ("esp32.py", "esp32_cold.py", "esp32_ntp.py", "esp32_meters.py"):
         for n in ast.walk(ast.parse((ROOT / "agent" / "hal" / f).read_text())):
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in ("machine", "network"):
                 used.add((n.value.id, n.attr))

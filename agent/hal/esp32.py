@@ -10,7 +10,7 @@
 # the link is brought back without a reboot. The connection waits in ready().
 # It also feeds the hardware watchdog (machine.WDT, "wdt_ms") while the event
 # loop and every guarded task are alive. The rarely-run parts are in
-# agent/hal/esp32_cold.py.
+# agent/hal/esp32_cold.py, the hourly NTP sync in agent/hal/esp32_ntp.py.
 import asyncio
 import struct
 import time
@@ -148,7 +148,7 @@ class Esp32Hal:
             if not self.online.is_set():
                 self.online.set()
             if ticks_diff(ticks_ms(), resync) >= 0:
-                ok = await cold(_MOD, "ntp_sync", self)
+                ok = await cold("agent.hal.esp32_ntp", "ntp_sync", self)
                 # re-sync hourly; after a failure retry in 10 s, backing off to 5 min
                 resync = ticks_add(ticks_ms(), 1000 * (cfg.get("ntp_resync_s", 3600) if ok else min(300, 10 + self.up_ms // 6000)))
             await asyncio.sleep(2)

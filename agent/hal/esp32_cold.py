@@ -1,9 +1,8 @@
 # The ESP32 HAL's cold code (agent/hal/esp32.py): the boot's reset facts, the
-# meters, bringing up the AP and the uplink, NTP. Loaded when it runs, then
-# released (agent/compat.py cold()).
+# meters, bringing up the AP and the uplink. Loaded when it runs, then released
+# (agent/compat.py cold()). The hourly NTP sync is agent/hal/esp32_ntp.py.
 import asyncio
 import struct
-import time
 
 import machine
 import network
@@ -11,7 +10,6 @@ import network
 from agent.compat import ticks_diff, ticks_ms
 from agent.log import log
 
-_NTP_DELTA = 2208988800      # 1900-01-01 to 1970-01-01
 # machine.reset_cause(): the esp32 port maps ESP_RST_BROWNOUT to PWRON_RESET, so a
 # brownout reads as a power-on (telling them apart needs a C patch).
 _CAUSES = {machine.PWRON_RESET: "power_on", machine.HARD_RESET: "hard", machine.WDT_RESET: "watchdog",
@@ -50,16 +48,20 @@ def nvs_set(key: str, value: int) -> None:
 
 
 def attach_meters(hal, config: dict) -> None:
-    # The meters the config enables, as the optional HAL methods.
-    if not (config.get("tic_mode") or config.get("water_enabled")):
+    # The meters the config enables, as the optional HAL methods (their bound
+    # methods, and the pin's irq, keep the meter objects).
+    mode = config.get("tic_mode")
+    if not (mode or config.get("water_enabled")):
         return
-    from agent.hal.esp32_meters import Meters
-    m = hal.meters = Meters(config)
-    if m.tic is not None:
-        hal.tic_read = m.tic.read
-        hal.tic_set_mode = m.tic.set_mode
-    if m.water is not None:
-        hal.water_edges = m.water.read
+    from agent.hal import esp32_meters as em
+    if mode:
+        tic = em.TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode,
+                         config.get("tic_tx_pin", 17))
+        hal.tic_read = tic.read
+        hal.tic_set_mode = tic.set_mode
+    if config.get("water_enabled"):
+        hal.water_edges = em.WaterPulses(config.get("water_pin", 27),
+                                         config.get("water_debounce_ms", 80)).read
 
 
 async def bring_up_ap(hal) -> None:
@@ -127,45 +129,3 @@ def lost(hal) -> None:
     c = getattr(hal.box, "client", None)
     if c is not None:
         asyncio.create_task(c.close("uplink lost"))
-
-
-async def ntp_sync(hal) -> bool:
-    # SNTP without blocking the loop: a non-blocking UDP socket polled from the
-    # loop (ntptime.settime() blocks up to a second per try). The DNS lookup is
-    # the one blocking step MicroPython leaves; give addresses to avoid it.
-    import socket
-    for srv in hal.config.get("ntp_servers") or ["pool.ntp.org"]:
-        host, _, port = srv.partition(":")
-        s = None
-        try:
-            addr = socket.getaddrinfo(host, int(port or 123))[0][-1]
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            q = bytearray(48)
-            q[0] = 0x1B
-            s.sendto(q, addr)
-            t0 = ticks_ms()
-            while ticks_diff(ticks_ms(), t0) < 2000:
-                try:
-                    m = s.recv(48)
-                except OSError:
-                    await asyncio.sleep(0.05)
-                    continue
-                if len(m) >= 48 and m[1]:
-                    _set_rtc(struct.unpack("!I", m[40:44])[0] - _NTP_DELTA)
-                    first = not hal.synced
-                    hal.synced = True
-                    if first:
-                        log("clock_set", "server", srv)
-                    return True
-        except Exception as e:
-            log("ntp_failed", "server", srv, "reason", e)
-        finally:
-            if s is not None:
-                s.close()
-    return False
-
-
-def _set_rtc(unix: int) -> None:
-    t = time.gmtime(unix - (946684800 if time.gmtime(0)[0] == 2000 else 0))
-    machine.RTC().datetime((t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0))

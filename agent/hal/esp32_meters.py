@@ -93,17 +93,3 @@ class WaterPulses:
         finally:
             machine.enable_irq(irq)
         return now, out
-
-
-class Meters:
-    """Mixed into Esp32Hal (see the report for the glue): tic_read, tic_set_mode, water_edges."""
-
-    def __init__(self, config: dict) -> None:
-        self.tic = None
-        self.water = None
-        mode = config.get("tic_mode")
-        if mode:
-            self.tic = TicUart(config.get("tic_uart", 1), config.get("tic_rx_pin", 16), mode,
-                               config.get("tic_tx_pin", 17))
-        if config.get("water_enabled"):
-            self.water = WaterPulses(config.get("water_pin", 27), config.get("water_debounce_ms", 80))

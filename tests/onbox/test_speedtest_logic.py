@@ -1,7 +1,13 @@
 # Pure logic of the speed test: URL, budget split, warm-up window, ceiling, schedule.
-from agent import speedsched
+from agent import speedsched_cold
 from agent import speedtest as st
 from agent import speedtest_cold as stc
+
+
+def test_probe_target_agrees_with_parse_url(tmp):
+    # the idle probe's (host, port), without loading the measurement
+    for url in ("http://10.0.0.1:8080", "http://speed.example/st/", "http://h:81/a/b", "http://h"):
+        assert stc._target(url) == st.parse_url(url)[:2], url
 
 
 def test_parse_url(tmp):
@@ -167,27 +173,27 @@ DAY = 1767225600          # 2026-01-01T00:00Z
 
 
 def test_schedule_slot_is_box_specific_and_in_window(tmp):
-    s = speedsched.Schedule("box-1", 1, 5)
+    s = speedsched_cold.Schedule("box-1", 1, 5)
     w0, w1 = s.window(DAY + 3600 * 12)
     assert (w0, w1) == (DAY + 86400 + 3600, DAY + 86400 + 5 * 3600)
     slots = set()
     for i in range(200):
-        b = speedsched.Schedule("box-%d" % i, 1, 5)
+        b = speedsched_cold.Schedule("box-%d" % i, 1, 5)
         x = b.slot(w0)
         assert w0 <= x < w0 + 3 * 3600
         slots.add(x // 60)
     assert len(slots) > 100          # 200 boxes over 180 minutes: ~120 distinct expected
-    assert s.slot(w0) == speedsched.Schedule("box-1", 1, 5).slot(w0)
+    assert s.slot(w0) == speedsched_cold.Schedule("box-1", 1, 5).slot(w0)
 
 
 def test_schedule_wraps_midnight(tmp):
-    s = speedsched.Schedule("b", 23, 3)
+    s = speedsched_cold.Schedule("b", 23, 3)
     assert s.window(DAY + 3600) == (DAY - 3600, DAY + 3 * 3600)
     assert s.window(DAY + 4 * 3600) == (DAY + 23 * 3600, DAY + 27 * 3600)
 
 
 def test_schedule_decisions(tmp):
-    s = speedsched.Schedule("box-1", 1, 5, daily=30000000, per_run=20000000)
+    s = speedsched_cold.Schedule("box-1", 1, 5, daily=30000000, per_run=20000000)
     state = {}
     w0, w1 = s.window(DAY)
     slot = s.slot(w0)
@@ -206,11 +212,11 @@ def test_schedule_decisions(tmp):
 
 
 def test_schedule_busy_all_night_and_budget(tmp):
-    s = speedsched.Schedule("box-2", 1, 5, daily=500000)
+    s = speedsched_cold.Schedule("box-2", 1, 5, daily=500000)
     state = {}
     w0, w1 = s.window(DAY)
     assert s.decide(s.slot(w0), state) == ("skip", "budget")
-    s = speedsched.Schedule("box-2", 1, 5)
+    s = speedsched_cold.Schedule("box-2", 1, 5)
     state = {}
     assert s.decide(w1 - 10, state, idle=False) == ("skip", "busy")
     assert state["done"] and state["why"] == "busy"
