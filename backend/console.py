@@ -20,7 +20,7 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, quote
 
 from backend import accounts, campaign
-from backend.status import band_shares, speed_ratio
+from backend.readings import band_shares, speed_ratio
 
 COOKIE = "hb_session"
 LANG_COOKIE = "hb_lang"
