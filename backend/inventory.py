@@ -46,7 +46,9 @@ def _ddl() -> list[str]:
 
 
 def ensure_schema(store) -> None:
-    ensure_tables(store, "_inventory_ready", _ddl)
+    # trigram indexes (PostgreSQL): the console's search by serial, address or building
+    ensure_tables(store, "_inventory_ready", _ddl,
+                  lambda st: st.trigram([("inventory", "box"), ("inventory", "address"), ("inventory", "building")]))
 
 
 def read_ledger(path: str | Path) -> list[dict]:

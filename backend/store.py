@@ -156,7 +156,6 @@ def _schema(blob: str, serial: str) -> list[str]:
         """CREATE TABLE IF NOT EXISTS epochs (
             box TEXT PRIMARY KEY, epoch BIGINT NOT NULL, top_boot BIGINT NOT NULL,
             changed_at DOUBLE PRECISION)""",
-        "CREATE INDEX IF NOT EXISTS boxes_last_seen ON boxes (last_seen)",
     ] + alarms.ddl(serial)
 
 
@@ -317,6 +316,31 @@ class Store:
         self._tx(init)
         if self.dialect == "postgresql":
             self.maintain(retention_days=None)
+            self.trigram([("boxes", "box")])
+
+    def trigram(self, cols: list[tuple[str, str]]) -> bool:
+        """PostgreSQL: trigram (pg_trgm) GIN indexes on (table, column) pairs, so that
+        a substring search (LIKE '%x%') reads an index, not the table. pg_trgm is a
+        trusted extension (a database owner may create it); where it cannot be
+        created the search still works, by a scan. Returns whether the indexes exist."""
+        if self.dialect != "postgresql":
+            return False
+
+        def tx(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('homebox pg_trgm'))")
+            cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                        "WHERE e.extname = 'pg_trgm'")
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                row = ("public",)
+            for t, c in cols:
+                cur.execute(f'CREATE INDEX IF NOT EXISTS {t}_{c}_trgm ON {t} USING gin ({c} "{row[0]}".gin_trgm_ops)')
+        try:
+            self._tx(tx, retries=2)
+            return True
+        except Exception:
+            return False
 
     def _pg_messages(self, cur) -> None:
         """The partitioned messages table; an unpartitioned one (the schema before
