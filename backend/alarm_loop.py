@@ -49,6 +49,7 @@ def sweep(store: Store, now: float | None = None, interval: float = 300.0,
     silent_cut, never_cut = now - 3 * interval, now - grace
 
     def tx(cur):
+        inventory.mark_connected(store, cur)
         obs: dict[tuple[str, str], str | None] = {}
         cur.execute(store._sql(
             "SELECT b.box, b.last_seen FROM boxes b WHERE b.last_seen < ? AND NOT EXISTS "
@@ -62,7 +63,7 @@ def sweep(store: Store, now: float | None = None, interval: float = 300.0,
         for (box,) in cur.fetchall():
             obs[(box, "silent")] = None
         cur.execute(store._sql(
-            "SELECT i.box, i.tested_at FROM inventory i WHERE i.tested_at < ? "
+            "SELECT i.box, i.tested_at FROM inventory i WHERE i.connected_at IS NULL AND i.tested_at < ? "
             "AND NOT EXISTS (SELECT 1 FROM boxes b WHERE b.box = i.box) AND NOT EXISTS "
             "(SELECT 1 FROM alarm_log a WHERE a.box = i.box AND a.kind = 'never_connected' "
             "AND a.cleared_at IS NULL)"), (never_cut,))

@@ -54,7 +54,7 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
     limit, offset = page(q)
     drive: list[tuple[str, list]] = []        # (a subquery of boxes, its args): the candidates
     where: list[tuple[str, list]] = []        # more conditions on d.box
-    never = ("SELECT i.box FROM inventory i WHERE i.tested_at < ? AND NOT EXISTS "
+    never = ("SELECT i.box FROM inventory i WHERE i.connected_at IS NULL AND i.tested_at < ? AND NOT EXISTS "
              "(SELECT 1 FROM boxes b WHERE b.box = i.box)")
     if q.get("alarm"):
         if q["alarm"] == "any":
@@ -74,8 +74,10 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
                       ['%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%"]))
     if q.get("q"):
         like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
-        drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory "
-                      "WHERE box LIKE ? OR address LIKE ? OR building LIKE ?", [like] * 4))
+        # one arm per column: each reads its own trigram index on PostgreSQL
+        drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory WHERE box LIKE ? "
+                      "UNION SELECT box FROM inventory WHERE address LIKE ? "
+                      "UNION SELECT box FROM inventory WHERE building LIKE ?", [like] * 4))
     if q.get("online") in ("true", "false"):
         where.append(("d.box IN (SELECT box FROM boxes WHERE state = 'online')" if q["online"] == "true"
                       else "d.box NOT IN (SELECT box FROM boxes WHERE state = 'online')", []))
@@ -89,7 +91,7 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
         # the whole fleet: every box ingest saw, then those only the inventory knows
         # (no UNION dedup: an anti-join on the primary key)
         frm = (" FROM (SELECT box FROM boxes UNION ALL SELECT box FROM inventory i0 "
-               "WHERE NOT EXISTS (SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) d")
+               "WHERE i0.connected_at IS NULL AND NOT EXISTS (SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) d")
         args = []
     conds = [c for c, _ in where]
     args = list(args) + [x for _, a2 in where for x in a2]

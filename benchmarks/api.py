@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from backend import accounts, campaign, inventory
+from backend.alarm_loop import sweep
 from backend.api import Api, serve
 from backend.store import Store
 from tests.pgserver import ThrowawayPostgres, pg_bindir
@@ -78,8 +79,14 @@ def fill(store: Store, n: int) -> None:
         [(b, f"a4:5e:60:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}", "ESP32", "pass",
           now - 30 * 86400, 12, 0, 1, f"{i % 200} rue {i // 200}, Nantes", f"building-{i // 100:04d}", now)
          for i, b in enumerate(ids)])
+    # what a running deployment has done by then: the alarm loop's sweep (marks the
+    # inventory's connected boxes, raises never_connected) and autovacuum (statistics,
+    # and the trigram indexes' pending lists merged)
+    sweep(store, now=now)
     if store.dialect == "postgresql":
-        store._tx(lambda cur: cur.execute("ANALYZE"))
+        store.conn.autocommit = True
+        store.conn.execute("VACUUM ANALYZE")
+        store.conn.autocommit = False
 
 
 def _time(url: str, headers: dict, n: int) -> dict:
