@@ -30,6 +30,7 @@ Tables (core schema, backend/store.py): alarm_log, alarm_thresholds, alarm_outbo
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from backend.readings import SPEED_MIN_RATIO, TIC_BAD_SHARE, _num, speed_ratio, station_weak_shares
@@ -127,8 +128,10 @@ def set_thresholds(store, plan: str, **values) -> dict:
     if bad or not plan or len(plan) > 64:
         raise AlarmError(400, f"thresholds: a plan name (64 chars at most) and of {', '.join(THRESHOLDS)}")
     for k, v in values.items():
-        if v is not None and (_num(v) is None or v < 0):
-            raise AlarmError(400, f"{k}: a number >= 0")
+        if v is not None and (_num(v) is None or not 0 <= v <= 1e9):
+            raise AlarmError(400, f"{k}: a number in 0..1e9, or null")
+    if "\x00" in plan:
+        raise AlarmError(400, "plan: no NUL character")
     cols = tuple(THRESHOLDS)
     now = time.time()
 
@@ -431,6 +434,8 @@ def list_alarms(store, q: dict, count_cap: int = 10000) -> dict:
         raise AlarmError(400, "limit and offset are integers") from None
     if not (1 <= limit <= MAX_LIMIT) or offset < 0:
         raise AlarmError(400, f"limit in 1..{MAX_LIMIT}, offset >= 0")
+    if any("\x00" in v for v in q.values() if isinstance(v, str)):
+        raise AlarmError(400, "no NUL character in a query parameter")
     state = q.get("state") or "active"
     where, args = [], []
     if state == "active":
@@ -462,6 +467,8 @@ def list_alarms(store, q: dict, count_cap: int = 10000) -> dict:
         try:
             t, i = q["cursor"].split(":")
             t_, i_ = float(t), int(i)
+            if not (math.isfinite(t_) and 0 <= i_ < 2 ** 62):
+                raise ValueError
         except ValueError:
             raise AlarmError(400, "cursor: the `next` of the previous page") from None
         page_where.append("(raised_at < ? OR (raised_at = ? AND id < ?))")

@@ -298,7 +298,7 @@ ROUTES = [
     ("GET", "/api/v1/audit", "audit", "admin"),
 ]
 _PARAM = {"action": "(start|pause|resume|abort)"}
-_ROUTE_PARAM = {("/api/v1/alarms/{id}/ack", "id"): "[0-9]+"}
+_ROUTE_PARAM = {("/api/v1/alarms/{id}/ack", "id"): "[0-9]{1,18}"}
 
 
 def _compile(tmpl: str):

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import html
 import json
+import re
 import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, quote
@@ -220,9 +221,9 @@ def handle(h, store, path: str, query: dict) -> None:
             return h._send(403, b"bad form token\n", "text/plain")
         accounts.revoke(store, tok)
         return _redirect(h, "/login", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
-    if h.command == "POST" and path.startswith("/alarms/") and path.endswith("/ack") \
-            and path[len("/alarms/"):-len("/ack")].isdigit():
-        return _ack(h, store, acct, path[len("/alarms/"):-len("/ack")])
+    ack = re.fullmatch(r"/alarms/([0-9]{1,18})/ack", path)
+    if h.command == "POST" and ack:
+        return _ack(h, store, acct, ack.group(1))
     if h.command not in ("GET", "HEAD"):
         return h._send(405, b"method not allowed\n", "text/plain")
     if path == "/":

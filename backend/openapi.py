@@ -241,7 +241,7 @@ def document() -> dict:
         "/api/v1/alarms/{id}/ack": {"post": _op(
             "alarm_ack", "acknowledge an alarm (audited); clears retained_cleared and boot_counter_reset",
             "operator", {"200": _json(_ref("Alarm"))}, params=[_path("id", "alarm id", {"type": "string",
-                                                                                       "pattern": "^[0-9]+$"})],
+                                                                                       "pattern": "^[0-9]{1,18}$"})],
             errors=(401, 403, 404, 409))},
         "/api/v1/alarm-thresholds": {"get": _op(
             "thresholds", "alarm thresholds per plan (the options' speed_tier; '*': the default)", "viewer",

@@ -157,6 +157,15 @@ def test_lifecycle_through_ingest_webhook_and_api(broker, db_url):
                           tok["vic"])
         assert not {a["id"] for a in p1["items"]} & {a["id"] for a in p2["items"]} and p2["items"]
         assert c.call("GET", "/api/v1/alarms?state=nope", tok["vic"])[0] == 400
+        # bad input: a clear error, nothing changed
+        for bad in ("cursor=nan:1", "cursor=1:99999999999999999999", "cursor=x", "box=a%00b", "severity=loud",
+                    "acknowledged=maybe", "limit=0"):
+            assert c.call("GET", "/api/v1/alarms?" + bad, tok["vic"])[0] == 400, bad
+        assert c.call("POST", "/api/v1/alarms/99999999999999999999/ack", tok["oscar"])[0] == 404
+        for body in ({"backlog_max": 1e30}, {"weak_share": -1}, {"speed_min_ratio": [1]}, {"x": 1}, {}):
+            assert c.call("PUT", "/api/v1/alarm-thresholds/6M", tok["oscar"], body)[0] == 400, body
+        assert c.call("GET", "/api/v1/alarm-thresholds", tok["vic"])[1]["items"][0]["effective"][
+            "speed_min_ratio"] == 0.8
         # the console: the other alarm (offline was cleared; raise tic_errors again) acked by a form
         st = Store(db_url)
         st.write_batch([tel("S", 1, 6, kind="consumption", data=_cons(0, 1, 1, bad=900, ok=3100))])
