@@ -228,7 +228,8 @@ def on_batch(store, cur, latest: dict, prev: dict, status_boxes: list[str], repo
             fresh[(box, kind)] = r
     need_plan = {b for (b, k) in fresh if k in ("coverage", "speed", "health", "consumption")} | set(gap_boxes)
     th_all = thresholds(store, cur) if need_plan else {}
-    plans = _plans(store, cur, sorted(need_plan)) if need_plan else {}
+    # the boxes' plans matter only when a plan has thresholds of its own
+    plans = _plans(store, cur, sorted(need_plan)) if need_plan and len(th_all) > 1 else {}
 
     def th(box):
         return th_all.get(plans.get(box, "*"), th_all["*"])
@@ -314,9 +315,10 @@ def apply(store, cur, obs: dict[tuple[str, str], str | None], now: float) -> dic
     written; a raise or clear also goes into the webhook's outbox. Returns counts."""
     if not obs:
         return {"raised": 0, "cleared": 0}
+    # every active alarm of the boxes (few rows: most boxes have none), one IN by box
     active = {(b, k): (int(i), d) for i, b, k, d in store._in(
-        cur, "SELECT id, box, kind, detail FROM alarm_log WHERE cleared_at IS NULL AND (box, kind) IN {IN}",
-        "tt", sorted(obs))}
+        cur, "SELECT id, box, kind, detail FROM alarm_log WHERE cleared_at IS NULL AND (box) IN {IN}",
+        "t", sorted({(b,) for b, _k in obs}))}
     raise_rows, clear_ids, refresh = [], [], []
     for key, detail in sorted(obs.items()):
         have = active.get(key)
