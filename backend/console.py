@@ -80,7 +80,7 @@ T = {
     "ago": ("il y a {}", "{} ago"),
     "campaign": ("Campagne", "Campaign"), "progress": ("Avancement", "Progress"),
     "total": ("{} box au total", "{} boxes in all"),
-    "prev": ("Précédent", "Previous"), "next": ("Suivant", "Next"),
+    "prev": ("Précédent", "Previous"), "next": ("Suivant", "Next"), "first": ("Début", "First page"),
     "not_found": ("Page introuvable.", "Page not found."),
     "tags": ("Étiquettes", "Tags"),
     "ack": ("Acquitter", "Acknowledge"),
@@ -257,7 +257,7 @@ def _state(lang, st) -> str:
 
 def _search(h, lang, set_lang, acct, store, query) -> None:
     from backend.fleetq import HttpError, search_boxes
-    q = {k: query[k] for k in ("q", "tag", "alarm", "online", "offset") if query.get(k)}
+    q = {k: query[k] for k in ("q", "tag", "alarm", "online", "after") if query.get(k)}
     q["limit"] = "25"
     try:
         res = search_boxes(store, q, h.api.grace)
@@ -267,17 +267,17 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
         f'<tr><td><a href="/boxes/{quote(b["box"])}">{E(b["box"])}</a></td><td>{_state(lang, b["state"])}</td>'
         f'<td>{E(" · ".join(x for x in (b["building"], b["address"]) if x))}</td>'
         f'<td>{E(_ago(lang, b["last_seen"]))}</td><td>{b["alarms"] or ""}</td></tr>' for b in res["items"])
-    table = (f'<p>{E(tr(lang, "total").format(res["total"]))}</p>'
+    total = f'{res["total"]}{"+" if res["total_capped"] else ""}'
+    table = (f'<p>{E(tr(lang, "total").format(total))}</p>'
              + _table(lang, ("box", "state", "place", "last_seen", "alarms"), rows)
              ) if res["items"] else f'<p>{E(tr(lang, "none"))}</p>'
+    # keyset paging: the next page starts after this one's last box
     nav = []
-    base = {k: v for k, v in q.items() if k not in ("limit", "offset")}
-    off = res["offset"]
-    enc = "&".join(f"{k}={quote(v)}" for k, v in base.items())
-    if off > 0:
-        nav.append(f'<a href="/?{enc}&offset={max(0, off - 25)}">{E(tr(lang, "prev"))}</a>')
-    if off + 25 < res["total"]:
-        nav.append(f'<a href="/?{enc}&offset={off + 25}">{E(tr(lang, "next"))}</a>')
+    enc = "&".join(f"{k}={quote(v)}" for k, v in q.items() if k not in ("limit", "after"))
+    if q.get("after"):
+        nav.append(f'<a href="/?{enc}">{E(tr(lang, "first"))}</a>')
+    if res["next"]:
+        nav.append(f'<a href="/?{enc}&after={quote(res["next"])}">{E(tr(lang, "next"))}</a>')
     body = f"""<form method="get" action="/" role="search">
 <label for="q">{E(tr(lang, "search_label"))}</label><input id="q" name="q" value="{E(query.get('q', ''))}">
 <label for="tag">{E(tr(lang, "tag_label"))}</label><input id="tag" name="tag" value="{E(query.get('tag', ''))}">

@@ -96,14 +96,27 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
     conds = [c for c, _ in where]
     args = list(args) + [x for _, a2 in where for x in a2]
     w = (" WHERE " + " AND ".join(conds)) if conds else ""
-    total = int(store._q(f"SELECT COUNT(*) FROM (SELECT 1{frm}{w} LIMIT ?) t", tuple(args) + (COUNT_CAP + 1,))[0][0])
-    if q.get("after"):
-        conds = conds + ["d.box > ?"]
-        args = args + [q["after"]]
+    after = q.get("after")
+    if after:
         offset = 0
-    w = (" WHERE " + " AND ".join(conds)) if conds else ""
-    ids = [b for (b,) in store._q(f"SELECT d.box{frm}{w} ORDER BY d.box LIMIT ? OFFSET ?",
-                                  tuple(args) + (limit + 1, offset))]
+    if drive:
+        # the candidates are a set computed whole (a UNION, a join): its count comes
+        # with the page, from a window over it, in the same pass
+        rows = store._q(f"SELECT box, n FROM (SELECT d.box, COUNT(*) OVER () AS n{frm}{w}) x"
+                        + (" WHERE x.box > ?" if after else "") + " ORDER BY x.box LIMIT ? OFFSET ?",
+                        tuple(args) + ((after,) if after else ()) + (limit + 1, offset))
+        ids = [b for b, _n in rows]
+        total = int(rows[0][1]) if rows else None
+    else:
+        ids = [b for (b,) in store._q(f"SELECT d.box{frm}{w}" + ((" AND " if w else " WHERE ") + "d.box > ?"
+                                                                if after else "")
+                                      + " ORDER BY d.box LIMIT ? OFFSET ?",
+                                      tuple(args) + ((after,) if after else ()) + (limit + 1, offset))]
+        total = None
+    if total is None:
+        # the whole fleet (or a page past the end): count, up to COUNT_CAP
+        total = int(store._q(f"SELECT COUNT(*) FROM (SELECT 1{frm}{w} LIMIT ?) t",
+                             tuple(args) + (COUNT_CAP + 1,))[0][0])
     more = len(ids) > limit
     ids = ids[:limit]
     items = []

@@ -31,6 +31,15 @@ def _page(item: str) -> dict:
                            "offset": {"type": "integer"}, "items": {"type": "array", "items": _ref(item)}}}
 
 
+def _box_page() -> dict:
+    p = _page("BoxSummary")
+    p["required"] = ["total", "total_capped", "limit", "offset", "next", "items"]
+    p["properties"].update({"total_capped": {"type": "boolean", "description": "true: more than `total` match"},
+                            "next": {"type": ["string", "null"],
+                                     "description": "`after` for the next page (keyset), null at the end"}})
+    return p
+
+
 _LIMIT = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
                                                       "default": 50}},
           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}]
@@ -193,7 +202,7 @@ def document() -> dict:
                                             {"200": _json({"type": "object"})})},
         "/api/v1/me": {"get": _op("me", "the calling account", "viewer", {"200": _json(_ref("Me"))})},
         "/api/v1/boxes": {"get": _op(
-            "boxes", "search boxes (SQL, paginated)", "viewer", {"200": _json(_page("BoxSummary"))},
+            "boxes", "search boxes (SQL, paginated)", "viewer", {"200": _json(_box_page())},
             params=[{"name": "q", "in": "query", "schema": {"type": "string"},
                      "description": "part of the id (serial), the address or the building"},
                     {"name": "building", "in": "query", "schema": {"type": "string"}},
@@ -203,7 +212,9 @@ def document() -> dict:
                      "description": "speed_tier of the options document"},
                     {"name": "alarm", "in": "query", "schema": {"type": "string"},
                      "description": "an alarm code (never_connected: in the inventory, never seen), or 'any'"},
-                    {"name": "online", "in": "query", "schema": {"enum": ["true", "false"]}}] + _LIMIT,
+                    {"name": "online", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"},
+                     "description": "keyset paging: the `next` of the previous page"}] + _LIMIT,
             errors=(400, 401, 403))},
         "/api/v1/boxes/{box}": {"get": _op("box", "one box: state, alarms, documents, latest telemetry",
                                            "viewer", {"200": _json(_ref("BoxDetail"))}, params=[box],

@@ -126,6 +126,13 @@ def test_api_roles_audit_push_and_campaign(server):
     assert page["total"] == len(PROFILES) + 1 and len(page["items"]) == 3
     code, page2 = c.call("GET", "/api/v1/boxes?limit=3&offset=3", tok["vic"])
     assert not {b["box"] for b in page["items"]} & {b["box"] for b in page2["items"]}
+    # keyset: `after` the previous page's `next` gives the same page as the offset did
+    code, page3 = c.call("GET", f"/api/v1/boxes?limit=3&after={page['next']}", tok["vic"])
+    assert [b["box"] for b in page3["items"]] == [b["box"] for b in page2["items"]]
+    assert page3["total"] == page["total"] and page["total_capped"] is False
+    code, brest = c.call("GET", "/api/v1/boxes?q=brest&limit=2", tok["vic"])
+    code, brest2 = c.call("GET", f"/api/v1/boxes?q=brest&limit=2&after={brest['next']}", tok["vic"])
+    assert brest2["total"] == brest["total"] == 4 and brest2["items"][0]["box"] > brest["items"][-1]["box"]
     assert [b["box"] for b in c.call("GET", "/api/v1/boxes?q=brest", tok["vic"])[1]["items"]] == \
         sorted(b for b in PROFILES if b.startswith("brest"))
     assert "brest-004" not in [b["box"] for b in c.call("GET", "/api/v1/boxes?online=true&limit=500",
