@@ -74,10 +74,15 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
                       ['%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%"]))
     if q.get("q"):
         like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
-        # one arm per column: each reads its own trigram index on PostgreSQL
-        drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory WHERE box LIKE ? "
-                      "UNION SELECT box FROM inventory WHERE address LIKE ? "
-                      "UNION SELECT box FROM inventory WHERE building LIKE ?", [like] * 4))
+        if store.dialect == "postgresql":
+            # one arm per column: each reads its own trigram index
+            drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory WHERE box LIKE ? "
+                          "UNION SELECT box FROM inventory WHERE address LIKE ? "
+                          "UNION SELECT box FROM inventory WHERE building LIKE ?", [like] * 4))
+        else:
+            # no trigram index: one scan of each table
+            drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory "
+                          "WHERE box LIKE ? OR address LIKE ? OR building LIKE ?", [like] * 4))
     if q.get("online") in ("true", "false"):
         where.append(("d.box IN (SELECT box FROM boxes WHERE state = 'online')" if q["online"] == "true"
                       else "d.box NOT IN (SELECT box FROM boxes WHERE state = 'online')", []))
