@@ -182,10 +182,13 @@ def previous(store, cur, latest: dict) -> dict:
     if not keys:
         return {}
     out = {}
+    want = set(keys)
+    # by box (the primary key's prefix): SQLite scans the table for a (box, kind) IN list
     for box, kind, boot, seq, data in store._in(
             cur, "SELECT box, kind, boot, seq, CASE WHEN kind = 'consumption' THEN data END FROM latest "
-                 "WHERE (box, kind) IN {IN}", "tt", keys):
-        out[(box, kind)] = (int(boot), int(seq), data)
+                 "WHERE (box) IN {IN}", "t", sorted({(b,) for b, _k in keys})):
+        if (box, kind) in want:
+            out[(box, kind)] = (int(boot), int(seq), data)
     return out
 
 
