@@ -29,9 +29,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from backend import accounts, campaign, console, inventory, push
+from backend import accounts, alarms, campaign, console, inventory, push
 from backend.errors import BrokerError, DocumentInvalid, OpsError
-from backend.fleetq import HttpError, box_detail, list_alarms, page, search_boxes
+from backend.fleetq import HttpError, box_detail, page, search_boxes
 from backend.store import Store
 
 MAX_BODY = 1 << 20
@@ -95,7 +95,24 @@ class Api:
         return 200, {"box": m["box"], "kind": kind, "items": c.store.series(m["box"], kind, limit)}
 
     def alarms(self, c, m):
-        return 200, list_alarms(c.store, c.query)
+        return 200, alarms.list_alarms(c.store, c.query)
+
+    def alarm_ack(self, c, m):
+        a = alarms.acknowledge(c.store, int(m["id"]), c.account.name)
+        accounts.audit(c.store, c.account.name, "alarm.ack", str(a["id"]),
+                       {"box": a["box"], "kind": a["kind"], "raised_at": a["raised_at"]})
+        return 200, a
+
+    def thresholds(self, c, m):
+        return 200, {"items": alarms.list_thresholds(c.store)}
+
+    def thresholds_set(self, c, m):
+        b = c.json_body()
+        if not isinstance(b, dict) or not b:
+            raise HttpError(400, "bad_request", "body: {speed_min_ratio, weak_share, ...} (numbers or null)")
+        row = alarms.set_thresholds(c.store, m["plan"], **b)
+        accounts.audit(c.store, c.account.name, "alarm.thresholds", m["plan"], b)
+        return 200, row
 
     def _known(self, store, box):
         if not store._q("SELECT 1 FROM boxes WHERE box=?", (box,)):
@@ -267,6 +284,9 @@ ROUTES = [
     ("PUT", "/api/v1/boxes/{box}/tags", "set_tags", "operator"),
     ("PUT", "/api/v1/boxes/{box}/place", "set_place", "operator"),
     ("GET", "/api/v1/alarms", "alarms", "viewer"),
+    ("POST", "/api/v1/alarms/{id}/ack", "alarm_ack", "operator"),
+    ("GET", "/api/v1/alarm-thresholds", "thresholds", "viewer"),
+    ("PUT", "/api/v1/alarm-thresholds/{plan}", "thresholds_set", "operator"),
     ("GET", "/api/v1/campaigns", "campaigns", "viewer"),
     ("POST", "/api/v1/campaigns", "campaign_create", "operator"),
     ("GET", "/api/v1/campaigns/{id}", "campaign_get", "viewer"),
@@ -278,10 +298,12 @@ ROUTES = [
     ("GET", "/api/v1/audit", "audit", "admin"),
 ]
 _PARAM = {"action": "(start|pause|resume|abort)"}
+_ROUTE_PARAM = {("/api/v1/alarms/{id}/ack", "id"): "[0-9]{1,18}"}
 
 
 def _compile(tmpl: str):
-    rx = re.sub(r"\{(\w+)\}", lambda mm: f"(?P<{mm[1]}>{_PARAM.get(mm[1], '[^/]+')})", tmpl)
+    rx = re.sub(r"\{(\w+)\}", lambda mm: f"(?P<{mm[1]}>"
+                f"{_ROUTE_PARAM.get((tmpl, mm[1])) or _PARAM.get(mm[1], '[^/]+')})", tmpl)
     return re.compile("^" + rx + "$")
 
 
@@ -402,6 +424,9 @@ class Handler(BaseHTTPRequestHandler):
         except HttpError as e:
             hdr = {"WWW-Authenticate": 'Bearer realm="homebox"'} if e.code == 401 else None
             self.send_json(e.code, {"error": e.error, "message": e.message, **e.extra}, hdr)
+        except alarms.AlarmError as e:
+            err = {400: "bad_request", 404: "not_found", 409: "refused"}.get(e.code, "bad_request")
+            self.send_json(e.code, {"error": err, "message": str(e)})
         except (campaign.NoSuchCampaign, inventory.InventoryError) as e:
             code = 404 if isinstance(e, campaign.NoSuchCampaign) or "not in the inventory" in str(e) else 400
             self.send_json(code, {"error": "not_found" if code == 404 else "bad_request", "message": str(e)})

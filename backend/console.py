@@ -15,12 +15,13 @@ import hashlib
 import hmac
 import html
 import json
+import re
 import time
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs, quote
 
 from backend import accounts, campaign
-from backend.status import band_shares, speed_ratio
+from backend.readings import band_shares, speed_ratio
 
 COOKIE = "hb_session"
 LANG_COOKIE = "hb_lang"
@@ -79,9 +80,17 @@ T = {
     "ago": ("il y a {}", "{} ago"),
     "campaign": ("Campagne", "Campaign"), "progress": ("Avancement", "Progress"),
     "total": ("{} box au total", "{} boxes in all"),
-    "prev": ("Précédent", "Previous"), "next": ("Suivant", "Next"),
+    "prev": ("Précédent", "Previous"), "next": ("Suivant", "Next"), "first": ("Début", "First page"),
     "not_found": ("Page introuvable.", "Page not found."),
     "tags": ("Étiquettes", "Tags"),
+    "ack": ("Acquitter", "Acknowledge"),
+    "acked_by": ("acquittée par {} {}", "acknowledged by {} {}"),
+    "severity": ("Gravité", "Severity"),
+    "sev_info": ("info", "info"), "sev_warning": ("avertissement", "warning"), "sev_critical": ("critique", "critical"),
+    "raised": ("Levée", "Raised"), "cleared": ("Terminée", "Cleared"),
+    "state_active": ("En cours", "Active"), "state_cleared": ("Terminées", "Cleared"),
+    "state_all": ("Toutes", "All"),
+    "alarm_total": ("{} alarmes", "{} alarms"),
 }
 
 
@@ -212,6 +221,9 @@ def handle(h, store, path: str, query: dict) -> None:
             return h._send(403, b"bad form token\n", "text/plain")
         accounts.revoke(store, tok)
         return _redirect(h, "/login", f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
+    ack = re.fullmatch(r"/alarms/([0-9]{1,18})/ack", path)
+    if h.command == "POST" and ack:
+        return _ack(h, store, acct, ack.group(1))
     if h.command not in ("GET", "HEAD"):
         return h._send(405, b"method not allowed\n", "text/plain")
     if path == "/":
@@ -245,7 +257,7 @@ def _state(lang, st) -> str:
 
 def _search(h, lang, set_lang, acct, store, query) -> None:
     from backend.fleetq import HttpError, search_boxes
-    q = {k: query[k] for k in ("q", "tag", "alarm", "online", "offset") if query.get(k)}
+    q = {k: query[k] for k in ("q", "tag", "alarm", "online", "after") if query.get(k)}
     q["limit"] = "25"
     try:
         res = search_boxes(store, q, h.api.grace)
@@ -255,17 +267,17 @@ def _search(h, lang, set_lang, acct, store, query) -> None:
         f'<tr><td><a href="/boxes/{quote(b["box"])}">{E(b["box"])}</a></td><td>{_state(lang, b["state"])}</td>'
         f'<td>{E(" · ".join(x for x in (b["building"], b["address"]) if x))}</td>'
         f'<td>{E(_ago(lang, b["last_seen"]))}</td><td>{b["alarms"] or ""}</td></tr>' for b in res["items"])
-    table = (f'<p>{E(tr(lang, "total").format(res["total"]))}</p>'
+    total = f'{res["total"]}{"+" if res["total_capped"] else ""}'
+    table = (f'<p>{E(tr(lang, "total").format(total))}</p>'
              + _table(lang, ("box", "state", "place", "last_seen", "alarms"), rows)
              ) if res["items"] else f'<p>{E(tr(lang, "none"))}</p>'
+    # keyset paging: the next page starts after this one's last box
     nav = []
-    base = {k: v for k, v in q.items() if k not in ("limit", "offset")}
-    off = res["offset"]
-    enc = "&".join(f"{k}={quote(v)}" for k, v in base.items())
-    if off > 0:
-        nav.append(f'<a href="/?{enc}&offset={max(0, off - 25)}">{E(tr(lang, "prev"))}</a>')
-    if off + 25 < res["total"]:
-        nav.append(f'<a href="/?{enc}&offset={off + 25}">{E(tr(lang, "next"))}</a>')
+    enc = "&".join(f"{k}={quote(v)}" for k, v in q.items() if k not in ("limit", "after"))
+    if q.get("after"):
+        nav.append(f'<a href="/?{enc}">{E(tr(lang, "first"))}</a>')
+    if res["next"]:
+        nav.append(f'<a href="/?{enc}&after={quote(res["next"])}">{E(tr(lang, "next"))}</a>')
     body = f"""<form method="get" action="/" role="search">
 <label for="q">{E(tr(lang, "search_label"))}</label><input id="q" name="q" value="{E(query.get('q', ''))}">
 <label for="tag">{E(tr(lang, "tag_label"))}</label><input id="tag" name="tag" value="{E(query.get('tag', ''))}">
@@ -289,8 +301,9 @@ def _box(h, lang, set_lang, acct, store, box: str) -> None:
     # alarms
     parts.append(f'<h2>{E(tr(lang, "alarms"))}</h2>')
     if d["alarms"]:
-        parts.append("<ul>" + "".join(f'<li class="bad">{E(a["code"])}: {E(a["detail"])}</li>'
-                                      for a in d["alarms"]) + "</ul>")
+        back = f"/boxes/{quote(box)}"
+        parts.append("<ul>" + "".join(f'<li><span class="bad">{E(a["code"])}</span>: {E(a["detail"])} '
+                                      f'{_ack_form(h, lang, acct, a, back)}</li>' for a in d["alarms"]) + "</ul>")
     else:
         parts.append(f'<p class="ok">{E(tr(lang, "no_alarm"))}</p>')
     # coverage
@@ -373,16 +386,65 @@ def _mbps(bps):
     return round(bps / 1e6, 2) if isinstance(bps, (int, float)) and not isinstance(bps, bool) else None
 
 
+def _ack_form(h, lang, acct, a: dict, back: str) -> str:
+    """The acknowledgement: who and when, or (operator role) a button."""
+    if a.get("acknowledged_by"):
+        return E(tr(lang, "acked_by").format(a["acknowledged_by"], _ago(lang, a["acknowledged_at"])))
+    if not acct.can("operator") or a.get("id") is None:
+        return ""
+    tok = _session_token(h) or ""
+    return (f'<form method="post" action="/alarms/{a["id"]}/ack" class="inline">'
+            f'<input type="hidden" name="csrf" value="{csrf(tok)}"><input type="hidden" name="back" value="{E(back)}">'
+            f'<button type="submit" aria-label="{E(tr(lang, "ack"))} {E(a["code"])}">{E(tr(lang, "ack"))}</button>'
+            f'</form>')
+
+
 def _alarms(h, lang, set_lang, acct, store, query) -> None:
-    from backend.fleetq import list_alarms
-    res = list_alarms(store, {"limit": "100", "offset": query.get("offset", "0")})
+    from backend import alarms
+    q = {k: query[k] for k in ("state", "kind", "severity", "cursor") if query.get(k)}
+    q["limit"] = "50"
+    try:
+        res = alarms.list_alarms(store, q)
+    except alarms.AlarmError as e:
+        return _page(h, lang, tr(lang, "alarms"), f"<p class='bad'>{E(str(e))}</p>", acct, 400)
+    state = q.get("state", "active")
+    tabs = " · ".join(f'<a href="/alarms?state={s}"' + (' aria-current="page"' if s == state else "")
+                      + f'>{E(tr(lang, "state_" + s))}</a>' for s in ("active", "cleared", "all"))
+    body = f"<p>{tabs}</p>"
     if res["items"]:
-        rows = "".join(f'<tr><td><a href="/boxes/{quote(a["box"])}">{E(a["box"])}</a></td><td>{E(a["code"])}</td>'
-                       f'<td>{E(a["detail"])}</td><td>{E(_ago(lang, a["last_at"]))}</td></tr>' for a in res["items"])
-        body = _table(lang, ("box", "code", "detail", "last_seen"), rows)
+        rows = "".join(
+            f'<tr><td><a href="/boxes/{quote(a["box"])}">{E(a["box"])}</a></td><td>{E(a["code"])}</td>'
+            f'<td class="{"bad" if a["severity"] == "critical" else ""}">{E(tr(lang, "sev_" + a["severity"]))}</td>'
+            f'<td>{E(a["detail"])}</td><td>{E(_ago(lang, a["raised_at"]))}</td>'
+            f'<td>{E(_ago(lang, a["cleared_at"])) if a["cleared_at"] else ""}</td>'
+            f'<td>{_ack_form(h, lang, acct, a, "/alarms")}</td></tr>' for a in res["items"])
+        total = f'{res["total"]}{"+" if res["total_capped"] else ""}'
+        body += (f'<p>{E(tr(lang, "alarm_total").format(total))}</p>'
+                 + _table(lang, ("box", "code", "severity", "detail", "raised", "cleared", "ack"), rows))
+        if res["next"]:
+            extra = "".join(f"&{k}={quote(v)}" for k, v in q.items() if k in ("state", "kind", "severity"))
+            body += f'<p><a href="/alarms?cursor={quote(res["next"])}{extra}">{E(tr(lang, "next"))}</a></p>'
     else:
-        body = f'<p class="ok">{E(tr(lang, "no_alarm"))}</p>'
+        body += f'<p class="ok">{E(tr(lang, "no_alarm"))}</p>'
     _page(h, lang, tr(lang, "alarms"), body, acct, set_lang=set_lang)
+
+
+def _ack(h, store, acct, alarm_id: str) -> None:
+    """POST /alarms/{id}/ack from the console: operator role, CSRF field, audited."""
+    from backend import alarms
+    f = _form(h)
+    if not hmac.compare_digest(f.get("csrf", ""), csrf(_session_token(h) or "")):
+        return h._send(403, b"bad form token\n", "text/plain")
+    if not acct.can("operator"):
+        return h._send(403, b"operator role needed\n", "text/plain")
+    try:
+        a = alarms.acknowledge(store, int(alarm_id), acct.name)
+    except alarms.AlarmError as e:
+        return h._send(e.code, (str(e) + "\n").encode(), "text/plain")
+    accounts.audit(store, acct.name, "alarm.ack", str(a["id"]),
+                   {"box": a["box"], "kind": a["kind"], "raised_at": a["raised_at"], "via": "console"})
+    back = f.get("back", "/alarms")
+    _redirect(h, back if back.startswith("/") and not back.startswith("//") else "/alarms")
 
 
 def _campaigns(h, lang, set_lang, acct, store) -> None:

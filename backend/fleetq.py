@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from backend import campaign, inventory, status
+from backend import alarms, campaign, inventory, status
 from backend.store import EPOCH_STRIDE, Store
 
 MAX_LIMIT = 500
@@ -31,56 +31,99 @@ def page(q: dict) -> tuple[int, int]:
     return limit, offset
 
 
+COUNT_CAP = 10000
+
+
 def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: float | None = None) -> dict:
     """Boxes matching q, a page: every box ingest saw and every box of the inventory.
 
     q: text in the id, address or building (q), building, tag, plan (the
-    options' speed_tier), alarm (a code, 'any'; never_connected: in the inventory,
-    tested more than `grace` s ago, never seen), online (true|false)."""
+    options' speed_tier), alarm (a kind of the active alarms, or 'any';
+    never_connected: in the inventory, tested more than `grace` s ago, never
+    seen), online (true|false); limit; after (keyset paging: the last box of the
+    previous page, which `next` gives) or offset.
+
+    The most selective filter drives the query (the alarms, a tag, a building, a
+    plan, the text through trigram indexes on PostgreSQL); the others are
+    semi-joins on indexes. Only a query over the whole fleet walks the union of
+    `boxes` and the inventory, in box order on both primary keys. `total` counts up
+    to COUNT_CAP (`total_capped` says when there are more)."""
     campaign.ensure_schema(store)
     inventory.ensure_schema(store)
     now = time.time() if now is None else now
-    never = "(u.seen = 0 AND u.box IN (SELECT box FROM inventory WHERE tested_at < ?))"
-    where, args = [], []
-    if q.get("q"):
-        like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
-        where.append("(u.box LIKE ? OR u.box IN (SELECT box FROM inventory WHERE address LIKE ? OR building LIKE ?))")
-        args += [like, like, like]
-    if q.get("building"):
-        where.append("u.box IN (SELECT box FROM inventory WHERE building = ?)")
-        args.append(q["building"])
-    if q.get("online") in ("true", "false"):
-        where.append("u.box IN (SELECT box FROM boxes WHERE state = 'online')" if q["online"] == "true"
-                     else "u.box NOT IN (SELECT box FROM boxes WHERE state = 'online')")
-    elif q.get("online"):
-        raise HttpError(400, "bad_request", "online: true or false")
-    if q.get("tag"):
-        where.append("u.box IN (SELECT box FROM box_tags WHERE tag = ?)")
-        args.append(q["tag"])
+    limit, offset = page(q)
+    drive: list[tuple[str, list]] = []        # (a subquery of boxes, its args): the candidates
+    where: list[tuple[str, list]] = []        # more conditions on d.box
+    never = ("SELECT i.box FROM inventory i WHERE i.connected_at IS NULL AND i.tested_at < ? AND NOT EXISTS "
+             "(SELECT 1 FROM boxes b WHERE b.box = i.box)")
     if q.get("alarm"):
         if q["alarm"] == "any":
-            where.append(f"(u.box IN (SELECT box FROM alarms) OR {never})")
-            args.append(now - grace)
+            drive.append(("SELECT box FROM alarm_log WHERE cleared_at IS NULL UNION " + never, [now - grace]))
         elif q["alarm"] == "never_connected":
-            where.append(never)
-            args.append(now - grace)
+            drive.append((never, [now - grace]))
         else:
-            where.append("u.box IN (SELECT box FROM alarms WHERE code = ?)")
-            args.append(q["alarm"])
+            drive.append(("SELECT box FROM alarm_log WHERE cleared_at IS NULL AND kind = ?", [q["alarm"]]))
+    if q.get("tag"):
+        drive.append(("SELECT box FROM box_tags WHERE tag = ?", [q["tag"]]))
+    if q.get("building"):
+        drive.append(("SELECT box FROM inventory WHERE building = ?", [q["building"]]))
     if q.get("plan"):
         # the plan is the speed_tier of the options document the operator set
-        text = "convert_from(d.payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(d.payload AS TEXT)"
-        where.append(f"u.box IN (SELECT d.box FROM desired d WHERE d.section = 'options' AND {text} LIKE ?)")
-        args.append('%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%")
-    limit, offset = page(q)
-    # the universe: every box ingest saw, then those only the inventory knows (no
-    # UNION dedup: an anti-join on the primary key); each filter a subquery on an index
-    frm = (" FROM (SELECT box, 1 AS seen FROM boxes UNION ALL SELECT box, 0 AS seen FROM inventory i0 "
-           "WHERE NOT EXISTS (SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) u")
-    w = (" WHERE " + " AND ".join(where)) if where else ""
-    total = int(store._q("SELECT COUNT(*)" + frm + w, tuple(args))[0][0])
-    ids = [b for (b,) in store._q("SELECT u.box" + frm + w + " ORDER BY u.box LIMIT ? OFFSET ?",
-                                  tuple(args) + (limit, offset))]
+        text = "convert_from(payload, 'UTF8')" if store.dialect == "postgresql" else "CAST(payload AS TEXT)"
+        drive.append((f"SELECT box FROM desired WHERE section = 'options' AND {text} LIKE ?",
+                      ['%"speed_tier":' + json.dumps(q["plan"]).replace("%", "") + "%"]))
+    if q.get("q"):
+        like = "%" + q["q"].replace("%", "").replace("_", "") + "%"
+        if store.dialect == "postgresql":
+            # one arm per column: each reads its own trigram index
+            drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory WHERE box LIKE ? "
+                          "UNION SELECT box FROM inventory WHERE address LIKE ? "
+                          "UNION SELECT box FROM inventory WHERE building LIKE ?", [like] * 4))
+        else:
+            # no trigram index: one scan of each table
+            drive.append(("SELECT box FROM boxes WHERE box LIKE ? UNION SELECT box FROM inventory "
+                          "WHERE box LIKE ? OR address LIKE ? OR building LIKE ?", [like] * 4))
+    if q.get("online") in ("true", "false"):
+        where.append(("d.box IN (SELECT box FROM boxes WHERE state = 'online')" if q["online"] == "true"
+                      else "d.box NOT IN (SELECT box FROM boxes WHERE state = 'online')", []))
+    elif q.get("online"):
+        raise HttpError(400, "bad_request", "online: true or false")
+    if drive:
+        sub, args = drive[0]
+        frm = f" FROM ({sub}) d"
+        where = [(f"d.box IN ({s2})", a2) for s2, a2 in drive[1:]] + where
+    else:
+        # the whole fleet: every box ingest saw, then those only the inventory knows
+        # (no UNION dedup: an anti-join on the primary key)
+        frm = (" FROM (SELECT box FROM boxes UNION ALL SELECT box FROM inventory i0 "
+               "WHERE i0.connected_at IS NULL AND NOT EXISTS (SELECT 1 FROM boxes b0 WHERE b0.box = i0.box)) d")
+        args = []
+    conds = [c for c, _ in where]
+    args = list(args) + [x for _, a2 in where for x in a2]
+    w = (" WHERE " + " AND ".join(conds)) if conds else ""
+    after = q.get("after")
+    if after:
+        offset = 0
+    if drive:
+        # the candidates are a set computed whole (a UNION, a join): its count comes
+        # with the page, from a window over it, in the same pass
+        rows = store._q(f"SELECT box, n FROM (SELECT d.box, COUNT(*) OVER () AS n{frm}{w}) x"
+                        + (" WHERE x.box > ?" if after else "") + " ORDER BY x.box LIMIT ? OFFSET ?",
+                        tuple(args) + ((after,) if after else ()) + (limit + 1, offset))
+        ids = [b for b, _n in rows]
+        total = int(rows[0][1]) if rows else None
+    else:
+        ids = [b for (b,) in store._q(f"SELECT d.box{frm}{w}" + ((" AND " if w else " WHERE ") + "d.box > ?"
+                                                                if after else "")
+                                      + " ORDER BY d.box LIMIT ? OFFSET ?",
+                                      tuple(args) + ((after,) if after else ()) + (limit + 1, offset))]
+        total = None
+    if total is None:
+        # the whole fleet (or a page past the end): count, up to COUNT_CAP
+        total = int(store._q(f"SELECT COUNT(*) FROM (SELECT 1{frm}{w} LIMIT ?) t",
+                             tuple(args) + (COUNT_CAP + 1,))[0][0])
+    more = len(ids) > limit
+    ids = ids[:limit]
     items = []
     if ids:
         marks = ",".join("?" * len(ids))
@@ -89,15 +132,19 @@ def search_boxes(store: Store, q: dict, grace: float = inventory.GRACE_S, now: f
         inv = {r[0]: r[1:] for r in store._q(
             f"SELECT box, address, building, tested_at FROM inventory WHERE box IN ({marks})", tuple(ids))}
         nal = {r[0]: int(r[1]) for r in store._q(
-            f"SELECT box, COUNT(*) FROM alarms WHERE box IN ({marks}) GROUP BY box", tuple(ids))}
+            f"SELECT box, COUNT(*) FROM alarm_log WHERE cleared_at IS NULL AND box IN ({marks}) GROUP BY box",
+            tuple(ids))}
         for box in ids:
             st, ls, fw, sb = seen.get(box, (None, None, None, None))
             ad, bu, tested = inv.get(box, (None, None, None))
-            n = nal.get(box, 0) + (1 if box not in seen and tested is not None and tested < now - grace else 0)
+            n = nal.get(box, 0)
+            if not n and box not in seen and tested is not None and tested < now - grace:
+                n = 1       # never_connected, before the alarm sweep has raised it
             items.append({"box": box, "state": st or ("never_connected" if box not in seen else "unknown"),
                           "last_seen": ls, "fw": fw, "boot": None if sb is None else int(sb) % EPOCH_STRIDE,
                           "address": ad, "building": bu, "alarms": n})
-    return {"total": total, "limit": limit, "offset": offset, "items": items}
+    return {"total": min(total, COUNT_CAP), "total_capped": total > COUNT_CAP, "limit": limit,
+            "offset": offset, "next": ids[-1] if more else None, "items": items}
 
 
 class _OneBox:
@@ -149,15 +196,24 @@ def box_detail(store: Store, box: str, interval: float = 300, grace: float = inv
         if inv is None:
             raise HttpError(404, "not_found", f"no box {box!r}")
         # provisioned at the bench, never seen by ingest
-        alarms = []
+        computed = []
         if inv["tested_at"] is not None and time.time() - inv["tested_at"] > grace:
             days = (time.time() - inv["tested_at"]) / 86400
-            alarms.append({"code": "never_connected",
+            computed.append({"code": "never_connected",
                            "detail": f"tested at the bench {days:.0f} days ago, never connected"})
         rows = [{"box": box, "state": "never_connected", "boot": None, "epoch": None, "fw": None,
                  "last_seen": None, "silent_s": None, "versions": {}, "desired": {}, "pending": [],
-                 "speed_ratio": None, "weak_share": None, "alarms": alarms}]
+                 "speed_ratio": None, "weak_share": None, "alarms": computed}]
     row = rows[0]
+    # the alarms ingest raised (with their id, severity, acknowledgement) first, then
+    # those computed on read that it has not (a store older than the lifecycle)
+    active, history = alarms.for_box(store, box)
+    raised = [{"id": a["id"], "code": a["kind"], "detail": a["detail"], "severity": a["severity"],
+               "raised_at": a["raised_at"], "acknowledged_by": a["acknowledged_by"],
+               "acknowledged_at": a["acknowledged_at"]} for a in active]
+    codes = {a["code"] for a in raised}
+    row["alarms"] = raised + [a for a in row["alarms"] if a["code"] not in codes]
+    row["alarm_history"] = history
     row["inventory"] = inv
     latest = {k: v for (_, k), v in one.latest().items()}
     desired = []
@@ -178,16 +234,3 @@ def box_detail(store: Store, box: str, interval: float = 300, grace: float = inv
     row.update({"latest": latest, "desired_documents": desired, "reported_documents": reported,
                 "tags": tags})
     return row
-
-
-def list_alarms(store: Store, q: dict) -> dict:
-    limit, offset = page(q)
-    where, args = "", ()
-    if q.get("code"):
-        where, args = " WHERE code=?", (q["code"],)
-    total = int(store._q("SELECT COUNT(*) FROM alarms" + where, args)[0][0])
-    rows = store._q("SELECT box, code, detail, n, first_at, last_at FROM alarms" + where
-                    + " ORDER BY last_at DESC, box LIMIT ? OFFSET ?", args + (limit, offset))
-    return {"total": total, "limit": limit, "offset": offset,
-            "items": [{"box": b, "code": c, "detail": d, "n": int(n), "first_at": f, "last_at": la}
-                      for b, c, d, n, f, la in rows]}

@@ -25,6 +25,11 @@
   topic (the contract retains only status, reported and desired) is stored as usual,
   then cleared on the broker (an empty retained message) and raised as the box's
   alarm `retained_cleared` (store.alarms, `homebox ops status`).
+- Alarms: write_batch raises and clears them as the data arrives (backend/alarms.py);
+  a thread of its own (backend/alarm_loop.AlarmLoop, its own store connection)
+  sweeps the time-based ones every minute and, with `alarm_webhook`, delivers the
+  raises and clears as Alertmanager webhook payloads, retried with backoff:
+  a webhook that is down never holds up ingest.
 - `metrics_port`: an HTTP endpoint (backend.metrics): /metrics in the Prometheus
   text format, /healthz for liveness.
 """
@@ -140,12 +145,17 @@ class Ingest:
                  receive_max: int = 2000, session_expiry: int = 7 * 24 * 3600,
                  tls_ca: str | None = None, log=None, metrics_port: int | None = None,
                  metrics_host: str = "127.0.0.1", state: bool = True,
-                 retention_days: float | None = None):
+                 retention_days: float | None = None, alarm_webhook: str | None = None,
+                 alarm_interval: float = 300.0, alarm_grace: float | None = None,
+                 alarm_loop: bool = True):
         self.url = parse_broker(broker)
         self.store = store
         self.share = share
         self.state = state
         self.retention_days = retention_days
+        self.alarm_webhook, self.alarm_interval, self.alarm_grace = alarm_webhook, alarm_interval, alarm_grace
+        self.alarm_loop = alarm_loop and ":memory:" not in store.url
+        self.alarms = None                   # backend.alarm_loop.AlarmLoop once running
         host = socket.gethostname()
         self.client_id = client_id or ("homebox-ingest-%s-%s" % (share, host) if share
                                        else "homebox-ingest-%s" % host)
@@ -327,6 +337,12 @@ class Ingest:
             from backend.metrics import MetricsServer
             self.metrics = MetricsServer(self, self.metrics_host, self.metrics_port).start()
             self.log(f"ingest: metrics on http://{self.metrics_host}:{self.metrics.port}/metrics")
+        if self.alarm_loop and self.alarms is None:
+            from backend import inventory
+            from backend.alarm_loop import AlarmLoop
+            self.alarms = AlarmLoop(self.store.url, webhook=self.alarm_webhook, interval=self.alarm_interval,
+                                    grace=inventory.GRACE_S if self.alarm_grace is None else self.alarm_grace,
+                                    log=self.log).start()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
         props.ReceiveMaximum = min(self.receive_max, 65535)
@@ -382,6 +398,9 @@ class Ingest:
             if self.metrics is not None:
                 self.metrics.stop()
                 self.metrics = None
+            if self.alarms is not None:
+                self.alarms.stop()
+                self.alarms = None
         return dict(self.totals)
 
     def maintain(self) -> None:

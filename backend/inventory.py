@@ -30,23 +30,45 @@ from backend.store import ensure_tables
 GRACE_S = 7 * 86400
 
 COLS = ("box", "mac", "chip", "flash_size", "verdict", "tested_at", "checks_passed", "checks_failed",
-        "labelled", "address", "building", "imported_at")
+        "labelled", "address", "building", "imported_at", "connected_at")
 
 
 class InventoryError(OpsError):
     pass
 
 
-def _ddl() -> list[str]:
-    return ["""CREATE TABLE IF NOT EXISTS inventory (
+def _ddl(store) -> list[str]:
+    out = ["""CREATE TABLE IF NOT EXISTS inventory (
         box TEXT PRIMARY KEY, mac TEXT, chip TEXT, flash_size TEXT, verdict TEXT,
         tested_at DOUBLE PRECISION, checks_passed BIGINT, checks_failed BIGINT, labelled BIGINT,
-        address TEXT, building TEXT, imported_at DOUBLE PRECISION NOT NULL)""",
-            "CREATE INDEX IF NOT EXISTS inventory_building ON inventory (building)"]
+        address TEXT, building TEXT, imported_at DOUBLE PRECISION NOT NULL,
+        connected_at DOUBLE PRECISION)""",
+           "CREATE INDEX IF NOT EXISTS inventory_building ON inventory (building)"]
+    # connected_at (added later): when the box was first seen; NULL while it never
+    # was, or not yet marked (mark_connected): the few never-connected boxes are then
+    # read from a partial index, not by an anti-join of the whole inventory
+    if store.dialect == "postgresql":
+        out.append("ALTER TABLE inventory ADD COLUMN IF NOT EXISTS connected_at DOUBLE PRECISION")
+    elif store._q("PRAGMA table_info(inventory)") and not any(
+            r[1] == "connected_at" for r in store._q("PRAGMA table_info(inventory)")):
+        out.append("ALTER TABLE inventory ADD COLUMN connected_at DOUBLE PRECISION")
+    out.append("CREATE INDEX IF NOT EXISTS inventory_unconnected ON inventory (box) WHERE connected_at IS NULL")
+    return out
+
+
+def mark_connected(store, cur) -> None:
+    """Set connected_at of the inventory's boxes that ingest has seen since (the
+    alarm sweep runs it every minute; the queries stay exact without it: a NULL
+    only means "check the boxes table")."""
+    cur.execute("UPDATE inventory SET connected_at = COALESCE((SELECT b.first_seen FROM boxes b "
+                "WHERE b.box = inventory.box), imported_at) WHERE connected_at IS NULL "
+                "AND EXISTS (SELECT 1 FROM boxes b WHERE b.box = inventory.box)")
 
 
 def ensure_schema(store) -> None:
-    ensure_tables(store, "_inventory_ready", _ddl)
+    # trigram indexes (PostgreSQL): the console's search by serial, address or building
+    ensure_tables(store, "_inventory_ready", lambda: _ddl(store),
+                  lambda st: st.trigram([("inventory", "box"), ("inventory", "address"), ("inventory", "building")]))
 
 
 def read_ledger(path: str | Path) -> list[dict]:
@@ -92,7 +114,12 @@ def import_rows(store, rows: list[dict]) -> int:
     args = [(r["box"], r.get("mac"), r.get("chip"), r.get("flash_size"), r.get("verdict"), r.get("tested_at"),
              int(r.get("checks_passed") or 0), int(r.get("checks_failed") or 0), int(r.get("labelled") or 0), now)
             for r in rows]
-    store._tx(lambda cur: cur.executemany(q, args) if args else None)
+
+    def tx(cur):
+        if args:
+            cur.executemany(q, args)
+            mark_connected(store, cur)
+    store._tx(tx)
     return len(args)
 
 
@@ -120,4 +147,5 @@ def get(store, box: str) -> dict | None:
         return None
     d = dict(zip(COLS, rows[0]))
     d["labelled"] = bool(d["labelled"])
+    d.pop("connected_at", None)
     return d

@@ -31,6 +31,15 @@ def _page(item: str) -> dict:
                            "offset": {"type": "integer"}, "items": {"type": "array", "items": _ref(item)}}}
 
 
+def _box_page() -> dict:
+    p = _page("BoxSummary")
+    p["required"] = ["total", "total_capped", "limit", "offset", "next", "items"]
+    p["properties"].update({"total_capped": {"type": "boolean", "description": "true: more than `total` match"},
+                            "next": {"type": ["string", "null"],
+                                     "description": "`after` for the next page (keyset), null at the end"}})
+    return p
+
+
 _LIMIT = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500,
                                                       "default": 50}},
           {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}]
@@ -66,7 +75,11 @@ SCHEMAS = {
     "Place": {"type": "object", "properties": {"address": {"type": "string", "maxLength": 200},
                                                "building": {"type": "string", "maxLength": 200}}},
     "BoxAlarm": {"type": "object", "required": ["code", "detail"],
-                 "properties": {"code": {"type": "string"}, "detail": {"type": "string"}}},
+                 "description": "an active alarm (with its id, severity and acknowledgement), or one computed "
+                                "on read that ingest has not raised (no id)",
+                 "properties": {"code": {"type": "string"}, "detail": {"type": "string"}, "id": {"type": "integer"},
+                                "severity": {"type": "string"}, "raised_at": NUM, "acknowledged_by": STR,
+                                "acknowledged_at": NUM}},
     "BoxDetail": {"type": "object",
                   "required": ["box", "state", "last_seen", "alarms", "latest", "desired_documents",
                                "reported_documents", "tags", "pending", "versions"],
@@ -74,6 +87,8 @@ SCHEMAS = {
                       "box": {"type": "string"}, "state": {"type": "string"}, "last_seen": NUM,
                       "fw": STR, "boot": {"type": ["integer", "null"]}, "epoch": {"type": ["integer", "null"]},
                       "alarms": {"type": "array", "items": _ref("BoxAlarm")},
+                      "alarm_history": {"type": "array", "items": _ref("Alarm"),
+                                        "description": "the box's last 20 alarms, cleared ones included"},
                       "latest": {"type": "object", "description": "newest message per kind (and per event:TYPE)",
                                  "additionalProperties": _ref("Sample")},
                       "desired_documents": {"type": "array", "items": {
@@ -98,10 +113,30 @@ SCHEMAS = {
     "Telemetry": {"type": "object", "required": ["box", "kind", "items"],
                   "properties": {"box": {"type": "string"}, "kind": {"type": "string"},
                                  "items": {"type": "array", "items": _ref("Sample")}}},
-    "Alarm": {"type": "object", "required": ["box", "code", "detail", "n", "first_at", "last_at"],
-              "properties": {"box": {"type": "string"}, "code": {"type": "string"},
-                             "detail": {"type": "string"}, "n": {"type": "integer"},
-                             "first_at": {"type": "number"}, "last_at": {"type": "number"}}},
+    "Alarm": {"type": "object", "required": ["id", "box", "kind", "code", "severity", "detail", "raised_at",
+                                             "cleared_at", "active", "acknowledged_by", "acknowledged_at"],
+              "description": "one raise of an alarm (backend/alarms.py): active until cleared_at",
+              "properties": {"id": {"type": "integer"}, "box": {"type": "string"}, "kind": {"type": "string"},
+                             "code": {"type": "string", "description": "the same as kind"},
+                             "severity": {"enum": ["info", "warning", "critical"]},
+                             "detail": {"type": "string"}, "raised_at": {"type": "number"},
+                             "updated_at": {"type": "number"}, "cleared_at": NUM,
+                             "active": {"type": "boolean"}, "acknowledged_by": STR, "acknowledged_at": NUM}},
+    "AlarmPage": {"type": "object", "required": ["total", "total_capped", "limit", "offset", "next", "items"],
+                  "properties": {"total": {"type": "integer", "minimum": 0},
+                                 "total_capped": {"type": "boolean",
+                                                  "description": "true: more than `total` match"},
+                                 "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                                 "next": {"type": ["string", "null"],
+                                          "description": "the cursor of the next page (keyset), null at the end"},
+                                 "items": {"type": "array", "items": _ref("Alarm")}}},
+    "Thresholds": {"type": "object", "required": ["plan", "effective"],
+                   "properties": {"plan": {"type": "string"}, "speed_min_ratio": NUM, "weak_share": NUM,
+                                  "backlog_max": NUM, "tic_bad_share": NUM, "gap_missing_min": NUM,
+                                  "effective": {"type": "object", "additionalProperties": {"type": "number"}}}},
+    "ThresholdsChange": {"type": "object", "description": "a value, or null for the default",
+                         "properties": {k: NUM for k in ("speed_min_ratio", "weak_share", "backlog_max",
+                                                         "tic_bad_share", "gap_missing_min")}},
     "PushResult": {"type": "object", "required": ["box", "section", "version", "status", "message", "signed"],
                    "properties": {"box": {"type": "string"}, "section": {"enum": list(SECTIONS)},
                                   "version": {"type": "integer"},
@@ -167,7 +202,7 @@ def document() -> dict:
                                             {"200": _json({"type": "object"})})},
         "/api/v1/me": {"get": _op("me", "the calling account", "viewer", {"200": _json(_ref("Me"))})},
         "/api/v1/boxes": {"get": _op(
-            "boxes", "search boxes (SQL, paginated)", "viewer", {"200": _json(_page("BoxSummary"))},
+            "boxes", "search boxes (SQL, paginated)", "viewer", {"200": _json(_box_page())},
             params=[{"name": "q", "in": "query", "schema": {"type": "string"},
                      "description": "part of the id (serial), the address or the building"},
                     {"name": "building", "in": "query", "schema": {"type": "string"}},
@@ -177,7 +212,9 @@ def document() -> dict:
                      "description": "speed_tier of the options document"},
                     {"name": "alarm", "in": "query", "schema": {"type": "string"},
                      "description": "an alarm code (never_connected: in the inventory, never seen), or 'any'"},
-                    {"name": "online", "in": "query", "schema": {"enum": ["true", "false"]}}] + _LIMIT,
+                    {"name": "online", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"},
+                     "description": "keyset paging: the `next` of the previous page"}] + _LIMIT,
             errors=(400, 401, 403))},
         "/api/v1/boxes/{box}": {"get": _op("box", "one box: state, alarms, documents, latest telemetry",
                                            "viewer", {"200": _json(_ref("BoxDetail"))}, params=[box],
@@ -200,10 +237,31 @@ def document() -> dict:
         "/api/v1/boxes/{box}/place": {"put": _op("set_place", "the box's address and building (inventory)",
                                                  "operator", {"200": _json(_ref("Inventory"))}, params=[box],
                                                  body="Place", errors=(400, 401, 403, 404))},
-        "/api/v1/alarms": {"get": _op("alarms", "alarms raised by ingest, newest first", "viewer",
-                                      {"200": _json(_page("Alarm"))},
-                                      params=[{"name": "code", "in": "query", "schema": {"type": "string"}}]
-                                      + _LIMIT, errors=(400, 401, 403))},
+        "/api/v1/alarms": {"get": _op(
+            "alarms", "alarms raised by ingest, newest raise first (SQL, keyset paging with `cursor`)", "viewer",
+            {"200": _json(_ref("AlarmPage"))},
+            params=[{"name": "state", "in": "query", "schema": {"enum": ["active", "cleared", "all"],
+                                                                "default": "active"}},
+                    {"name": "kind", "in": "query", "schema": {"type": "string"}, "description": "e.g. slow_line"},
+                    {"name": "code", "in": "query", "schema": {"type": "string"}, "description": "= kind"},
+                    {"name": "severity", "in": "query", "schema": {"enum": ["info", "warning", "critical"]}},
+                    {"name": "box", "in": "query", "schema": {"type": "string"}},
+                    {"name": "acknowledged", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                     "description": "`next` of the previous page"}] + _LIMIT, errors=(400, 401, 403))},
+        "/api/v1/alarms/{id}/ack": {"post": _op(
+            "alarm_ack", "acknowledge an alarm (audited); clears retained_cleared and boot_counter_reset",
+            "operator", {"200": _json(_ref("Alarm"))}, params=[_path("id", "alarm id", {"type": "string",
+                                                                                       "pattern": "^[0-9]{1,18}$"})],
+            errors=(401, 403, 404, 409))},
+        "/api/v1/alarm-thresholds": {"get": _op(
+            "thresholds", "alarm thresholds per plan (the options' speed_tier; '*': the default)", "viewer",
+            {"200": _json({"type": "object", "required": ["items"],
+                           "properties": {"items": {"type": "array", "items": _ref("Thresholds")}}})})},
+        "/api/v1/alarm-thresholds/{plan}": {"put": _op(
+            "thresholds_set", "set a plan's thresholds (audited)", "operator", {"200": _json(_ref("Thresholds"))},
+            params=[_path("plan", "a speed_tier, or * for the default")], body="ThresholdsChange",
+            errors=(400, 401, 403))},
         "/api/v1/campaigns": {
             "get": _op("campaigns", "campaigns (backend/campaign.py)", "viewer", {"200": _json(_page("Campaign"))},
                        params=_LIMIT, errors=(400, 401, 403)),

@@ -28,6 +28,8 @@ Tables (same columns on both engines):
 - counters   running totals: received, stored, duplicates, invalid, ...
 - alarms     what ingest saw a box do wrong, per (box, code): e.g. retained_cleared
              (a retained message where the contract has none, which ingest cleared).
+- alarm_log, alarm_thresholds, alarm_outbox: the alarms with a lifecycle, which
+             write_batch raises and clears in its transaction (backend/alarms.py).
 - epochs     per box, its incarnation (epoch) and the highest boot counter seen in
              it. A box whose boot counter went back (a filesystem re-flash of a box
              without NVS, a replaced chip) starts a new epoch when a message comes
@@ -57,6 +59,8 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from backend import alarms
 
 COUNTERS = ("received", "stored", "duplicates", "invalid", "status", "reported", "desired", "poison")
 # Quarantine is bounded: the newest QUARANTINE_PER_BOX rows per box, none older than
@@ -152,7 +156,7 @@ def _schema(blob: str, serial: str) -> list[str]:
         """CREATE TABLE IF NOT EXISTS epochs (
             box TEXT PRIMARY KEY, epoch BIGINT NOT NULL, top_boot BIGINT NOT NULL,
             changed_at DOUBLE PRECISION)""",
-    ]
+    ] + alarms.ddl(serial)
 
 
 def _day(t: float) -> int:
@@ -312,6 +316,31 @@ class Store:
         self._tx(init)
         if self.dialect == "postgresql":
             self.maintain(retention_days=None)
+            self.trigram([("boxes", "box")])
+
+    def trigram(self, cols: list[tuple[str, str]]) -> bool:
+        """PostgreSQL: trigram (pg_trgm) GIN indexes on (table, column) pairs, so that
+        a substring search (LIKE '%x%') reads an index, not the table. pg_trgm is a
+        trusted extension (a database owner may create it); where it cannot be
+        created the search still works, by a scan. Returns whether the indexes exist."""
+        if self.dialect != "postgresql":
+            return False
+
+        def tx(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('homebox pg_trgm'))")
+            cur.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                        "WHERE e.extname = 'pg_trgm'")
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                row = ("public",)
+            for t, c in cols:
+                cur.execute(f'CREATE INDEX IF NOT EXISTS {t}_{c}_trgm ON {t} USING gin ({c} "{row[0]}".gin_trgm_ops)')
+        try:
+            self._tx(tx, retries=2)
+            return True
+        except Exception:
+            return False
 
     def _pg_messages(self, cur) -> None:
         """The partitioned messages table; an unpartitioned one (the schema before
@@ -583,6 +612,7 @@ class Store:
             "INSERT INTO alarms (box, code, detail, n, first_at, last_at) VALUES (?,?,?,1,?,?) "
             "ON CONFLICT (box, code) DO UPDATE SET detail=excluded.detail, n=alarms.n + 1, "
             "last_at=excluded.last_at"), (box, code, detail[:500], now, now))
+        alarms.note(self, cur, box, code, detail, now)
 
     def epochs(self) -> dict[str, dict]:
         return {b: {"epoch": int(e), "top_boot": int(t), "changed_at": c}
@@ -637,7 +667,8 @@ class Store:
         extra = [k for k in stream_drops if k not in locked]
         if extra:
             locked.update(self._lock_streams(cur, extra, now))
-        new = self._write_streams(cur, streams, stream_drops, locked, now)
+        gap_boxes: set[str] = set()
+        new = self._write_streams(cur, streams, stream_drops, locked, now, gap_boxes)
         counts["stored"] += len(new)
         counts["duplicates"] += in_batch - len(new)
 
@@ -651,6 +682,7 @@ class Store:
                 o = latest.get((d["box"], k))
                 if o is None or (o.doc["boot"], o.doc["seq"]) < (d["boot"], d["seq"]):
                     latest[(d["box"], k)] = r
+        prev = alarms.previous(self, cur, latest)
         if latest:
             self._upsert(cur, "INSERT INTO latest (box, kind, boot, seq, ts, received_at, data)", "ttbbbft",
                          [(box, kind, r.doc["boot"], r.doc["seq"], r.doc.get("ts"), r.received_at,
@@ -701,6 +733,8 @@ class Store:
                                   + " ".join("WHEN ? THEN ?" for _ in inc) + " ELSE 0 END "
                                   "WHERE name IN (" + ",".join("?" * len(inc)) + ")"),
                         [x for p in inc for x in p] + [n for n, _ in inc])
+        alarms.on_batch(self, cur, latest, prev, [r.box for r in statuses], [b for b, _s in reported],
+                        sorted(b for b, (live, _f) in seen.items() if live is not None), sorted(gap_boxes), now)
         return counts
 
     def _prune_quarantine(self, cur, boxes, now) -> None:
@@ -714,7 +748,8 @@ class Store:
         cur.execute(self._sql("DELETE FROM quarantine WHERE received_at < ?"),
                     (now - self.quarantine_max_age,))
 
-    def _write_streams(self, cur, streams: dict, stream_drops: dict, locked: dict, now: float) -> list[Rec]:
+    def _write_streams(self, cur, streams: dict, stream_drops: dict, locked: dict, now: float,
+                       gap_boxes: set | None = None) -> list[Rec]:
         """Decide which messages are new from each locked stream's high-water mark and
         gaps (what the stream holds is 1..max_seq minus its gaps), then write the
         messages, drops, gaps and streams of the whole batch, a statement per table."""
@@ -773,6 +808,8 @@ class Store:
                 if new_rows != old_rows:
                     changed.append(key)
                     gap_rows += [key + (a, b, c, now) for a, b, c in new_rows]
+            if gap_boxes is not None:
+                gap_boxes.update(b for b, _s in changed)
             if changed:
                 self._in(cur, "DELETE FROM gaps WHERE (box, boot) IN {IN}", "tb", changed)
             if gap_rows:

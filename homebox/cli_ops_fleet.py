@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default 127.0.0.1)")
     p.add_argument("--db-wait", type=float, default=60,
                    help="at start, retry opening the database for S seconds (default 60)")
+    p.add_argument("--alarm-webhook", default=None, metavar="URL",
+                   help="POST alarm raises and clears there (Alertmanager webhook JSON), retried with backoff")
+    p.add_argument("--interval", type=float, default=300,
+                   help="nominal telemetry interval in seconds (alarm `silent` after 3; default 300)")
+    p.add_argument("--grace", type=float, default=7 * 86400,
+                   help="alarm `never_connected` this many seconds after the bench test (default 7 days)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("status", help="the fleet at a glance: one row per box, with alarms")
@@ -107,7 +113,8 @@ def cmd_ingest(args) -> int:
     ing = Ingest(args.broker, store, share=args.share, client_id=args.client_id,
                  batch_size=args.batch, batch_wait=args.batch_wait, tls_ca=args.tls_ca,
                  metrics_port=args.metrics_port, metrics_host=args.metrics_host, state=args.state,
-                 retention_days=RETENTION_DAYS if args.retention_days is None else args.retention_days)
+                 retention_days=RETENTION_DAYS if args.retention_days is None else args.retention_days,
+                 alarm_webhook=args.alarm_webhook, alarm_interval=args.interval, alarm_grace=args.grace)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
     try:
         totals = ing.run(duration=args.duration or None)

@@ -31,6 +31,10 @@ def register(sub) -> None:
     p.add_argument("--push-timeout", type=float, default=10.0, help="seconds a push waits for the report")
     p.add_argument("--grace", type=float, default=7 * 86400,
                    help="seconds after its bench test before a box never connected raises never_connected")
+    p.add_argument("--alarm-webhook", default=None, metavar="URL",
+                   help="POST alarm raises and clears there (Alertmanager webhook JSON), retried with backoff")
+    p.add_argument("--interval", type=float, default=300,
+                   help="nominal telemetry interval in seconds (alarm `silent` after 3; default 300)")
     p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="print the address as JSON once listening")
     p.set_defaults(func=cmd_serve)
@@ -111,6 +115,10 @@ def cmd_serve(args) -> int:
         raise SystemExit(f"cannot serve: {e}") from None
     host, port = srv.server_address[:2]
     url = f"{'https' if args.tls_cert else 'http'}://{host}:{port}"
+    # the time-based alarms (silent, never_connected) and the webhook, beside the server
+    from backend.alarm_loop import AlarmLoop
+    loop = AlarmLoop(api.db_url, webhook=args.alarm_webhook, interval=args.interval, grace=args.grace,
+                     external_url=url).start()
     if args.json:
         print(json.dumps({"url": url, "openapi": url + "/api/v1/openapi.json", "console": url + "/"}), flush=True)
     else:
@@ -128,6 +136,7 @@ def cmd_serve(args) -> int:
         pass
     finally:
         srv.shutdown()
+        loop.stop()
     return 0
 
 

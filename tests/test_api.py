@@ -126,6 +126,13 @@ def test_api_roles_audit_push_and_campaign(server):
     assert page["total"] == len(PROFILES) + 1 and len(page["items"]) == 3
     code, page2 = c.call("GET", "/api/v1/boxes?limit=3&offset=3", tok["vic"])
     assert not {b["box"] for b in page["items"]} & {b["box"] for b in page2["items"]}
+    # keyset: `after` the previous page's `next` gives the same page as the offset did
+    code, page3 = c.call("GET", f"/api/v1/boxes?limit=3&after={page['next']}", tok["vic"])
+    assert [b["box"] for b in page3["items"]] == [b["box"] for b in page2["items"]]
+    assert page3["total"] == page["total"] and page["total_capped"] is False
+    code, brest = c.call("GET", "/api/v1/boxes?q=brest&limit=2", tok["vic"])
+    code, brest2 = c.call("GET", f"/api/v1/boxes?q=brest&limit=2&after={brest['next']}", tok["vic"])
+    assert brest2["total"] == brest["total"] == 4 and brest2["items"][0]["box"] > brest["items"][-1]["box"]
     assert [b["box"] for b in c.call("GET", "/api/v1/boxes?q=brest", tok["vic"])[1]["items"]] == \
         sorted(b for b in PROFILES if b.startswith("brest"))
     assert "brest-004" not in [b["box"] for b in c.call("GET", "/api/v1/boxes?online=true&limit=500",
@@ -153,7 +160,18 @@ def test_api_roles_audit_push_and_campaign(server):
     assert c.call("GET", "/api/v1/boxes/nope", tok["vic"])[0] == 404
     code, tel = c.call("GET", "/api/v1/boxes/nantes-001/telemetry/speed?limit=5", tok["vic"])
     assert len(tel["items"]) == 5
-    assert c.call("GET", "/api/v1/alarms", tok["vic"])[0] == 200
+    # the alarms ingest raised while the fixture's data came in, a page from alarm_log
+    code, al = c.call("GET", "/api/v1/alarms?kind=slow_line", tok["vic"])
+    assert code == 200 and [a["box"] for a in al["items"]] == ["nantes-002"]
+    assert c.call("POST", f"/api/v1/alarms/{al['items'][0]['id']}/ack", tok["vic"])[0] == 403
+    code, a = c.call("POST", f"/api/v1/alarms/{al['items'][0]['id']}/ack", tok["oscar"])
+    assert code == 200 and a["acknowledged_by"] == "oscar"
+    # thresholds per plan: operator sets, viewer reads
+    assert c.call("PUT", "/api/v1/alarm-thresholds/10M", tok["vic"], {"speed_min_ratio": 0.5})[0] == 403
+    code, t = c.call("PUT", "/api/v1/alarm-thresholds/10M", tok["oscar"], {"speed_min_ratio": 0.5})
+    assert code == 200 and t["effective"]["speed_min_ratio"] == 0.5 and t["effective"]["weak_share"] == 0.25
+    assert c.call("PUT", "/api/v1/alarm-thresholds/10M", tok["oscar"], {"nope": 1})[0] == 400
+    assert {x["plan"] for x in c.call("GET", "/api/v1/alarm-thresholds", tok["vic"])[1]["items"]} == {"*", "10M"}
 
     # roles: a viewer cannot push nor tag; an operator can
     opts = {"speed_tier": "10M", "bouquets": [], "phone": {"enabled": False},
@@ -214,7 +232,8 @@ def test_api_roles_audit_push_and_campaign(server):
             ("oscar", "campaign.create", "tier-b"), ("oscar", "campaign.start", "tier-b"),
             ("oscar", "campaign.abort", "tier-b"), ("ada", "account.add", "sam"),
             ("ada", "account.disable", "vic"), ("ada", "account.role", "sam"),
-            ("oscar", "place", api.fresh)} <= did
+            ("oscar", "place", api.fresh), ("oscar", "alarm.ack", str(a["id"])),
+            ("oscar", "alarm.thresholds", "10M")} <= did
     assert not any(PW[n] in json.dumps(log) for n in PW)
     # a body over the limit is refused unread, and the connection closed
     host, port = url.split("//")[1].split(":")

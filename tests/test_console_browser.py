@@ -29,6 +29,7 @@ def console(tmp_path):
     st = Store(url)
     populate(st, now=int(time.time()) // 3600 * 3600)
     accounts.add(st, "sam", "viewer", "sam-support-42", author="test")
+    accounts.add(st, "olga", "operator", "olga-operator-42", author="test")
     inventory.import_rows(st, [{"box": "nantes-002"}, {"box": "HB-000900", "tested_at": time.time() - 30 * 86400}])
     inventory.set_place(st, "nantes-002", address="3 allée des Lilas, Nantes", building="Tour B")
     inventory.set_place(st, "HB-000900", address="5 rue de Kerourien, Brest")
@@ -100,6 +101,8 @@ def test_support_agent_path_in_chromium(console, tmp_path):
             page.get_by_role("link", name="Alarms").click()
             text = page.locator("main").inner_text()
             assert page.get_by_role("heading", level=1).inner_text() == "Alarms"
+            assert "slow_line" in text and "warning" in text
+            assert page.get_by_role("button", name="Acknowledge slow_line").count() == 0    # a viewer
             _not_blank(page.screenshot(path=str(tmp_path / "alarms-en.png"), full_page=True))
             page.get_by_role("link", name="Campaigns").click()
             assert "Nothing found." in page.locator("main").inner_text()
@@ -108,5 +111,16 @@ def test_support_agent_path_in_chromium(console, tmp_path):
             page.goto(console + "/alarms")
             assert page.url.endswith("/login")
             assert text
+            # an operator acknowledges the slow line from the alarms list
+            page.get_by_label("Account").fill("olga")
+            page.get_by_label("Password").fill("olga-operator-42")
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(console + "/")
+            page.get_by_role("link", name="Alarms").click()
+            page.get_by_role("button", name="Acknowledge slow_line").click()
+            page.wait_for_url(console + "/alarms")
+            assert "acknowledged by olga" in page.locator("tbody").inner_text()
+            assert page.get_by_role("button", name="Acknowledge slow_line").count() == 0
+            _not_blank(page.screenshot(path=str(tmp_path / "alarms-acked-en.png"), full_page=True))
         finally:
             browser.close()
