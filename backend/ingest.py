@@ -107,7 +107,7 @@ def classify(topic: str, payload: bytes, retained: bool = False,
     t = topics.parse(topic)
     box = t[0] if t else None
     try:
-        doc = contract.validate(topic, payload)
+        doc = contract.validate(topic, payload, t)
     except contract.ContractError as e:
         return Rec("invalid", topic, payload, box=box, errors=e.errors, retained=retained,
                    received_at=now)
