@@ -169,7 +169,7 @@ c.disconnect(); c.loop_stop()
 def _ingest_proc(fleet, user: str, db: str, share: str | None, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", fleet.url(user),
            "--tls-ca", str(fleet.ca), "--db", db, "--batch", str(BATCH), "--batch-wait", "0.05",
-           "--retention-days", "0"]
+           "--retention-days", "0", "--client-id", f"bench-{user}"]
     if share:
         cmd += ["--share", share, "--no-state"]
     return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=subprocess.DEVNULL, stderr=log)

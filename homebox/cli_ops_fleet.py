@@ -91,7 +91,7 @@ def _store(args):
 def cmd_ingest(args) -> int:
     import time
 
-    from backend.ingest import Ingest
+    from backend.ingest import Ingest, tune_gc
     from backend.store import RETENTION_DAYS, StoreError, open_store
     deadline, delay = time.time() + args.db_wait, 0.5
     while True:
@@ -109,6 +109,7 @@ def cmd_ingest(args) -> int:
                  metrics_port=args.metrics_port, metrics_host=args.metrics_host, state=args.state,
                  retention_days=RETENTION_DAYS if args.retention_days is None else args.retention_days)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
+    tune_gc()
     try:
         totals = ing.run(duration=args.duration or None)
     except KeyboardInterrupt:
