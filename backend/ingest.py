@@ -241,6 +241,13 @@ class Ingest:
         self.totals["mqtt_connects"] += 1
         if self.leaving:
             return
+        if flags.session_present:
+            # A session that ran unshared before (the broker may take the account for
+            # the client id) keeps those subscriptions: each message would come twice.
+            # Dropped before the SUBSCRIBE: its SUBACK then says they are gone.
+            stale = [f for f in FILTERS if f not in self.filters()]
+            if stale:
+                client.unsubscribe(stale)
         client.subscribe(self.subscriptions())
         self.log(f"ingest: connected as {self.client_id} (session present: {flags.session_present})")
 
@@ -249,6 +256,8 @@ class Ingest:
         if bad:
             self.log(f"ingest: subscription refused: {bad}")
         else:
+            if not self.subscribed.is_set():
+                self.log(f"ingest: subscribed as {self.client_id}")
             self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):

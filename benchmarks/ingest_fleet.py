@@ -166,10 +166,23 @@ c.disconnect(); c.loop_stop()
 '''
 
 
+def _wait_subscribed(log: Path, ids: list[str], timeout: float = 120) -> None:
+    """Until every process has its subscriptions (its SUBACK): killed before, a
+    member would join the share group only at the drain, and its part of the backlog
+    would wait in another member's session."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if all(f"subscribed as {i}\n" in text for i in ids):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"ingest processes not subscribed after {timeout} s: {ids}")
+
+
 def _ingest_proc(fleet, user: str, db: str, share: str | None, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", fleet.url(user),
            "--tls-ca", str(fleet.ca), "--db", db, "--batch", str(BATCH), "--batch-wait", "0.05",
-           "--retention-days", "0", "--client-id", f"bench-{user}"]
+           "--retention-days", "0", "--client-id", user]   # the broker uses the account as the id anyway
     if share:
         cmd += ["--share", share, "--no-state"]
     return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=subprocess.DEVNULL, stderr=log)
@@ -210,10 +223,13 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
             url, drop = _db(kind, workdir, f"e2e{procs}", pg, "hbfleet_")
             store = Store(url)
             group = "bench" + uuid.uuid4().hex[:6] if procs == 2 else None
-            users = [f"homebox-ingest-{i + 1}" for i in range(procs)]
+            # The broker takes the account for the client id (use_username_as_clientid):
+            # the run alone and the share group use other accounts, or the share
+            # member would resume the lone run's session and its unshared subscription.
+            users = ["homebox-ingest-1"] if procs == 1 else ["homebox-ingest-2", "homebox-ingest-3"]
             # subscribe once (the persistent sessions), stop, publish the backlog, drain it
             ps = [_ingest_proc(fleet, u, url, group, log) for u in users]
-            time.sleep(3)
+            _wait_subscribed(workdir / "ingest.log", users)
             for p in ps:
                 p.send_signal(signal.SIGKILL)        # keep the sessions (no share-group goodbye)
                 p.wait(10)
