@@ -305,7 +305,7 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, before:
 
 
 def run(boxes: int = 600, msgs: int = 100, db: str = "both", store_boxes: int = 5000,
-        store_msgs: int = 6, e2e_run: bool = True) -> dict:
+        store_msgs: int = 6, e2e_run: bool = True, before: bool = True) -> dict:
     kinds = ["sqlite", "postgresql"] if db == "both" else [db]
     out: dict = {"cpus": os.cpu_count(), "batch": BATCH, "baseline": BASELINE,
                  "goal": ">= 10,000 msg/s per ingest process on PostgreSQL, >= 0.3 of raw, 2 procs >= 1.7x"}
@@ -326,7 +326,7 @@ def run(boxes: int = 600, msgs: int = 100, db: str = "both", store_boxes: int = 
                 if e2e_run:
                     d = work / f"{k}-e2e"
                     d.mkdir()
-                    out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs)
+                    out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs, before)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return out
