@@ -56,7 +56,11 @@ def schema_for(topic: str) -> str | None:
     t = topics.parse(topic)
     if not t:
         return None
-    _box, kind, rest = t
+    return _schema_name(t[1], t[2])
+
+
+@lru_cache(maxsize=256)
+def _schema_name(kind: str, rest: str | None) -> str | None:
     names = _registry()[1]
     if kind == "status" and rest is None:
         return "status.json"
@@ -96,21 +100,23 @@ def compiled(name: str):
     return compile_schema(schemas[name], resolve)
 
 
-def validate(topic: str, payload: bytes | str | dict) -> dict:
-    """Parse and validate one message; returns the parsed payload or raises ContractError."""
-    name = schema_for(topic)
+def validate(topic: str, payload: bytes | str | dict, parsed: tuple | None = None) -> dict:
+    """Parse and validate one message; returns the parsed payload or raises ContractError.
+    parsed: topics.parse(topic), when the caller has it already."""
+    t = parsed or topics.parse(topic)
+    name = _schema_name(t[1], t[2]) if t else None
     if name is None:
         raise ContractError(topic, ["not a homebox v1 topic"])
     if isinstance(payload, dict):
         doc = payload
     else:
         try:
-            doc = json.loads(payload, parse_constant=_no_constant)
+            doc = _loads(payload)
         except RecursionError:
             raise ContractError(topic, ["$: nested too deeply"]) from None
         except ValueError as e:
             raise ContractError(topic, [f"$: not JSON ({e})"]) from None
-    bad = unstorable(doc)
+    bad = None if _surely_storable(payload) else unstorable(doc)
     if bad:
         raise ContractError(topic, bad)
     fast = compiled(name)
@@ -118,7 +124,7 @@ def validate(topic: str, payload: bytes | str | dict) -> dict:
         sorted(validator(name).iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errs:
         raise ContractError(topic, [f"{e.json_path}: {e.message}" for e in errs[:10]])
-    if name != "status.json" and kind_box_mismatch(topic, doc):
+    if name != "status.json" and isinstance(doc, dict) and "box" in doc and doc["box"] != t[0]:
         raise ContractError(topic, ["$.box: does not match the topic's box id"])
     return doc
 
@@ -131,11 +137,40 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+# json.loads with a keyword argument builds a decoder per call: one, built once
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _loads(payload: bytes | str):
+    """json.loads(payload, parse_constant=_no_constant), the same steps, one decoder."""
+    if isinstance(payload, str):
+        if payload.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", payload, 0)
+    else:
+        payload = bytes(payload).decode(json.detect_encoding(payload), "surrogatepass")
+    return _DECODER.decode(payload)
+
+
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 
 
 def _bad_str(s: str) -> bool:
     return _BAD_CHARS.search(s) is not None
+
+
+# where the parsed document could hold what unstorable() looks for (see _surely_storable)
+_MAYBE_UNSTORABLE = re.compile(rb"\\u|[\x00\xed]|[0-9]{19}")
+
+
+def _surely_storable(payload) -> bool:
+    """A conservative look at the bytes, for the hot path: True only when the parsed
+    document cannot hold what unstorable() looks for. Strings can hold a NUL or a
+    lone surrogate only through a \\u escape or the raw bytes of a surrogate (json
+    decodes bytes with surrogatepass; every UTF-8 surrogate starts with 0xED); a
+    NUL byte could also mean UTF-16/32 input. An integer beyond 64 bits needs 19
+    digits; a nesting deeper than MAX_DEPTH needs more than MAX_DEPTH brackets."""
+    return (type(payload) is bytes and payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH
+            and _MAYBE_UNSTORABLE.search(payload) is None)
 
 
 def unstorable(doc) -> list[str]:

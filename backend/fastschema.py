@@ -89,21 +89,13 @@ def _compile(s, root, resolve, memo) -> Check:
         troot = root if ref.startswith("#") else resolve(ref.split("#")[0], root) if "#" in ref else target
         checks.append(_compile(target, troot, resolve, memo))
     if "type" in s:
-        ts = s["type"] if isinstance(s["type"], list) else [s["type"]]
-        fs = [_TYPES[t] for t in ts]
-        checks.append(fs[0] if len(fs) == 1 else (lambda x, fs=fs: any(f(x) for f in fs)))
+        checks.append(_type_check(s["type"] if isinstance(s["type"], list) else [s["type"]]))
     if "enum" in s:
-        vals = list(s["enum"])
-        checks.append(lambda x, vals=vals: any(_eq(x, v) for v in vals))
+        checks.append(_enum_check(list(s["enum"])))
     if "const" in s:
-        c = s["const"]
-        checks.append(lambda x, c=c: _eq(x, c))
-    if "minimum" in s:
-        m = s["minimum"]
-        checks.append(lambda x, m=m: not _is_num(x) or x >= m)
-    if "maximum" in s:
-        m = s["maximum"]
-        checks.append(lambda x, m=m: not _is_num(x) or x <= m)
+        checks.append(_enum_check([s["const"]]))
+    if "minimum" in s or "maximum" in s:
+        checks.append(_range_check(s.get("minimum"), s.get("maximum")))
     if "minLength" in s:
         m = s["minLength"]
         checks.append(lambda x, m=m: not isinstance(x, str) or len(x) >= m)
@@ -115,7 +107,15 @@ def _compile(s, root, resolve, memo) -> Check:
         checks.append(lambda x, rx=rx: not isinstance(x, str) or rx.search(x) is not None)
     if "required" in s:
         req = list(s["required"])
-        checks.append(lambda x, req=req: not isinstance(x, dict) or all(k in x for k in req))
+
+        def required(x, req=tuple(req)):
+            if not isinstance(x, dict):
+                return True
+            for k in req:
+                if k not in x:
+                    return False
+            return True
+        checks.append(required)
     props = {k: _compile(v, root, resolve, memo) for k, v in (s.get("properties") or {}).items()}
     if props:
         items = list(props.items())
@@ -129,10 +129,13 @@ def _compile(s, root, resolve, memo) -> Check:
             return True
         checks.append(properties)
     if "additionalProperties" in s:
-        extra = _compile(s["additionalProperties"], root, resolve, memo)
         names = frozenset(props)
-        checks.append(lambda x, names=names, extra=extra: not isinstance(x, dict)
-                      or all(extra(v) for k, v in x.items() if k not in names))
+        if s["additionalProperties"] is False:
+            checks.append(lambda x, names=names: not isinstance(x, dict) or x.keys() <= names)
+        else:
+            extra = _compile(s["additionalProperties"], root, resolve, memo)
+            checks.append(lambda x, names=names, extra=extra: not isinstance(x, dict)
+                          or all(extra(v) for k, v in x.items() if k not in names))
     prefix = [_compile(v, root, resolve, memo) for v in s.get("prefixItems") or []]
     if prefix:
         checks.append(lambda x, prefix=prefix: not isinstance(x, list)
@@ -151,7 +154,7 @@ def _compile(s, root, resolve, memo) -> Check:
                       or all(not _eq(x[i], x[j]) for i in range(len(x)) for j in range(i + 1, len(x))))
     if "allOf" in s:
         subs = [_compile(v, root, resolve, memo) for v in s["allOf"]]
-        checks.append(lambda x, subs=subs: all(f(x) for f in subs))
+        checks.append(_all(subs))
     if "anyOf" in s:
         subs = [_compile(v, root, resolve, memo) for v in s["anyOf"]]
         checks.append(lambda x, subs=subs: any(f(x) for f in subs))
@@ -167,12 +170,73 @@ def _compile(s, root, resolve, memo) -> Check:
         other = _compile(s.get("else", True), root, resolve, memo)
         checks.append(lambda x, c=cond, t=then, e=other: t(x) if c(x) else e(x))
 
-    def check(x, checks=tuple(checks)):
-        for f in checks:
+    check = _all(checks)
+    cell[0] = check
+    return check
+
+
+def _all(checks: list[Check]) -> Check:
+    """The conjunction of checks, without a layer for one (a for loop: cheaper than
+    all() over a generator on the hot path)."""
+    if not checks:
+        return lambda x: True
+    if len(checks) == 1:
+        return checks[0]
+    checks_ = tuple(checks)
+
+    def check(x):
+        for f in checks_:
             if not f(x):
                 return False
         return True
-    cell[0] = check
+    return check
+
+
+# What json.loads builds, exactly: these types pass a "type" check at once; any other
+# (a subclass, a bool for "integer", a float for "integer") takes the general test.
+_EXACT = {"object": (dict,), "array": (list,), "string": (str,), "integer": (int,),
+          "number": (int, float), "boolean": (bool,), "null": (type(None),)}
+
+
+def _type_check(ts: list[str]) -> Check:
+    fs = [_TYPES[t] for t in ts]
+    exact = frozenset(c for t in ts for c in _EXACT[t])
+
+    def check(x):
+        if type(x) in exact:
+            return True
+        for f in fs:
+            if f(x):
+                return True
+        return False
+    return check
+
+
+def _range_check(lo, hi) -> Check:
+    """minimum and/or maximum: they bound numbers only (booleans are not numbers)."""
+    lo_ = float("-inf") if lo is None else lo
+    hi_ = float("inf") if hi is None else hi
+
+    def check(x):
+        t = type(x)
+        if t is int or t is float:
+            return lo_ <= x <= hi_
+        return not _is_num(x) or lo_ <= x <= hi_
+    return check
+
+
+def _enum_check(vals: list) -> Check:
+    """enum/const. For a str (the usual case), a set lookup among the str values is
+    the same as _eq against each value (a str equals only a str)."""
+    strs = frozenset(v for v in vals if type(v) is str)
+
+    def check(x):
+        if type(x) is str:
+            return x in strs
+        for v in vals:
+            if _eq(x, v):
+                return True
+        return False
     return check
 
 

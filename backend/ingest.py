@@ -35,8 +35,10 @@
 """
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -75,10 +77,63 @@ DRAIN_MAX_S = 30.0
 MAINTAIN_EVERY_S = 3600
 
 
+# Bytes read from the socket at once by a bulk reader (ChunkedReadClient).
+RECV_CHUNK = 65536
+# At most this many packets a loop_read() turn handles, when the socket still has data.
+READ_BURST = 1000
+
+
+class ChunkedReadClient(mqtt.Client):
+    """paho's Client for a subscriber that receives a flood (ingest): the socket
+    is read 64 KiB at a time and served from that buffer, and one turn of the
+    network loop handles every packet that is there. paho reads each packet with
+    three or more recv() calls (one a byte for the header) and handles one packet
+    per select(): a third of ingest's time in the profile, over TLS.
+
+    loop_read() returns only with the buffer empty (what is left is then in the
+    kernel or in the TLS layer, where select() and pending() see it), after at most
+    READ_BURST packets when more keep coming, so the writes (PUBACKs) go out. The
+    buffer belongs to one socket: a new connection drops it. paho 2.x internals
+    (_sock_recv, _packet_read, _loop_rc_handle), pinned in the lock;
+    tests/test_ingest.py runs ingest through it."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._rbuf = b""
+        self._rpos = 0
+        self._rsock = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf) or self._rsock is not self._sock:
+            chunk = super()._sock_recv(RECV_CHUNK)     # BlockingIOError when nothing is there
+            if len(chunk) <= bufsize:
+                self._rbuf, self._rpos = b"", 0
+                return chunk                           # b"": the connection closed
+            self._rbuf, self._rpos, self._rsock = chunk, 0, self._sock
+        pos = self._rpos
+        self._rpos = pos + bufsize
+        return self._rbuf[pos:pos + bufsize]
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        n = 0
+        while True:
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+            n += 1
+            if n >= READ_BURST and self._rpos >= len(self._rbuf):
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 def make_client(url: Broker, client_id: str, tls_ca: str | None = None,
-                manual_ack: bool = False, protocol=mqtt.MQTTv5) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                    manual_ack=manual_ack)
+                manual_ack: bool = False, protocol=mqtt.MQTTv5, bulk_read: bool = False) -> mqtt.Client:
+    cls = ChunkedReadClient if bulk_read else mqtt.Client
+    c = cls(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+            manual_ack=manual_ack)
     if url.username:
         c.username_pw_set(url.username, url.password)
     if url.tls:
@@ -105,6 +160,28 @@ class _DatabaseDown(Exception):
     pass
 
 
+_PUBACK = struct.Struct("!BBH")
+
+
+def _ack_all(c: mqtt.Client, acks: list[tuple[int, int]]) -> None:
+    """Acknowledge a committed batch: its PUBACKs in one write (one TLS record, one
+    wake-up of paho's network thread), not one per message as Client.ack() sends
+    them. QoS 2 (never subscribed here) and a paho without the internal queue fall
+    back to Client.ack()."""
+    queue = getattr(c, "_packet_queue", None)
+    ones = [mid for mid, qos in acks if qos == 1]
+    if queue is None or len(ones) < 2:
+        for mid, qos in acks:
+            c.ack(mid, qos)
+        return
+    # PUBACK, remaining length 2, the packet id (MQTT 3.1.1 3.4, and MQTT 5 3.4.2.1:
+    # without a reason code, success)
+    queue(mqtt.PUBACK, b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in ones]), 0, 1)
+    for mid, qos in acks:
+        if qos != 1:
+            c.ack(mid, qos)
+
+
 def classify(topic: str, payload: bytes, retained: bool = False,
              received_at: float | None = None) -> Rec:
     """Validate one message against the contract and say what it is."""
@@ -112,7 +189,7 @@ def classify(topic: str, payload: bytes, retained: bool = False,
     t = topics.parse(topic)
     box = t[0] if t else None
     try:
-        doc = contract.validate(topic, payload)
+        doc = contract.validate(topic, payload, t)
     except contract.ContractError as e:
         return Rec("invalid", topic, payload, box=box, errors=e.errors, retained=retained,
                    received_at=now)
@@ -137,6 +214,17 @@ def classify(topic: str, payload: bytes, retained: bool = False,
         return Rec("invalid", topic, payload, box=box, errors=[bad], retained=retained, received_at=now)
     return Rec(what, topic, payload, box=box, doc=doc, section=rest, retained=retained,
                received_at=now)
+
+
+def tune_gc() -> None:
+    """For a process that is ingest alone (`homebox ops ingest`): what it imported
+    and compiled at start (modules, schemas, the compiled checks) is never garbage,
+    so out of the collector's sight (gc.freeze); and a batch's records all live until
+    its commit, so collections of the young generation every 700 allocations only
+    walk them again and again: every 20,000."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 class Ingest:
@@ -216,6 +304,13 @@ class Ingest:
         self.totals["mqtt_connects"] += 1
         if self.leaving:
             return
+        if flags.session_present:
+            # A session that ran unshared before (the broker may take the account for
+            # the client id) keeps those subscriptions: each message would come twice.
+            # Dropped before the SUBSCRIBE: its SUBACK then says they are gone.
+            stale = [f for f in FILTERS if f not in self.filters()]
+            if stale:
+                client.unsubscribe(stale)
         client.subscribe(self.subscriptions())
         self.log(f"ingest: connected as {self.client_id} (session present: {flags.session_present})")
 
@@ -224,6 +319,8 @@ class Ingest:
         if bad:
             self.log(f"ingest: subscription refused: {bad}")
         else:
+            if not self.subscribed.is_set():
+                self.log(f"ingest: subscribed as {self.client_id}")
             self.subscribed.set()
 
     def _on_message(self, client, userdata, msg):
@@ -316,15 +413,15 @@ class Ingest:
         for k in ("received", "stored", "duplicates", "invalid", "poison", "unstorable"):
             self.totals[k] += counts.get(k, 0)
         c = self.client
-        for gen, mid, qos, _rec in batch:
+        if c is not None:
             # A message from an earlier connection is redelivered by the broker on
             # this one (with a new mid); its old mid means nothing any more.
-            if qos and c is not None and gen == self.gen:
-                c.ack(mid, qos)
+            g = self.gen
+            _ack_all(c, [(mid, qos) for gen, mid, qos, _rec in batch if qos and gen == g])
         return len(batch)
 
     def run(self, duration: float | None = None, stats_every: float = 10.0) -> dict:
-        c = make_client(self.url, self.client_id, self.tls_ca, manual_ack=True)
+        c = make_client(self.url, self.client_id, self.tls_ca, manual_ack=True, bulk_read=True)
         self.client = c
         c.on_connect = self._on_connect
         c.on_subscribe = self._on_subscribe

@@ -14,7 +14,7 @@ Two measurements, each in the same run:
   drains the same backlog in its own session. msg/s from the first message stored
   to the last, and the ratios (ingest / raw, two processes / one).
 
-    python -m benchmarks.ingest_fleet [--boxes 600] [--msgs 30] [--db sqlite|postgresql|both]
+    python -m benchmarks.ingest_fleet [--boxes 600] [--msgs 100] [--db sqlite|postgresql|both]
 
 Goals (issue 16): >= 10,000 msg/s per ingest process on PostgreSQL, >= 0.3 of the
 raw consumer, two processes >= 1.7x one. This machine's cores are shared by the
@@ -43,6 +43,9 @@ from benchmarks.ingest import _db, _pg_server, _stop_all
 ROOT = Path(__file__).resolve().parent.parent
 # The commit before the set-based write path (issue 16): its store is the baseline.
 BASELINE = "7c7377a"
+# The tree before the profile-driven work on ingest's hot path (issue 16): its
+# `homebox ops ingest` runs beside this tree's, on the same broker, in the same run.
+INGEST_BEFORE = "52b9e30"
 BATCH = 500
 
 
@@ -166,13 +169,40 @@ c.disconnect(); c.loop_stop()
 '''
 
 
-def _ingest_proc(fleet, user: str, db: str, share: str | None, log) -> subprocess.Popen:
+def _wait_subscribed(log: Path, ids: list[str], timeout: float = 120, what: str = "subscribed as {} ") -> None:
+    """Until every process has its subscriptions (its SUBACK): killed before, a
+    member would join the share group only at the drain, and its part of the backlog
+    would wait in another member's session."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if all(what.format(i) in text.replace("\n", " ") for i in ids):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"ingest processes not subscribed after {timeout} s: {ids}")
+
+
+def _ingest_proc(fleet, user: str, db: str, share: str | None, log, tree: Path = ROOT) -> subprocess.Popen:
+    """`homebox ops ingest` of this tree (or of `tree`, another checkout)."""
     cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", fleet.url(user),
            "--tls-ca", str(fleet.ca), "--db", db, "--batch", str(BATCH), "--batch-wait", "0.05",
-           "--retention-days", "0"]
+           "--retention-days", "0", "--client-id", user]   # the broker uses the account as the id anyway
     if share:
         cmd += ["--share", share, "--no-state"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=subprocess.DEVNULL, stderr=log)
+    env = dict(fleet.cli_env(user), PYTHONPATH=str(tree))
+    return subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _before_tree(workdir: Path) -> Path | None:
+    """The tree at INGEST_BEFORE (git archive), to run its ingest in the same run."""
+    d = workdir / "before"
+    try:
+        d.mkdir()
+        arch = subprocess.run(["git", "archive", INGEST_BEFORE], cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(d)], input=arch, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return d
 
 
 def _publish_backlog(fleet, creds, msgs) -> int:
@@ -191,35 +221,47 @@ def _publish_backlog(fleet, creds, msgs) -> int:
     return total
 
 
-def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict:
+def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, before: bool = True) -> dict:
     from tests.helpers import FleetBroker
     creds = [(f"fe{b:06d}", f"pw-{uuid.uuid4().hex}") for b in range(boxes)]
-    fleet = FleetBroker(workdir / "broker", dict(creds), fleet_size=boxes, ingest_accounts=4).start()
+    fleet = FleetBroker(workdir / "broker", dict(creds), fleet_size=boxes, ingest_accounts=5).start()
+    # (name, accounts, tree): the broker takes the account for the client id
+    # (use_username_as_clientid), so each run has accounts of its own, or a share
+    # member would resume the lone run's session and its unshared subscription
+    runs: list[tuple[str, list[str], Path]] = [("ingest_1proc", ["homebox-ingest-1"], ROOT),
+                                               ("ingest_2proc", ["homebox-ingest-2", "homebox-ingest-3"], ROOT)]
+    old_tree = _before_tree(workdir) if before else None
+    if old_tree is not None:
+        runs.insert(0, ("ingest_1proc_before", ["homebox-ingest-5"], old_tree))
     out: dict = {"boxes": boxes, "msgs_per_box": msgs, "transport": "TLS, per-box accounts (generated config)"}
     log = open(workdir / "ingest.log", "ab")
     try:
         # the raw consumer's session first (it then holds the same backlogs)
         raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(boxes * msgs * 2)],
+                                fleet.passwords["homebox-ingest-4"], str(boxes * msgs * len(runs))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("subscribe-only\n")
         raw.stdin.flush()
         raw.wait(30)
-        for procs in (1, 2):
-            url, drop = _db(kind, workdir, f"e2e{procs}", pg, "hbfleet_")
+        for name, users, tree in runs:
+            url, drop = _db(kind, workdir, name, pg, "hbfleet_")
             store = Store(url)
-            group = "bench" + uuid.uuid4().hex[:6] if procs == 2 else None
-            users = [f"homebox-ingest-{i + 1}" for i in range(procs)]
+            group = "bench" + uuid.uuid4().hex[:6] if len(users) > 1 else None
             # subscribe once (the persistent sessions), stop, publish the backlog, drain it
-            ps = [_ingest_proc(fleet, u, url, group, log) for u in users]
-            time.sleep(3)
+            ps = [_ingest_proc(fleet, u, url, group, log, tree) for u in users]
+            if tree == ROOT:
+                _wait_subscribed(workdir / "ingest.log", users)
+            else:
+                # the tree before logs no SUBACK: its CONNACK, then time for the SUBACK
+                _wait_subscribed(workdir / "ingest.log", users, what="connected as {} ")
+                time.sleep(2)
             for p in ps:
                 p.send_signal(signal.SIGKILL)        # keep the sessions (no share-group goodbye)
                 p.wait(10)
             total = _publish_backlog(fleet, creds, msgs)
             t_start = time.time()
-            ps = [_ingest_proc(fleet, u, url, group, log) for u in users]
+            ps = [_ingest_proc(fleet, u, url, group, log, tree) for u in users]
             first = None
             deadline = time.time() + 900
             while time.time() < deadline:
@@ -235,11 +277,13 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
             store.close()
             drop()
             rate = (n - first[1]) / max(1e-6, t_end - first[0]) if first else 0
-            out[f"ingest_{procs}proc"] = {"messages": total, "stored": n, "msgs_per_s": round(rate),
-                                          "wall_s_from_start": round(t_end - t_start, 2)}
-        # the raw consumer drains the two backlogs it holds
+            out[name] = {"messages": total, "stored": n, "msgs_per_s": round(rate),
+                         "wall_s_from_start": round(t_end - t_start, 2)}
+            if tree != ROOT:
+                out[name]["tree"] = INGEST_BEFORE
+        # the raw consumer drains the backlogs it holds (one per run)
         raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(2 * boxes * msgs)],
+                                fleet.passwords["homebox-ingest-4"], str(len(runs) * boxes * msgs)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("drain\n")
@@ -250,14 +294,18 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
         one = out["ingest_1proc"]["msgs_per_s"]
         out["ratio_1proc_to_raw"] = round(one / max(1, out["raw_paho"]["msgs_per_s"]), 3)
         out["ratio_2proc_to_1proc"] = round(out["ingest_2proc"]["msgs_per_s"] / max(1, one), 3)
+        if "ingest_1proc_before" in out:
+            b = out["ingest_1proc_before"]["msgs_per_s"]
+            out["ratio_1proc_before_to_raw"] = round(b / max(1, out["raw_paho"]["msgs_per_s"]), 3)
+            out["speedup_1proc"] = round(one / max(1, b), 2)
     finally:
         log.close()
         fleet.stop()
     return out
 
 
-def run(boxes: int = 600, msgs: int = 30, db: str = "both", store_boxes: int = 5000,
-        store_msgs: int = 6, e2e_run: bool = True) -> dict:
+def run(boxes: int = 600, msgs: int = 100, db: str = "both", store_boxes: int = 5000,
+        store_msgs: int = 6, e2e_run: bool = True, before: bool = True) -> dict:
     kinds = ["sqlite", "postgresql"] if db == "both" else [db]
     out: dict = {"cpus": os.cpu_count(), "batch": BATCH, "baseline": BASELINE,
                  "goal": ">= 10,000 msg/s per ingest process on PostgreSQL, >= 0.3 of raw, 2 procs >= 1.7x"}
@@ -278,7 +326,7 @@ def run(boxes: int = 600, msgs: int = 30, db: str = "both", store_boxes: int = 5
                 if e2e_run:
                     d = work / f"{k}-e2e"
                     d.mkdir()
-                    out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs)
+                    out[f"{k}_e2e"] = e2e(k, d, pg, boxes, msgs, before)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return out
@@ -287,7 +335,7 @@ def run(boxes: int = 600, msgs: int = 30, db: str = "both", store_boxes: int = 5
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--boxes", type=int, default=600)
-    ap.add_argument("--msgs", type=int, default=30)
+    ap.add_argument("--msgs", type=int, default=100)
     ap.add_argument("--db", default="both", choices=["sqlite", "postgresql", "both"])
     ap.add_argument("--store-only", action="store_true")
     a = ap.parse_args()

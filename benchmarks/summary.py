@@ -276,7 +276,30 @@ def _ingest_fleet_lines(f: dict) -> list[str]:
                        f"1 process {_n(_g(e, 'ingest_1proc', 'msgs_per_s'), ' msg/s')} "
                        f"({_n(e.get('ratio_1proc_to_raw'), '', 3)} x raw paho), 2 processes "
                        f"{_n(_g(e, 'ingest_2proc', 'msgs_per_s'), ' msg/s')} "
-                       f"({_n(e.get('ratio_2proc_to_1proc'), '', 3)} x one)")
+                       f"({_n(e.get('ratio_2proc_to_1proc'), '', 3)} x one); raw paho "
+                       f"{_n(_g(e, 'raw_paho', 'msgs_per_s'), ' msg/s')}")
+            if "ingest_1proc_before" in e:
+                out.append(f"  - before ({_g(e, 'ingest_1proc_before', 'tree')}), same run: 1 process "
+                           f"{_n(_g(e, 'ingest_1proc_before', 'msgs_per_s'), ' msg/s')} "
+                           f"({_n(e.get('ratio_1proc_before_to_raw'), '', 3)} x raw paho); "
+                           f"speed-up {_n(e.get('speedup_1proc'), '', 2)}")
+    return out
+
+
+def _retention_lines(r: dict) -> list[str]:
+    y, st = r.get("year") or {}, r.get("status") or {}
+    out = []
+    if y:
+        out.append(f"- retention, {y.get('days')} days on PostgreSQL ({_n(y.get('messages_per_day'))} messages "
+                   f"a day, kept {_n(y.get('retention_days'))} days): partitions created "
+                   f"{_n(y.get('partitions_created'))}, dropped {_n(y.get('partitions_dropped'))}, daily "
+                   f"partitions left {_n(y.get('daily_partitions_left'))} ({y.get('first_partition')} .. "
+                   f"{y.get('last_partition')}); slowest maintain {_n(y.get('slowest_maintain_ms'), ' ms')}")
+    if st:
+        out.append(f"- status at {_n(st.get('boxes'))} boxes beside the year: paged alarm query "
+                   f"{_n(st.get('paged_alarm_query_s'), ' s', 3)}, one box "
+                   f"{_n(st.get('one_box_status_s'), ' s', 3)}, `ops status` over every box "
+                   f"{_n(st.get('ops_status_all_boxes_s'), ' s', 2)} (goal: under 1 s)")
     return out
 
 
@@ -324,7 +347,7 @@ def _api_lines(a: dict) -> list[str]:
 # The other issues' benchmarks: results key -> (label on a problem, lines when fine).
 PREVIOUS = {"tic": ("TIC", _tic_lines), "speed": ("speed test accuracy", _speed_lines),
             "ingest": ("ingest", _ingest_lines), "ingest_fleet": ("ingest, fleet-shaped", _ingest_fleet_lines),
-            "flash": ("flash", _flash_lines),
+            "retention": ("retention and status", _retention_lines), "flash": ("flash", _flash_lines),
             "station": ("bench station", _station_lines), "cold": ("cold modules", _cold_lines),
             "dns": ("DNS forwarder", _dns_lines), "api": ("operator API", _api_lines)}
 

@@ -97,7 +97,7 @@ def _store(args):
 def cmd_ingest(args) -> int:
     import time
 
-    from backend.ingest import Ingest
+    from backend.ingest import Ingest, tune_gc
     from backend.store import RETENTION_DAYS, StoreError, open_store
     deadline, delay = time.time() + args.db_wait, 0.5
     while True:
@@ -116,6 +116,7 @@ def cmd_ingest(args) -> int:
                  retention_days=RETENTION_DAYS if args.retention_days is None else args.retention_days,
                  alarm_webhook=args.alarm_webhook, alarm_interval=args.interval, alarm_grace=args.grace)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
+    tune_gc()
     try:
         totals = ing.run(duration=args.duration or None)
     except KeyboardInterrupt:

@@ -255,3 +255,37 @@ def test_a_reconnect_replays_no_retained_message(tmp_path):
     finally:
         reader.close()
         fleet.stop()
+
+
+def test_an_account_that_ran_unshared_gets_each_message_once_in_a_share_group(tmp_path):
+    """The broker takes the account for the client id: a share member resumes the
+    session its account had when it ran alone, unshared subscriptions included. It
+    drops them at connect, or every message would come twice (once per subscription)."""
+    boxes = _boxes("u", 1)
+    box = next(iter(boxes))
+    fleet = FleetBroker(tmp_path / "broker", boxes, fleet_size=100).start()
+    db = f"sqlite:///{tmp_path}/u.db"
+    store = Store(db)
+    url = _url(fleet, "homebox-ingest-1")
+    try:
+        alone = Ingest(url, store, batch_wait=0.05, log=lambda *x: None)
+        th = threading.Thread(target=alone.run, daemon=True)
+        th.start()
+        assert alone.subscribed.wait(10)
+        alone.stop()
+        th.join(30)
+        member = Ingest(url, store, share="g" + uuid.uuid4().hex[:6], state=False, batch_wait=0.05,
+                        log=lambda *x: None)
+        th = threading.Thread(target=member.run, daemon=True)
+        th.start()
+        assert member.subscribed.wait(10)      # after the stale subscriptions' removal
+        _publish(fleet, box, range(1, 201))
+        _wait(lambda: _seqs(store, box) == list(range(1, 201)), what="all stored")
+        _wait(lambda: member.totals["received"] >= 200, 30, "all received")
+        member.stop()
+        th.join(30)
+        assert member.totals["received"] == 200, member.totals
+        assert member.totals["duplicates"] == 0, member.totals
+    finally:
+        store.close()
+        fleet.stop()

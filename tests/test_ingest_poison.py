@@ -12,6 +12,8 @@ import time
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backend import contract
 from backend.ingest import Ingest, classify
@@ -99,6 +101,35 @@ def test_unstorable_guards_the_open_parts():
     assert contract.unstorable({"v": 2**63 - 1, "s": "été", "f": 1e308}) == []
     with pytest.raises(contract.ContractError):
         contract.validate("homebox/v1/P/telemetry/x", json.dumps(env("P", 1, "x", {"nan": 1})).replace("1}}", "NaN}}"))
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(min_value=-2**70, max_value=2**70)
+    | st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\x00\ud800\udfff\\u")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_json_values, raw_surrogates=st.booleans(), ensure_ascii=st.booleans())
+def test_the_fast_storable_look_never_passes_what_unstorable_refuses(doc, raw_surrogates, ensure_ascii):
+    """validate() skips the walk of unstorable() when the payload's bytes show it has
+    nothing to find (contract._surely_storable): that look must be conservative."""
+    text = json.dumps(doc, ensure_ascii=ensure_ascii)
+    payload = text.encode("utf-8", "surrogatepass" if raw_surrogates else "backslashreplace")
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        return
+    if contract._surely_storable(payload):
+        assert contract.unstorable(parsed) == [], payload
+
+
+def test_the_fast_storable_look_on_known_poison():
+    for p in (b'{"a":"\\u0000"}', b'{"a":1234567890123456789012}', '"\ud800"'.encode("utf-8", "surrogatepass"),
+              b"[" * 40 + b"]" * 40, '{"a":1}'.encode("utf-16")):
+        assert not contract._surely_storable(p), p
+    assert contract._surely_storable(b'{"a":[1,{"b":"\\\\"}],"c":-9.5e300}')
 
 
 # ---- the store's side: bisect, quarantine bounds --------------------------------------

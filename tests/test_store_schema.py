@@ -82,16 +82,27 @@ def test_migration_of_the_unpartitioned_table(pg_server):
 
 
 def test_a_year_of_daily_partitions(pg_server):
-    """365 days of maintenance: partitions created ahead, those older than the
-    retention dropped; what is kept is exactly the retention window."""
+    """365 days of maintenance on synthetic data (a message a day): partitions
+    created ahead, those older than the retention dropped with their messages;
+    what is kept is exactly the retention window, and nothing went to the default
+    partition."""
     s = Store(f"{pg_server}?schema=hbyear_{uuid.uuid4().hex[:10]}")
     t0 = _day(time.time()) + 3600
-    created = dropped = 0
+    created, dropped = [], []
     for d in range(0, 365, 1):
         r = s.maintain(now=t0 + d * DAY, retention_days=30, ahead_days=2)
-        created += len(r["created"])
-        dropped += len(r["dropped"])
+        created += r["created"]
+        dropped += r["dropped"]
+        assert s.write_batch([_at(tel("Y", 1, d + 1), t0 + d * DAY)])["stored"] == 1
     days = [p for p in s.partitions() if p["to"] is not None]
-    assert created >= 360 and dropped >= 330
+    assert len(created) >= 360 and len(dropped) >= 330
+    assert not set(dropped) & {p["name"] for p in days}
     assert 30 <= len(days) <= 33
+    # the messages kept: the last 30 days' (a partition goes once wholly past the cut)
+    kept = [q for _b, _o, q in s.seqs("Y")]
+    assert kept == list(range(kept[0], 366)) and 30 <= len(kept) <= 31, kept
+    assert s._q("SELECT COUNT(*) FROM messages_default")[0][0] == 0
+    # dedup still holds across the dropped days: an old seq redelivered is a duplicate
+    c = s.write_batch([_at(tel("Y", 1, 5), t0 + 364 * DAY)])
+    assert (c["stored"], c["duplicates"]) == (0, 1)
     s.close()
