@@ -50,7 +50,7 @@ def account_of(username: str) -> str | None:
 
 
 def issue(broker_dir: Path, account: str, dest: Path, *, hours: float = DEFAULT_HOURS,
-          connections: int = 1, ca_dir: Path | None = None) -> dict:
+          connections: int = 1, first: int = 1, ca_dir: Path | None = None) -> dict:
     """Certificates for `account` in DEST (op.NAME.crt|key ...). Returns
     {"names", "certs", "not_after", "acl_changed"}: acl_changed says the broker must
     re-read its ACL (SIGHUP) before the names are let in."""
@@ -64,7 +64,7 @@ def issue(broker_dir: Path, account: str, dest: Path, *, hours: float = DEFAULT_
     if not (broker_dir / "services.json").exists():
         raise IdentityError(f"{broker_dir}: not a directory `homebox ops broker-config` wrote")
     ids = broker_config.people(broker_dir)
-    want = names(account, connections)
+    want = names(account, first + connections - 1)[first - 1:]
     changed = any(n not in ids for n in want)
     from cryptography import x509
     certs, not_after = [], 0.0
@@ -101,3 +101,78 @@ def revoke(broker_dir: Path, account: str, *, ca_dir: Path | None = None) -> lis
     broker_config.write_crl(broker_dir, ca_dir)
     broker_config.write_people(broker_dir, ids)
     return gone
+
+
+def wait_admitted(broker, tls_ca: str | None, timeout: float = 15.0) -> bool:
+    """True once the broker lets `broker`'s identity round-trip a probe (its ACL
+    section is loaded: a SIGHUP is handled in the broker's own time)."""
+    import threading
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from backend.ingest import make_client
+    topic = f"homebox-ops/probe/{uuid.uuid4().hex}"
+    back = threading.Event()
+    deadline = time.time() + timeout
+    c = make_client(broker, f"probe-{uuid.uuid4().hex[:8]}", tls_ca, protocol=mqtt.MQTTv311)
+    c.on_message = lambda *a: back.set()
+    c.on_connect = lambda cl, u, f, rc, p=None: cl.subscribe(topic, 1)
+    c.on_subscribe = lambda cl, *a: cl.publish(topic, b"probe", qos=1)
+    try:
+        c.connect(broker.host, broker.port)
+    except OSError:
+        return False
+    c.loop_start()
+    try:
+        while time.time() < deadline:
+            if back.wait(0.5):
+                return True
+            if c.is_connected():        # denied (the old ACL): subscribe again, the probe follows
+                c.subscribe(topic, 1)
+        return False
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+class Issuer:
+    """The API server's certificates for the people it pushes for: op.NAME for a
+    push, op.NAME~2.. for a campaign's connections, in a private directory (0700),
+    issued on first use and again before they expire (an hour each)."""
+
+    HOURS = 1.0
+
+    def __init__(self, broker_dir: Path, broker, *, tls_ca: str | None = None, ca_dir: Path | None = None,
+                 reload=None, campaign_connections: int = 4):
+        import tempfile
+        import threading
+        self.broker_dir, self.broker, self.tls_ca, self.ca_dir = Path(broker_dir), broker, tls_ca, ca_dir
+        self.reload, self.fanout = reload, campaign_connections
+        self.dir = Path(tempfile.mkdtemp(prefix="homebox-identities-"))
+        self.lock = threading.Lock()
+        self.valid: dict[tuple[str, str], float] = {}
+
+    def broker_for(self, account: str, purpose: str = "push"):
+        """The Broker to publish as `account` (purpose: push or campaign)."""
+        from dataclasses import replace
+
+        from backend.keys import reload_broker
+        with self.lock:
+            dest = self.dir / account / purpose
+            if self.valid.get((account, purpose), 0) < time.time() + 600:
+                r = issue(self.broker_dir, account, dest, hours=self.HOURS, ca_dir=self.ca_dir,
+                          **({"connections": 1} if purpose == "push" else {"first": 2, "connections": self.fanout}))
+                if r["acl_changed"]:
+                    if not reload_broker(self.reload):
+                        raise IdentityError(f"{account}'s broker identity is new: the broker must reload "
+                                            "its ACL (ops serve --broker-pid)")
+                    b = replace(self.broker, cert=r["certs"][0], key=r["certs"][0][:-4] + ".key")
+                    if not wait_admitted(b, self.tls_ca):
+                        raise IdentityError(f"the broker does not admit {r['names'][0]} yet")
+                self.valid[(account, purpose)] = r["not_after"]
+            return replace(self.broker, username=None, password=None, cert=str(dest), key=None)
+
+    def close(self) -> None:
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)

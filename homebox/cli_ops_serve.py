@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from homebox.cli_ops_common import add_db_json, broker_url, out, with_store
 from homebox.cli_ops_fleet import DB_HELP
@@ -24,6 +25,12 @@ def register(sub) -> None:
                    help="MQTT broker for pushes and campaigns (the push account; password: "
                         "$HOMEBOX_MQTT_PASSWORD); without it the server only reads")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--broker-dir", type=Path, default=None,
+                   help="the directory `ops broker-config` wrote: push and drive campaigns as each person "
+                        "(op.NAME certificates, an hour each) on --broker, the backend listener")
+    p.add_argument("--ca-dir", type=Path, default=None, help="the CA's key (default: BROKER_DIR-ca/)")
+    p.add_argument("--broker-pid", default=None,
+                   help="the broker's pid or pid file: SIGHUP when a person's first identity joins the ACL")
     p.add_argument("--master-secret-file", default=None,
                    help="operator master secret to sign documents (default: $HOMEBOX_MASTER_SECRET)")
     p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
@@ -104,8 +111,16 @@ def cmd_serve(args) -> int:
         raise SystemExit(str(e)) from None
     from backend.store import default_url
     try:
+        issuer = None
+        if args.broker_dir:
+            if broker is None:
+                raise SystemExit("--broker-dir needs --broker (the backend listener, mqtts://)")
+            from backend.identities import Issuer
+            issuer = Issuer(args.broker_dir, broker, tls_ca=args.tls_ca, ca_dir=args.ca_dir,
+                            reload=args.broker_pid)
         api = Api(args.db or default_url(), broker=broker, master=master, tls_ca=args.tls_ca,
-                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace)
+                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace,
+                  identities=issuer)
         srv = serve(api, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except (StoreError, OSError) as e:
         raise SystemExit(f"cannot serve: {e}") from None
@@ -128,6 +143,8 @@ def cmd_serve(args) -> int:
         pass
     finally:
         srv.shutdown()
+        if issuer is not None:
+            issuer.close()
     return 0
 
 
