@@ -137,7 +137,7 @@ def _publisher(port: int, ca: str, creds: list[tuple[str, str]], msgs: int, q) -
 RAW = r'''
 import json, ssl, sys, time
 import paho.mqtt.client as mqtt
-port, ca, user, pw, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+port, ca, user, cert, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 seen = [0, None]
 def on_message(c, u, m):
     json.loads(m.payload)
@@ -145,8 +145,9 @@ def on_message(c, u, m):
     if seen[1] is None:
         seen[1] = time.time()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
-c.username_pw_set(user, pw)
-c.tls_set_context(ssl.create_default_context(cafile=ca))
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, cert[:-4] + ".key")     # the backend listener: the service's certificate
+c.tls_set_context(ctx)
 c.on_message = on_message
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
@@ -199,8 +200,8 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
     log = open(workdir / "ingest.log", "ab")
     try:
         # the raw consumer's session first (it then holds the same backlogs)
-        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(boxes * msgs * 2)],
+        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.backend), str(fleet.ca), "homebox-ingest-4",
+                                str(fleet.cert("homebox-ingest-4")), str(boxes * msgs * 2)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("subscribe-only\n")
@@ -238,8 +239,8 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int) -> dict
             out[f"ingest_{procs}proc"] = {"messages": total, "stored": n, "msgs_per_s": round(rate),
                                           "wall_s_from_start": round(t_end - t_start, 2)}
         # the raw consumer drains the two backlogs it holds
-        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(2 * boxes * msgs)],
+        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.backend), str(fleet.ca), "homebox-ingest-4",
+                                str(fleet.cert("homebox-ingest-4")), str(2 * boxes * msgs)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("drain\n")

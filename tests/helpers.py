@@ -141,15 +141,15 @@ class FleetBroker:
     homebox-push(-N), and people op.NAME, log in with client certificates."""
 
     def __init__(self, workdir: Path, boxes: dict[str, str], fleet_size: int = 100,
-                 ingest_accounts: int = 2, plain: bool = True):
+                 ingest_accounts: int = 2, plain: bool = True, readers: dict[str, str] | None = None):
         from backend import broker_config
         self.out = Path(workdir) / "cfg"
         self.plain, self.tls, self.backend = (free_port() if plain else 0), free_port(), free_port()
-        self.passwords = dict(boxes)
+        self.passwords = dict(boxes, **(readers or {}))
         files = broker_config.generate(self.out, boxes, port=self.tls, plain_port=self.plain,
                                        hosts=["localhost", "127.0.0.1"], fleet_size=fleet_size,
                                        ingest_accounts=ingest_accounts, run_as=getpass.getuser(),
-                                       backend_port=self.backend)
+                                       backend_port=self.backend, readers=readers)
         self.certs = Path(files["backend_certs"])
         self.ca = self.out / "ca.crt"
         self.proc: subprocess.Popen | None = None
