@@ -398,3 +398,49 @@ def test_no_file_the_backend_writes_holds_a_clear_password(tmp_path):
     acl = (out / "acl").read_text()
     assert "user op.carol\n" in acl and "user op.carol~3\n" in acl
     assert "op.carol" not in (out / "passwd").read_text()
+
+
+def test_the_api_pushes_as_the_person_who_asked(fleet, tmp_path):
+    """`ops serve --broker-dir`: a push through the API reaches the box from the
+    broker identity of the account that asked (op.dora), issued on first use in a
+    private directory that the server removes when it stops."""
+    import urllib.request
+
+    from backend import accounts, identities
+    from backend.api import Api, serve
+    from backend.store import Store
+    from common.broker import parse_broker
+    db = f"sqlite:///{tmp_path}/api.db"
+    st = Store(db)
+    accounts.add(st, "dora", "operator", "dora-console-pw-4", author="admin")
+    tok = accounts.new_token(st, "dora", "test")
+    st.close()
+    broker = parse_broker(f"mqtts://localhost:{fleet.backend}", env={})
+    issuer = identities.Issuer(fleet.out, broker, tls_ca=str(fleet.ca), reload=fleet.proc.pid)
+    api = Api(db, broker=broker, tls_ca=str(fleet.ca), push_timeout=0.5, identities=issuer)
+    srv = serve(api, "127.0.0.1", 0)
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/options")
+    a.msgs.clear()
+    try:
+        host, port = srv.server_address[:2]
+        doc = json.loads((Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples" /
+                          "desired-options.json").read_text())
+        doc.pop("version", None)
+        req = urllib.request.Request(f"http://{host}:{port}/api/v1/boxes/{A}/desired/options?wait=0.3",
+                                     data=json.dumps(doc).encode(), method="PUT",
+                                     headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200, r.read()
+        assert wait_for(lambda: a.msgs, 15)
+        assert "u'op.dora'" in (fleet.out / "mosquitto.log").read_text()
+        keys = list(issuer.dir.rglob("*.key"))
+        assert keys and all(k.stat().st_mode & 0o077 == 0 for k in keys)
+        assert "op.dora" in broker_config.people(fleet.out)
+    finally:
+        a.close()
+        srv.shutdown()
+        srv.server_close()
+        api.close()
+        issuer.close()
+    assert not issuer.dir.exists()
