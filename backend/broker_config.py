@@ -379,6 +379,8 @@ def generate(out: Path, boxes: dict[str, str], port: int = 8883, plain_port: int
     # --client-certs the boxes get one too (the TLS listener then takes the
     # certificate's CN as the username, not a password)
     files = _pki(out, hosts, (sorted(boxes) if client_certs else []) + services, ca_dir) if tls else {}
+    if not client_certs:
+        files.pop("client_certs", None)         # the services' certificates only: backend_certs below
     backend_port = (port + BACKEND_PORT_OFFSET if backend_port is None else backend_port) if tls else 0
     data = out / "data"
     data.mkdir(exist_ok=True)

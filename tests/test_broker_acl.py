@@ -366,7 +366,7 @@ def test_an_operator_pushes_as_themselves_and_once_revoked_is_refused(fleet, tmp
     n = len(a.msgs)
     push[push.index("--timeout") + 1] = "5"
     r = _ops(push, env)
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == 2 and "refused" in json.loads(r.stdout)["message"], r.stdout + r.stderr
     # whatever the push got through before it was refused, the box got nothing newer
     assert all(json.loads(p)["version"] <= v for _t, p in a.msgs[n:])
     a.close()
