@@ -22,8 +22,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port; default 8080)")
     p.add_argument("--broker", default=None,
-                   help="MQTT broker for pushes and campaigns (the push account; password: "
-                        "$HOMEBOX_MQTT_PASSWORD); without it the server only reads")
+                   help="MQTT broker for pushes and campaigns (with --broker-dir: the backend listener, "
+                        "each person as themselves; else one account, password $HOMEBOX_MQTT_PASSWORD); "
+                        "without it the server only reads")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
     p.add_argument("--broker-dir", type=Path, default=None,
                    help="the directory `ops broker-config` wrote: push and drive campaigns as each person "
@@ -57,8 +58,12 @@ def register(sub) -> None:
     r = asub.add_parser("role", help="change an account's role")
     r.add_argument("name")
     r.add_argument("role", choices=("viewer", "operator", "admin"))
-    d = asub.add_parser("disable", help="disable an account and revoke its tokens")
+    d = asub.add_parser("disable", help="disable an account and revoke its tokens (and, with --broker-dir, "
+                                        "its broker identities)")
     d.add_argument("name")
+    d.add_argument("--broker-dir", type=Path, default=None,
+                   help="the directory `ops broker-config` wrote: also `ops broker-revoke` the person")
+    d.add_argument("--broker-pid", default=None, help="the broker's pid or pid file: SIGHUP after the revoke")
     for x, fn in ((r, cmd_account_role), (d, cmd_account_disable)):
         add_db_json(x)
         x.set_defaults(func=fn)
@@ -198,7 +203,16 @@ def cmd_account_disable(args) -> int:
     _, rc = with_store(args, lambda st: accounts.disable(st, args.name, author=_author()), accounts.AccountError)
     if rc is not None:
         return rc
-    out(args, {"name": args.name, "disabled": True}, f"{args.name}: disabled")
+    res: dict = {"name": args.name, "disabled": True}
+    text = f"{args.name}: disabled"
+    if args.broker_dir:
+        from backend import identities
+        from backend.keys import reload_broker
+        res["broker_revoked"] = gone = identities.revoke(args.broker_dir, args.name)
+        res["broker_reloaded"] = reload_broker(args.broker_pid) if gone else False
+        if gone:
+            text += f"; revoked {', '.join(gone)}" + ("" if res["broker_reloaded"] else " (reload the broker: SIGHUP)")
+    out(args, res, text)
     return 0
 
 

@@ -398,6 +398,17 @@ def test_no_file_the_backend_writes_holds_a_clear_password(tmp_path):
     acl = (out / "acl").read_text()
     assert "user op.carol\n" in acl and "user op.carol~3\n" in acl
     assert "op.carol" not in (out / "passwd").read_text()
+    # disabling the account takes her out of the broker too: ACL and CRL
+    import os
+    r = _ops(["account", "disable", "carol", "--broker-dir", str(out), "--db", f"sqlite:///{tmp_path}/api.db",
+              "--json"], dict(os.environ))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["broker_revoked"] == ["op.carol", "op.carol~2", "op.carol~3"]
+    assert "op.carol" not in (out / "acl").read_text() and broker_config.people(out) == {}
+    from cryptography import x509
+    crl = x509.load_pem_x509_crl((out / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate((tmp_path / "carol" / "op.carol~2.crt").read_bytes()).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
 def test_the_api_pushes_as_the_person_who_asked(fleet, tmp_path):
