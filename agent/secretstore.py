@@ -66,7 +66,7 @@ def save(box, keys, drop=()):
     # Rotated keys (agent/keys.py) into NVS with the rest of the secrets, `drop`
     # removed. False where the HAL has no NVS, the secrets are not there yet, or it
     # failed: the caller keeps them in STATE/keys.json instead.
-    hal = box.hal
+    hal = getattr(box, "hal", None)
     if not has_nvs(hal) or not box.cfg.get("secrets_nvs"):
         return False            # the bench's file is still the copy in force
     d = get(hal) or {}

@@ -237,15 +237,14 @@ def issue_client(out: Path, cn: str, dest: Path, lifetime: dt.timedelta,
                  ca_dir: Path | None = None) -> tuple[Path, Path]:
     """A client certificate for `cn` from the fleet CA: DEST/CN.crt and DEST/CN.key
     (mode 0600; DEST mode 0700). Returns their paths."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
     out = Path(out).resolve()
     ca, ca_key = _load_ca(out, Path(ca_dir) if ca_dir else default_ca_dir(out))
-    return _write_client(dest, cn, *_issue(ca, ca_key, cn, [], ExtendedKeyUsageOID.CLIENT_AUTH, lifetime),
-                         serialization)
+    return _write_client(dest, cn, *_issue(ca, ca_key, cn, [], ExtendedKeyUsageOID.CLIENT_AUTH, lifetime))
 
 
-def _write_client(dest: Path, cn: str, k, c, serialization) -> tuple[Path, Path]:
+def _write_client(dest: Path, cn: str, k, c) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     os.chmod(dest, 0o700)
@@ -299,7 +298,7 @@ def _pki(out: Path, hosts: list[str], client_boxes: list[str], ca_dir: Path) -> 
         cdir = out / "clients"
         for box in client_boxes:
             _write_client(cdir, box, *_issue(ca, key, box, [], ExtendedKeyUsageOID.CLIENT_AUTH,
-                                             dt.timedelta(days=CLIENT_DAYS)), serialization)
+                                             dt.timedelta(days=CLIENT_DAYS)))
         files["client_certs"] = str(cdir)
     files["crl"] = str(write_crl(out, ca_dir))
     files["ca_key"] = str(ca_key)
