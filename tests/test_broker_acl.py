@@ -455,3 +455,36 @@ def test_the_api_pushes_as_the_person_who_asked(fleet, tmp_path):
         api.close()
         issuer.close()
     assert not issuer.dir.exists()
+
+
+def test_a_campaigns_connections_each_log_in_as_the_person(fleet, tmp_path):
+    """`broker-login --connections 3`: a fan-out publisher (campaigns, reconcile)
+    on the directory opens one connection per identity, op.erin, op.erin~2,
+    op.erin~3, all at once (none takes another's session), and the box gets what
+    each sends."""
+    import os
+    import signal
+
+    from backend import identities
+    from backend.fanout import Publisher
+    from common.broker import parse_broker
+    r = identities.issue(fleet.out, "erin", tmp_path / "erin", hours=1, connections=3)
+    assert r["names"] == ["op.erin", "op.erin~2", "op.erin~3"] and r["acl_changed"]
+    os.kill(fleet.proc.pid, signal.SIGHUP)
+    url = parse_broker(f"mqtts://localhost:{fleet.backend}", env={"HOMEBOX_MQTT_CERT": str(tmp_path / "erin")})
+    assert all(identities.wait_admitted(u, str(fleet.ca)) for u in url.identities())
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/channels")
+    a.msgs.clear()
+    with Publisher(url, "campaign-erin", connections=8, tls_ca=str(fleet.ca)) as p:
+        assert len(p.clients) == 3
+        docs = [(f"homebox/v1/{A}/desired/channels", json.dumps({"version": 900 + i}).encode()) for i in range(6)]
+        assert p.publish(docs) == 6
+        assert all(c.is_connected() for c in p.clients)
+    assert wait_for(lambda: len({p for _t, p in a.msgs}) == 6, 15), a.msgs
+    log = (fleet.out / "mosquitto.log").read_text()
+    assert all(f"u'{n}'" in log for n in r["names"])
+    a.close()
+    clear = backend(fleet, "homebox-push")          # leave no retained document to the other tests
+    clear.pub(f"homebox/v1/{A}/desired/channels", b"", retain=True)
+    clear.close()
