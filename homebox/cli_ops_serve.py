@@ -118,8 +118,8 @@ def cmd_serve(args) -> int:
     try:
         issuer = None
         if args.broker_dir:
-            if broker is None:
-                raise SystemExit("--broker-dir needs --broker (the backend listener, mqtts://)")
+            if broker is None or not broker.tls:
+                raise SystemExit("--broker-dir needs --broker mqtts://HOST:BACKEND_PORT (the backend listener)")
             from backend.identities import Issuer
             issuer = Issuer(args.broker_dir, broker, tls_ca=args.tls_ca, ca_dir=args.ca_dir,
                             reload=args.broker_pid)
