@@ -22,6 +22,10 @@ def build(cfg_path, secrets_path=None, overrides=None, prepare=None):
     if prepare is not None:
         prepare(cfg)
     hal = load_hal(cfg["hal"], cfg)
+    if getattr(hal, "nvs_set_blob", None) is not None:
+        # the ESP32: the secrets live in NVS, /secrets.json only until it is copied there
+        from agent.compat import cold
+        cold("agent.secretstore", "boot", cfg, hal, secrets_path)
     del config, load_hal
     forget("agent.config")
     forget("agent.hal")

@@ -6,13 +6,14 @@
 #     {"version": V, "box": ID, "nonce": hex16, "enc": hex, "sig": hex}
 #     wrap key = HMAC(key, "homebox-key-wrap"); keystream block i =
 #     HMAC(wrap key, nonce | i); enc = JSON {"p": mqtt password, "k": hmac key hex} XOR keystream
-# The box persists them atomically in STATE/keys.json (which overrides /secrets.json
-# at boot), reports "applied", and keeps its current MQTT password as the fallback
+# The box persists them in NVS where the HAL has it (agent/secretstore.py), else
+# atomically in STATE/keys.json (which overrides /secrets.json at boot), reports "applied", and keeps its current MQTT password as the fallback
 # until a session with the new one succeeds; then it reports "confirmed".
 import json
 from binascii import hexlify, unhexlify
 
 from agent import fsutil
+from agent.compat import cold
 
 WRAP = b"homebox-key-wrap"
 
@@ -92,7 +93,8 @@ def handle(box, payload):
         release()                     # the rules package (the HMAC) leaves RAM again
     keys = {"key_version": v, "mqtt_password": p, "hmac_key": k,
             "prev_mqtt_password": cfg.get("mqtt_password"), "prev_hmac_key": cfg.get("hmac_key")}
-    fsutil.write_json(path(box), keys)    # atomic: old or new after a power cut
+    if not cold("agent.secretstore", "save", box, keys):
+        fsutil.write_json(path(box), keys)    # no NVS: atomic, old or new after a power cut
     cfg.update(keys)
     _report(box, {"version": v, "status": "applied"})
     return "applied"
@@ -103,6 +105,7 @@ def confirm(box):
     # needed (the old HMAC key stays, to recognise replays of documents it signed).
     cfg = box.cfg
     cfg.pop("prev_mqtt_password", None)
+    cold("agent.secretstore", "save", box, {}, ("prev_mqtt_password",))
     keys = fsutil.read_json(path(box))
     if isinstance(keys, dict):
         keys.pop("prev_mqtt_password", None)

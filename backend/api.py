@@ -40,9 +40,12 @@ MAX_BODY = 1 << 20
 class Api:
     def __init__(self, db_url: str, *, broker=None, master: bytes | None = None, tls_ca: str | None = None,
                  push_timeout: float = 10.0, interval: float = 300.0, secure_cookies: bool = False,
-                 grace: float = inventory.GRACE_S):
+                 grace: float = inventory.GRACE_S, identities=None):
+        # identities: a backend.identities.Issuer, to push as each person (op.NAME)
+        # rather than as the one account of `broker`
         self.db_url = db_url
         self.broker, self.master, self.tls_ca = broker, master, tls_ca
+        self.identities = identities
         self.push_timeout = push_timeout
         self.interval = interval
         self.grace = grace
@@ -133,7 +136,7 @@ class Api:
             raise HttpError(400, "bad_request", "wait: seconds") from None
         wait = min(max(wait, 0.0), 60.0)
         try:
-            r = push.push(self.broker, m["box"], section, doc, self.master, store=c.store,
+            r = push.push(self._as(c.account.name, "push"), m["box"], section, doc, self.master, store=c.store,
                           tls_ca=self.tls_ca, timeout=wait, author=c.account.name)
         except DocumentInvalid as e:
             raise HttpError(422, "invalid_document", str(e),
@@ -211,20 +214,31 @@ class Api:
         cp = fn(c.store, cid)
         accounts.audit(c.store, c.account.name, f"campaign.{action}", cid, {"state": cp["state"]})
         if cp["state"] == "running" and self.broker is not None:
-            self._drive(cid)
+            self._drive(cid, c.account.name)
         cp["counts"] = campaign.counts(c.store, cid)
         cp["driven"] = cid in self.drivers and self.drivers[cid].is_alive()
         return 200, cp
 
-    def _drive(self, cid: str) -> None:
+    def _as(self, account: str, purpose: str):
+        """The broker, logged in as the person (their own identity) when the server
+        issues identities, else as its one account."""
+        if self.identities is None:
+            return self.broker
+        try:
+            return self.identities.broker_for(account, purpose)
+        except OpsError as e:
+            raise HttpError(502, "broker", str(e)) from None
+
+    def _drive(self, cid: str, account: str) -> None:
         t = self.drivers.get(cid)
         if t is not None and t.is_alive():
             return
+        broker = self._as(account, "campaign")
 
         def run():
             st = Store(self.db_url)
             try:
-                campaign.run(st, [self.broker], cid, self.master, tls_ca=self.tls_ca)
+                campaign.run(st, [broker], cid, self.master, tls_ca=self.tls_ca)
             except OpsError:
                 pass            # another driver holds it, or the broker is away: status tells
             finally:

@@ -23,17 +23,18 @@ from common.broker import Broker
 
 def plan(url: Broker | list[Broker], connections: int) -> list[Broker]:
     """The connections to open. Anonymous: `connections` to the one broker. With
-    accounts: one connection per account, since a fleet broker makes the username
-    the client id (use_username_as_clientid) and two connections of one account
-    would take each other's session (broker-config makes homebox-push-1..N)."""
-    urls = list(url) if isinstance(url, (list, tuple)) else [url]
+    accounts or certificates: one connection per identity, since a fleet broker
+    makes the username the client id (use_username_as_clientid) and two connections
+    of one identity would take each other's session (broker-config makes
+    homebox-push-1..N; `ops broker-login` a directory of op.NAME, op.NAME~2...)."""
+    urls = [i for u in (url if isinstance(url, (list, tuple)) else [url]) for i in u.identities()]
     if not urls:
         raise ValueError("no broker")
-    if all(u.username is None for u in urls):
+    if all(u.identity is None for u in urls):
         return [urls[i % len(urls)] for i in range(max(1, connections))]
     seen: dict[str | None, Broker] = {}
     for u in urls:
-        seen.setdefault(u.username, u)
+        seen.setdefault(u.identity, u)
     return list(seen.values())
 
 

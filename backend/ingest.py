@@ -138,6 +138,9 @@ def make_client(url: Broker, client_id: str, tls_ca: str | None = None,
         c.username_pw_set(url.username, url.password)
     if url.tls:
         ctx = ssl.create_default_context(cafile=tls_ca) if tls_ca else ssl.create_default_context()
+        if url.cert:
+            url = url.identities()[0]       # a directory of identities: its first
+            ctx.load_cert_chain(url.cert, url.key)
         c.tls_set_context(ctx)
     c.reconnect_delay_set(0.2, 10)
     return c

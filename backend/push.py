@@ -106,6 +106,10 @@ class Session:
         self.c = make_client(url, f"homebox-ops-{uuid.uuid4().hex[:12]}", tls_ca, protocol=mqtt.MQTTv311)
         self.c.on_message = self._on_message
         self.c.on_connect = self._on_connect
+        if url.cert:
+            self.c.on_connect_fail = self._on_connect_fail
+            self.c.on_disconnect = self._on_disconnect
+        self.connected = False
         self.c.connect(url.host, url.port)
         self.c.loop_start()
         self.c.subscribe([(self.t_desired, 1), (self.t_reported, 1), (self.t_probe, 1)])
@@ -115,9 +119,26 @@ class Session:
         self.c.publish(self.t_probe, b"probe", qos=1)
 
     def _on_connect(self, client, userdata, flags, rc, props=None):
-        if rc.is_failure:
-            with self.cond:
+        with self.cond:
+            if rc.is_failure:
                 self.refused = str(rc)
+            self.connected = not rc.is_failure
+            self.cond.notify_all()
+
+    def _on_connect_fail(self, client, userdata):
+        self._closed_before_connack()
+
+    def _on_disconnect(self, client, userdata, flags, rc, props=None):
+        self._closed_before_connack()
+
+    def _closed_before_connack(self):
+        # A broker that refuses a client certificate (unknown, revoked, expired)
+        # closes the TLS connection before any CONNACK: refused, not a timeout
+        # (only with a certificate: a broker still starting is worth the wait).
+        with self.cond:
+            if not self.connected and self.refused is None:
+                self.refused = "the connection was closed before the broker answered " \
+                               "(with a client certificate: not admitted, revoked or expired?)"
                 self.cond.notify_all()
 
     def _on_message(self, client, userdata, msg):

@@ -46,6 +46,7 @@ BASELINE = "7c7377a"
 # The tree before the profile-driven work on ingest's hot path (issue 16): its
 # `homebox ops ingest` runs beside this tree's, on the same broker, in the same run.
 INGEST_BEFORE = "52b9e30"
+BEFORE_USER = "bench-ingest-before"
 BATCH = 500
 
 
@@ -140,7 +141,7 @@ def _publisher(port: int, ca: str, creds: list[tuple[str, str]], msgs: int, q) -
 RAW = r'''
 import json, ssl, sys, time
 import paho.mqtt.client as mqtt
-port, ca, user, pw, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+port, ca, user, cert, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 seen = [0, None]
 def on_message(c, u, m):
     json.loads(m.payload)
@@ -148,8 +149,9 @@ def on_message(c, u, m):
     if seen[1] is None:
         seen[1] = time.time()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
-c.username_pw_set(user, pw)
-c.tls_set_context(ssl.create_default_context(cafile=ca))
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, cert[:-4] + ".key")     # the backend listener: the service's certificate
+c.tls_set_context(ctx)
 c.on_message = on_message
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
@@ -224,7 +226,10 @@ def _publish_backlog(fleet, creds, msgs) -> int:
 def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, before: bool = True) -> dict:
     from tests.helpers import FleetBroker
     creds = [(f"fe{b:06d}", f"pw-{uuid.uuid4().hex}") for b in range(boxes)]
-    fleet = FleetBroker(workdir / "broker", dict(creds), fleet_size=boxes, ingest_accounts=5).start()
+    # the tree before logs in by password (a reader account: a hash in the broker's
+    # files); this tree's services by certificate on the backend listener
+    fleet = FleetBroker(workdir / "broker", dict(creds), fleet_size=boxes, ingest_accounts=4,
+                        readers={BEFORE_USER: f"pw-{uuid.uuid4().hex}"}).start()
     # (name, accounts, tree): the broker takes the account for the client id
     # (use_username_as_clientid), so each run has accounts of its own, or a share
     # member would resume the lone run's session and its unshared subscription
@@ -232,13 +237,13 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, before:
                                                ("ingest_2proc", ["homebox-ingest-2", "homebox-ingest-3"], ROOT)]
     old_tree = _before_tree(workdir) if before else None
     if old_tree is not None:
-        runs.insert(0, ("ingest_1proc_before", ["homebox-ingest-5"], old_tree))
+        runs.insert(0, ("ingest_1proc_before", [BEFORE_USER], old_tree))
     out: dict = {"boxes": boxes, "msgs_per_box": msgs, "transport": "TLS, per-box accounts (generated config)"}
     log = open(workdir / "ingest.log", "ab")
     try:
         # the raw consumer's session first (it then holds the same backlogs)
-        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(boxes * msgs * len(runs))],
+        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.backend), str(fleet.ca), "homebox-ingest-4",
+                                str(fleet.cert("homebox-ingest-4")), str(boxes * msgs * len(runs))],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("subscribe-only\n")
@@ -282,8 +287,8 @@ def e2e(kind: str, workdir: Path, pg: str | None, boxes: int, msgs: int, before:
             if tree != ROOT:
                 out[name]["tree"] = INGEST_BEFORE
         # the raw consumer drains the backlogs it holds (one per run)
-        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.tls), str(fleet.ca), "homebox-ingest-4",
-                                fleet.passwords["homebox-ingest-4"], str(len(runs) * boxes * msgs)],
+        raw = subprocess.Popen([sys.executable, "-c", RAW, str(fleet.backend), str(fleet.ca), "homebox-ingest-4",
+                                str(fleet.cert("homebox-ingest-4")), str(len(runs) * boxes * msgs)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         raw.stdout.readline()
         raw.stdin.write("drain\n")

@@ -54,10 +54,11 @@ def register(sub) -> None:
         c = cs.add_parser(name, help=hlp)
         c.add_argument("id")
         c.add_argument("--broker", action="append", default=None,
-                       help="mqtt://[user[:password]@]host:port (default 127.0.0.1:1883); repeat with "
-                            "accounts homebox-push-1..N: one connection each (password: $HOMEBOX_MQTT_PASSWORD)")
+                       help="mqtt://[user[:password]@]host:port (default 127.0.0.1:1883); on a fleet broker "
+                            "mqtts://HOST:BACKEND_PORT with $HOMEBOX_MQTT_CERT=DIR (`ops broker-login --connections N`: "
+                            "one connection per certificate), or repeated with ?cert=... one identity each")
         c.add_argument("--connections", type=int, default=2,
-                       help="connections to an anonymous broker (with accounts: one per --broker)")
+                       help="connections to an anonymous broker (with identities: one per identity)")
         c.add_argument("--tls-ca", default=None)
         c.add_argument("--master-secret-file", type=Path, default=None,
                        help=f"operator master secret (default ${credentials.ENV_SECRET})")

@@ -71,10 +71,12 @@ def register(sub) -> None:
     p.add_argument("--registry", type=Path, default=None,
                    help="the operator's key registry (`ops keys import`): each box's active hash; revoked boxes left out")
     p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
-    p.add_argument("--plain-port", type=int, default=0, help="also a plain listener on 127.0.0.1:PORT (tests, local backend)")
+    p.add_argument("--plain-port", type=int, default=0, help="also a plain listener on 127.0.0.1:PORT (boxes on a test bench, tests)")
+    p.add_argument("--backend-port", type=int, default=None,
+                   help="the backend's listener, client certificates only (default: --port + 1)")
     p.add_argument("--host", action="append", default=None, help="server certificate names (default: localhost)")
     p.add_argument("--client-certs", action="store_true",
-                   help="also issue a client certificate per box and backend account (bound to it, short-lived, with a CRL)")
+                   help="also issue a client certificate per box (bound to it, short-lived, with a CRL)")
     p.add_argument("--ca-dir", type=Path, default=None,
                    help="where the CA's private key is kept, apart from the broker's files (default: OUT-ca/)")
     p.add_argument("--fleet-size", type=int, default=1000, help="boxes the broker serves (sizes the queues)")
@@ -172,12 +174,12 @@ def cmd_broker_config(args) -> int:
     out = broker_config.generate(args.out, creds, port=args.port, plain_port=args.plain_port,
                                  hosts=args.host or ["localhost"], client_certs=args.client_certs,
                                  fleet_size=args.fleet_size, ingest_accounts=args.ingest_accounts,
-                                 push_accounts=args.push_accounts,
+                                 push_accounts=args.push_accounts, backend_port=args.backend_port,
                                  run_as=args.run_as, ca_dir=args.ca_dir)
     for k, v in out.items():
-        if k != "passwords":
-            print(f"{k}: {v}")
-    if out.get("passwords"):
-        print(f"generated passwords for the backend accounts are in {out['passwords']} (mode 0600)",
-              file=sys.stderr)
+        print(f"{k}: {v}")
+    if out.get("backend_port"):
+        print(f"the backend's services log in on port {out['backend_port']} with their certificate "
+              f"(--broker 'mqtts://HOST:{out['backend_port']}?cert={out['backend_certs']}/homebox-push.crt'); "
+              "people with `homebox ops broker-login`", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from homebox.cli_ops_common import add_db_json, broker_url, out, with_store
 from homebox.cli_ops_fleet import DB_HELP
@@ -21,9 +22,16 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port; default 8080)")
     p.add_argument("--broker", default=None,
-                   help="MQTT broker for pushes and campaigns (the push account; password: "
-                        "$HOMEBOX_MQTT_PASSWORD); without it the server only reads")
+                   help="MQTT broker for pushes and campaigns (with --broker-dir: the backend listener, "
+                        "each person as themselves; else one account, password $HOMEBOX_MQTT_PASSWORD); "
+                        "without it the server only reads")
     p.add_argument("--tls-ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--broker-dir", type=Path, default=None,
+                   help="the directory `ops broker-config` wrote: push and drive campaigns as each person "
+                        "(op.NAME certificates, an hour each) on --broker, the backend listener")
+    p.add_argument("--ca-dir", type=Path, default=None, help="the CA's key (default: BROKER_DIR-ca/)")
+    p.add_argument("--broker-pid", default=None,
+                   help="the broker's pid or pid file: SIGHUP when a person's first identity joins the ACL")
     p.add_argument("--master-secret-file", default=None,
                    help="operator master secret to sign documents (default: $HOMEBOX_MASTER_SECRET)")
     p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
@@ -54,8 +62,12 @@ def register(sub) -> None:
     r = asub.add_parser("role", help="change an account's role")
     r.add_argument("name")
     r.add_argument("role", choices=("viewer", "operator", "admin"))
-    d = asub.add_parser("disable", help="disable an account and revoke its tokens")
+    d = asub.add_parser("disable", help="disable an account and revoke its tokens (and, with --broker-dir, "
+                                        "its broker identities)")
     d.add_argument("name")
+    d.add_argument("--broker-dir", type=Path, default=None,
+                   help="the directory `ops broker-config` wrote: also `ops broker-revoke` the person")
+    d.add_argument("--broker-pid", default=None, help="the broker's pid or pid file: SIGHUP after the revoke")
     for x, fn in ((r, cmd_account_role), (d, cmd_account_disable)):
         add_db_json(x)
         x.set_defaults(func=fn)
@@ -108,8 +120,16 @@ def cmd_serve(args) -> int:
         raise SystemExit(str(e)) from None
     from backend.store import default_url
     try:
+        issuer = None
+        if args.broker_dir:
+            if broker is None or not broker.tls:
+                raise SystemExit("--broker-dir needs --broker mqtts://HOST:BACKEND_PORT (the backend listener)")
+            from backend.identities import Issuer
+            issuer = Issuer(args.broker_dir, broker, tls_ca=args.tls_ca, ca_dir=args.ca_dir,
+                            reload=args.broker_pid)
         api = Api(args.db or default_url(), broker=broker, master=master, tls_ca=args.tls_ca,
-                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace)
+                  push_timeout=args.push_timeout, secure_cookies=bool(args.tls_cert), grace=args.grace,
+                  identities=issuer)
         srv = serve(api, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except (StoreError, OSError) as e:
         raise SystemExit(f"cannot serve: {e}") from None
@@ -137,6 +157,8 @@ def cmd_serve(args) -> int:
     finally:
         srv.shutdown()
         loop.stop()
+        if issuer is not None:
+            issuer.close()
     return 0
 
 
@@ -190,7 +212,16 @@ def cmd_account_disable(args) -> int:
     _, rc = with_store(args, lambda st: accounts.disable(st, args.name, author=_author()), accounts.AccountError)
     if rc is not None:
         return rc
-    out(args, {"name": args.name, "disabled": True}, f"{args.name}: disabled")
+    res: dict = {"name": args.name, "disabled": True}
+    text = f"{args.name}: disabled"
+    if args.broker_dir:
+        from backend import identities
+        from backend.keys import reload_broker
+        res["broker_revoked"] = gone = identities.revoke(args.broker_dir, args.name)
+        res["broker_reloaded"] = reload_broker(args.broker_pid) if gone else False
+        if gone:
+            text += f"; revoked {', '.join(gone)}" + ("" if res["broker_reloaded"] else " (reload the broker: SIGHUP)")
+    out(args, res, text)
     return 0
 
 

@@ -137,34 +137,40 @@ def stop_process(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
 class FleetBroker:
     """A real Mosquitto started from the configuration `homebox ops broker-config`
     generates: TLS listener (and a plain loopback one), the boxes' passwords, the
-    ACL, and the backend accounts homebox-ingest-N and homebox-push."""
+    ACL, and the backend listener where the services homebox-ingest-N and
+    homebox-push(-N), and people op.NAME, log in with client certificates."""
 
     def __init__(self, workdir: Path, boxes: dict[str, str], fleet_size: int = 100,
-                 ingest_accounts: int = 2, plain: bool = True):
+                 ingest_accounts: int = 2, plain: bool = True, readers: dict[str, str] | None = None):
         from backend import broker_config
         self.out = Path(workdir) / "cfg"
-        self.plain, self.tls = (free_port() if plain else 0), free_port()
-        self.passwords = dict(boxes)
-        broker_config.generate(self.out, boxes, port=self.tls, plain_port=self.plain,
-                               hosts=["localhost", "127.0.0.1"], fleet_size=fleet_size,
-                               ingest_accounts=ingest_accounts, run_as=getpass.getuser())
-        self.accounts = json.loads((self.out / "backend-accounts.json").read_text())
-        self.passwords.update(self.accounts)
+        self.plain, self.tls, self.backend = (free_port() if plain else 0), free_port(), free_port()
+        self.passwords = dict(boxes, **(readers or {}))
+        files = broker_config.generate(self.out, boxes, port=self.tls, plain_port=self.plain,
+                                       hosts=["localhost", "127.0.0.1"], fleet_size=fleet_size,
+                                       ingest_accounts=ingest_accounts, run_as=getpass.getuser(),
+                                       backend_port=self.backend, readers=readers)
+        self.certs = Path(files["backend_certs"])
         self.ca = self.out / "ca.crt"
         self.proc: subprocess.Popen | None = None
 
+    def cert(self, user: str) -> Path | None:
+        """The client certificate of a backend identity (a service or a person), None for a box."""
+        c = self.certs / f"{user}.crt"
+        return c if user not in self.passwords and c.exists() else None
+
     def start(self, timeout: float = 10) -> FleetBroker:
         self.proc = start_mosquitto(self.out / "mosquitto.conf", self.tls, self.out / "mosquitto.log", timeout)
-        if self.plain:
-            # the listeners open one after the other: the plain one may still be coming
-            deadline = time.time() + timeout
+        # the listeners open one after the other: the others may still be coming
+        deadline = time.time() + timeout
+        for port in [p for p in (self.backend, self.plain) if p]:
             while True:
                 try:
-                    with socket.create_connection(("127.0.0.1", self.plain), 0.2):
+                    with socket.create_connection(("127.0.0.1", port), 0.2):
                         break
                 except OSError:
                     if time.time() > deadline or self.proc.poll() is not None:
-                        raise RuntimeError("mosquitto's plain listener did not open") from None
+                        raise RuntimeError(f"mosquitto's listener {port} did not open") from None
                     time.sleep(0.05)
         return self
 
@@ -173,12 +179,23 @@ class FleetBroker:
         self.proc = None
 
     def url(self, user: str) -> str:
-        """The mqtts:// URL of an account (its password goes in $HOMEBOX_MQTT_PASSWORD)."""
-        return f"mqtts://{user}@localhost:{self.tls}"
+        """The mqtts:// URL of an account: a backend identity's names its certificate,
+        a box's password goes in $HOMEBOX_MQTT_PASSWORD."""
+        c = self.cert(user)
+        return f"mqtts://localhost:{self.backend}?cert={c}" if c else f"mqtts://{user}@localhost:{self.tls}"
+
+    def broker(self, user: str):
+        """The common.broker.Broker of an account."""
+        from common.broker import parse_broker
+        return parse_broker(self.url(user), env={"HOMEBOX_MQTT_PASSWORD": self.passwords.get(user, "")})
 
     def cli_env(self, user: str) -> dict:
         """The environment of a `homebox ops ...` process logging in as `user`."""
-        return dict(os.environ, PYTHONPATH=str(ROOT), HOMEBOX_MQTT_PASSWORD=self.passwords[user])
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("HOMEBOX_MQTT_CERT", None)
+        if user in self.passwords:
+            env["HOMEBOX_MQTT_PASSWORD"] = self.passwords[user]
+        return env
 
     def box_settings(self, box: str) -> tuple[dict, dict]:
         """(config keys, secrets) of a box agent logging in with its own account over TLS."""
@@ -186,21 +203,29 @@ class FleetBroker:
                 {"mqtt_user": box, "mqtt_password": self.passwords[box]})
 
     def login(self, user: str) -> dict:
-        """Keyword arguments for Capture/publish/mqtt_client: `user` over TLS."""
+        """Keyword arguments for Capture/publish/mqtt_client: `user` over TLS (a
+        backend identity with its certificate on the backend listener)."""
+        c = self.cert(user)
+        if c:
+            return {"port": self.backend, "tls_ca": self.ca, "cert": c}
         return {"port": self.tls, "user": user, "password": self.passwords[user], "tls_ca": self.ca}
 
 
 def mqtt_client(port: int, user: str | None = None, password: str | None = None,
                 tls_ca: Path | str | None = None, client_id: str = "", host: str = "127.0.0.1",
-                max_inflight: int | None = None, **kw) -> mqtt.Client:
+                max_inflight: int | None = None, cert: Path | str | None = None, **kw) -> mqtt.Client:
     """A paho-mqtt (callback API v2) client, connecting (the loop is not started); TLS
-    when tls_ca is given (to localhost: the name of the generated server certificate)."""
+    when tls_ca is given (to localhost: the name of the generated server certificate),
+    with a client certificate `cert` (its key beside it, .key)."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
     if user is not None:
         c.username_pw_set(user, password)
     if tls_ca:
         import ssl
-        c.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+        ctx = ssl.create_default_context(cafile=str(tls_ca))
+        if cert:
+            ctx.load_cert_chain(str(cert), str(Path(cert).with_suffix(".key")))
+        c.tls_set_context(ctx)
     if max_inflight:                        # a fast publisher: no client-side queue limit either
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
@@ -240,7 +265,7 @@ class Capture:
 
     def __init__(self, port: int, topic: str = "homebox/#", host: str = "127.0.0.1",
                  persistent: bool = False, user: str | None = None, password: str | None = None,
-                 tls_ca: Path | str | None = None):
+                 tls_ca: Path | str | None = None, cert: Path | str | None = None):
         # persistent: a fixed client id and clean_session=False, so a broker with
         # persistence queues QoS 1 messages for us while we reconnect. The id is
         # unique (id(self) is reused once an object is freed: two captures with one
@@ -248,7 +273,7 @@ class Capture:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt_client(port, user, password, tls_ca, client_id=f"cap-{uuid.uuid4().hex[:12]}",
-                                  host=host, clean_session=not persistent)
+                                  host=host, clean_session=not persistent, cert=cert)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         # Returns once the broker has acknowledged the subscription: a message
@@ -301,8 +326,8 @@ class Capture:
 
 
 def publish(port: int, topic: str, payload, retain: bool = True, qos: int = 1, user: str | None = None,
-            password: str | None = None, tls_ca: Path | str | None = None) -> None:
-    c = mqtt_client(port, user, password, tls_ca, client_id=f"pub-{os.getpid()}-{time.time_ns()}")
+            password: str | None = None, tls_ca: Path | str | None = None, cert: Path | str | None = None) -> None:
+    c = mqtt_client(port, user, password, tls_ca, client_id=f"pub-{os.getpid()}-{time.time_ns()}", cert=cert)
     c.loop_start()
     if not isinstance(payload, (bytes, str)):
         payload = json.dumps(payload)

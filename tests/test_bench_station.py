@@ -319,15 +319,16 @@ def test_a_box_whose_linky_is_silent_fails_with_what_to_do(tmp_path):
     key_file, pub_file = _operator(tmp_path)
     serial = "HB-000001"                       # the first serial of a new ledger
     # the bench broker learns the box's hash when the bench makes its secrets
-    broker = FleetBroker(tmp_path / "broker", {}, plain=False).start()
+    bench_pw = "bench-reader-" + "7f3a9c" * 4
+    broker = FleetBroker(tmp_path / "broker", {}, plain=False, readers={"bench-1": bench_pw}).start()
     try:
         (tmp_path / "box.json").write_text(json.dumps({"broker_host": "127.0.0.1", "broker_port": free_port(),
                                                        "tls": True, "scenario": "silent_linky",
                                                        "tic_mode": "standard", "selftest_tic_s": 2}))
         out = tmp_path / "out"
-        env = {"HOMEBOX_BENCH_BROKER_PASSWORD": broker.passwords["homebox-ingest-1"]}
+        env = {"HOMEBOX_BENCH_BROKER_PASSWORD": bench_pw}
         r = _bench(["run", "--virtual", "1", "--broker", f"mqtts://localhost:{broker.tls}", "--broker-ca",
-                    str(broker.ca), "--broker-user", "homebox-ingest-1", "--box-ca", str(broker.ca),
+                    str(broker.ca), "--broker-user", "bench-1", "--box-ca", str(broker.ca),
                     "--operator-pubkey", str(pub_file), "--bench-broker-passwd", str(broker.out / "passwd"),
                     "--bench-broker-pid", str(broker.proc.pid), "--out", str(out), "--box-config",
                     str(tmp_path / "box.json"), "--vbox-heap", "256k", "--json"], env=env)

@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -33,7 +34,7 @@ def fleet(tmp_path_factory):
 
 
 class Client:
-    def __init__(self, port, user, password, client_id="", tls_ca=None, protocol=mqtt.MQTTv311):
+    def __init__(self, port, user, password, client_id="", tls_ca=None, protocol=mqtt.MQTTv311, cert=None):
         self.msgs: list[tuple[str, bytes]] = []
         self.retained: list[tuple[str, bytes]] = []
         self.rc = None
@@ -45,7 +46,10 @@ class Client:
         if user is not None:
             self.c.username_pw_set(user, password)
         if tls_ca:
-            self.c.tls_set_context(ssl.create_default_context(cafile=str(tls_ca)))
+            ctx = ssl.create_default_context(cafile=str(tls_ca))
+            if cert:
+                ctx.load_cert_chain(str(cert), str(cert.with_suffix(".key")))
+            self.c.tls_set_context(ctx)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_disconnect = self._on_disconnect
@@ -93,7 +97,8 @@ def box(fleet, name, **kw):
 
 
 def backend(fleet, user, **kw):
-    c = Client(fleet.plain, user, fleet.accounts[user], client_id=user, **kw)
+    """A backend service on the backend listener, with its certificate."""
+    c = Client(fleet.backend, None, None, client_id=user, tls_ca=fleet.ca, cert=fleet.cert(user), **kw)
     assert c.connected.is_set(), f"{user}: {c.rc}"
     return c
 
@@ -110,14 +115,22 @@ def wait_for(pred, timeout=5.0):
 def test_logins(fleet):
     cases = [(A, PW[A], True), (C, PW[C], True), (A, "wrong", False), (A, PW[B], False),
              (B, PW[A], False), ("box-zz", "whatever", False), (None, None, False),
-             ("homebox-ingest-1", fleet.accounts["homebox-ingest-1"], True),
-             ("homebox-push", fleet.accounts["homebox-ingest-1"], False)]
+             # the services have no password: only their certificate, on the backend listener
+             ("homebox-ingest-1", "", False), ("homebox-push", "homebox-push", False)]
     for user, pw, ok in cases:
         c = Client(fleet.plain, user, pw, client_id=user or "anon")
         assert c.connected.is_set() == ok, (user, c.rc)
         if not ok:
             assert c.rc is not None and c.rc.is_failure
         c.close()
+    assert backend(fleet, "homebox-ingest-1").connected.is_set()
+    # the backend listener takes no password: a box's is refused there
+    try:
+        c = Client(fleet.backend, A, PW[A], client_id=A, tls_ca=fleet.ca)
+        assert wait_for(lambda: c.done.is_set()) and not c.connected.is_set()
+        c.close()
+    except (ssl.SSLError, OSError):
+        pass                            # the handshake itself failed: refused just as well
 
 
 def test_box_receives_nothing_of_another_box(fleet):
@@ -238,10 +251,11 @@ def test_ops_push_with_the_push_account(fleet, tmp_path, monkeypatch, capsys):
     a.sub(f"homebox/v1/{A}/desired/+")
     argv = ["ops", "push", "options", str(ex), "--box", A, "--broker", f"mqtts://homebox-push@localhost:{fleet.tls}",
             "--tls-ca", str(fleet.out / "ca.crt"), "--timeout", "10", "--json"]
+    monkeypatch.delenv("HOMEBOX_MQTT_CERT", raising=False)
     monkeypatch.setenv("HOMEBOX_MQTT_PASSWORD", "wrong")
     assert cli.main(argv) == 2
     assert "refused" in json.loads(capsys.readouterr().out)["message"]
-    monkeypatch.setenv("HOMEBOX_MQTT_PASSWORD", fleet.accounts["homebox-push"])
+    argv[argv.index("--broker") + 1] = fleet.url("homebox-push")
     rc: list = []
     t = threading.Thread(target=lambda: rc.append(cli.main(argv)))
     t.start()
@@ -258,8 +272,7 @@ def test_ops_push_with_the_push_account(fleet, tmp_path, monkeypatch, capsys):
 
 def test_shared_subscription_and_tls_listener(fleet):
     cfg = fleet.out
-    ing = Client(fleet.plain, "homebox-ingest-1", fleet.accounts["homebox-ingest-1"],
-                 client_id="x", protocol=mqtt.MQTTv5)
+    ing = backend(fleet, "homebox-ingest-1", protocol=mqtt.MQTTv5)
     assert ing.connected.is_set()
     ing.sub("$share/ingest/homebox/v1/+/telemetry/#")
     a = Client(fleet.tls, A, PW[A], client_id=A, tls_ca=cfg / "ca.crt")
@@ -286,3 +299,192 @@ def test_password_hash_format_matches_mosquitto():
     assert broker_config.queue_size(1_000_000) > 1000 and broker_config.queue_size(10) == 10000
     with pytest.raises(ValueError):
         broker_config.generate("/tmp/never-used-homebox", {"a/b": "x"}, tls=False)
+
+
+def _ops(args, env, stdin=None):
+    import sys
+
+    from tests.helpers import ROOT
+    return subprocess.run([sys.executable, "-m", "homebox.cli", "ops"] + args, cwd=str(ROOT), env=env,
+                          input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_an_operator_pushes_as_themselves_and_once_revoked_is_refused(fleet, tmp_path):
+    """alice (operator) logs in to the broker with her console password and pushes
+    as op.alice: the box gets the document, the broker's log names her; bob (a
+    viewer) gets no identity; revoked, alice is refused and the box gets nothing."""
+    from backend import accounts
+    from backend.store import Store
+    db = f"sqlite:///{tmp_path}/api.db"
+    st = Store(db)
+    accounts.add(st, "alice", "operator", "alice-console-pw-1", author="admin")
+    accounts.add(st, "bob", "viewer", "bob-console-pw-22", author="admin")
+    st.close()
+    env = fleet.cli_env("alice")
+    env.pop("HOMEBOX_MQTT_PASSWORD", None)
+    ids = tmp_path / "alice-ids"
+    login = ["broker-login", "alice", "--broker-dir", str(fleet.out), "--out", str(ids), "--hours", "1",
+             "--broker-pid", str(fleet.proc.pid), "--password-stdin", "--db", db, "--json"]
+    r = _ops(login, env, "wrong-password\n")
+    assert r.returncode == 2 and not ids.exists(), r.stdout + r.stderr
+    r = _ops(["broker-login", "bob"] + login[2:], env, "bob-console-pw-22\n")
+    assert r.returncode == 2 and "not an enabled operator" in r.stdout
+    r = _ops(login, env, "alice-console-pw-1\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = json.loads(r.stdout)
+    assert got["names"] == ["op.alice"] and got["acl_changed"] and got["reloaded"]
+    from backend import identities
+    from common.broker import parse_broker
+    url = f"mqtts://localhost:{fleet.backend}"
+    alice = parse_broker(url, env={"HOMEBOX_MQTT_CERT": str(ids)})
+    assert identities.wait_admitted(alice, str(fleet.ca)), "the reloaded broker never admitted op.alice"
+    ex = Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples" / "desired-options.json"
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/options")
+    a.msgs.clear()
+    push = ["push", "options", str(ex), "--box", A, "--broker", url, "--tls-ca", str(fleet.ca),
+            "--timeout", "20", "--json", "--db", db]
+    env["HOMEBOX_MQTT_CERT"] = str(ids)
+    import sys
+
+    from tests.helpers import ROOT
+    p = subprocess.Popen([sys.executable, "-m", "homebox.cli", "ops"] + push, cwd=str(ROOT), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: a.msgs, 30), p.communicate(timeout=30)
+    v = json.loads(a.msgs[-1][1])["version"]
+    a.pub(f"homebox/v1/{A}/reported/options",
+          json.dumps({"version": v, "status": "applied", "box": A, "section": "options"}), retain=True)
+    so, se = p.communicate(timeout=60)
+    assert p.returncode == 0 and json.loads(so)["result"] == "applied", so + se
+    log = (fleet.out / "mosquitto.log").read_text()
+    assert "u'op.alice'" in log, log[-2000:]                    # the broker's record says who
+    # revoked: on the CRL and out of the ACL, the broker reloaded
+    r = _ops(["broker-revoke", "alice", "--broker-dir", str(fleet.out), "--broker-pid", str(fleet.proc.pid),
+              "--json", "--db", db], env)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"revoked": ["op.alice"], "reloaded": True}, r.stdout
+    assert wait_for(lambda: not identities.wait_admitted(alice, str(fleet.ca), timeout=1), 30)
+    n = len(a.msgs)
+    push[push.index("--timeout") + 1] = "5"
+    r = _ops(push, env)
+    assert r.returncode == 2 and "refused" in json.loads(r.stdout)["message"], r.stdout + r.stderr
+    # whatever the push got through before it was refused, the box got nothing newer
+    assert all(json.loads(p)["version"] <= v for _t, p in a.msgs[n:])
+    a.close()
+
+
+def test_no_file_the_backend_writes_holds_a_clear_password(tmp_path):
+    """broker-config (over an older run's backend-accounts.json) and a person's
+    broker-login: no file written holds a box's password, a person's console
+    password or an older backend password."""
+    from backend import accounts, identities
+    from backend.store import Store
+    out = tmp_path / "broker"
+    out.mkdir()
+    legacy = {"homebox-push": "legacy-push-password-0123456789"}
+    (out / "backend-accounts.json").write_text(json.dumps(legacy))
+    boxes = {A: PW[A], B: PW[B]}
+    broker_config.generate(out, boxes, port=18883, client_certs=True)
+    st = Store(f"sqlite:///{tmp_path}/api.db")
+    accounts.add(st, "carol", "operator", "carol-console-pw-333", author="admin")
+    st.close()
+    identities.issue(out, "carol", tmp_path / "carol", connections=3)
+    broker_config.generate(out, boxes, port=18883)          # a re-run keeps carol
+    clear = list(boxes.values()) + list(legacy.values()) + ["carol-console-pw-333"]
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]          # the accounts' store too (Argon2id)
+    assert len(files) > 10 and not (out / "backend-accounts.json").exists()
+    for f in files:
+        data = f.read_bytes()
+        assert not [c for c in clear if c.encode() in data], f
+    acl = (out / "acl").read_text()
+    assert "user op.carol\n" in acl and "user op.carol~3\n" in acl
+    assert "op.carol" not in (out / "passwd").read_text()
+    # disabling the account takes her out of the broker too: ACL and CRL
+    import os
+    r = _ops(["account", "disable", "carol", "--broker-dir", str(out), "--db", f"sqlite:///{tmp_path}/api.db",
+              "--json"], dict(os.environ))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["broker_revoked"] == ["op.carol", "op.carol~2", "op.carol~3"]
+    assert "op.carol" not in (out / "acl").read_text() and broker_config.people(out) == {}
+    from cryptography import x509
+    crl = x509.load_pem_x509_crl((out / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate((tmp_path / "carol" / "op.carol~2.crt").read_bytes()).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def test_the_api_pushes_as_the_person_who_asked(fleet, tmp_path):
+    """`ops serve --broker-dir`: a push through the API reaches the box from the
+    broker identity of the account that asked (op.dora), issued on first use in a
+    private directory that the server removes when it stops."""
+    import urllib.request
+
+    from backend import accounts, identities
+    from backend.api import Api, serve
+    from backend.store import Store
+    from common.broker import parse_broker
+    db = f"sqlite:///{tmp_path}/api.db"
+    st = Store(db)
+    accounts.add(st, "dora", "operator", "dora-console-pw-4", author="admin")
+    tok = accounts.new_token(st, "dora", "test")
+    st.close()
+    broker = parse_broker(f"mqtts://localhost:{fleet.backend}", env={})
+    issuer = identities.Issuer(fleet.out, broker, tls_ca=str(fleet.ca), reload=fleet.proc.pid)
+    api = Api(db, broker=broker, tls_ca=str(fleet.ca), push_timeout=0.5, identities=issuer)
+    srv = serve(api, "127.0.0.1", 0)
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/options")
+    a.msgs.clear()
+    try:
+        host, port = srv.server_address[:2]
+        doc = json.loads((Path(__file__).resolve().parent.parent / "docs" / "contract" / "examples" /
+                          "desired-options.json").read_text())
+        doc.pop("version", None)
+        req = urllib.request.Request(f"http://{host}:{port}/api/v1/boxes/{A}/desired/options?wait=0.3",
+                                     data=json.dumps(doc).encode(), method="PUT",
+                                     headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200, r.read()
+        assert wait_for(lambda: a.msgs, 15)
+        assert "u'op.dora'" in (fleet.out / "mosquitto.log").read_text()
+        keys = list(issuer.dir.rglob("*.key"))
+        assert keys and all(k.stat().st_mode & 0o077 == 0 for k in keys)
+        assert "op.dora" in broker_config.people(fleet.out)
+    finally:
+        a.close()
+        srv.shutdown()
+        srv.server_close()
+        api.close()
+        issuer.close()
+    assert not issuer.dir.exists()
+
+
+def test_a_campaigns_connections_each_log_in_as_the_person(fleet, tmp_path):
+    """`broker-login --connections 3`: a fan-out publisher (campaigns, reconcile)
+    on the directory opens one connection per identity, op.erin, op.erin~2,
+    op.erin~3, all at once (none takes another's session), and the box gets what
+    each sends."""
+    import os
+    import signal
+
+    from backend import identities
+    from backend.fanout import Publisher
+    from common.broker import parse_broker
+    r = identities.issue(fleet.out, "erin", tmp_path / "erin", hours=1, connections=3)
+    assert r["names"] == ["op.erin", "op.erin~2", "op.erin~3"] and r["acl_changed"]
+    os.kill(fleet.proc.pid, signal.SIGHUP)
+    url = parse_broker(f"mqtts://localhost:{fleet.backend}", env={"HOMEBOX_MQTT_CERT": str(tmp_path / "erin")})
+    assert all(identities.wait_admitted(u, str(fleet.ca)) for u in url.identities())
+    a = box(fleet, A)
+    a.sub(f"homebox/v1/{A}/desired/channels")
+    a.msgs.clear()
+    with Publisher(url, "campaign-erin", connections=8, tls_ca=str(fleet.ca)) as p:
+        assert len(p.clients) == 3
+        docs = [(f"homebox/v1/{A}/desired/channels", json.dumps({"version": 900 + i}).encode()) for i in range(6)]
+        assert p.publish(docs) == 6
+        assert all(c.is_connected() for c in p.clients)
+    assert wait_for(lambda: len({p for _t, p in a.msgs}) == 6, 15), a.msgs
+    log = (fleet.out / "mosquitto.log").read_text()
+    assert all(f"u'{n}'" in log for n in r["names"])
+    a.close()
+    clear = backend(fleet, "homebox-push")          # leave no retained document to the other tests
+    clear.pub(f"homebox/v1/{A}/desired/channels", b"", retain=True)
+    clear.close()

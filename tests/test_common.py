@@ -28,6 +28,24 @@ def test_parse_broker_password_from_env():
     assert parse_broker("mqtt://ingest:inurl@h", env={"HOMEBOX_MQTT_PASSWORD": "fromenv"}).password == "inurl"
 
 
+def test_parse_broker_client_certificates(tmp_path):
+    from backend.fanout import plan
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    for n in ("op.alice", "op.alice~2", "op.alice~3"):
+        (ids / f"{n}.crt").write_text("x")
+        (ids / f"{n}.key").write_text("x")
+    one = parse_broker(f"mqtts://h:8884?cert={ids}/op.alice~2.crt", env={"HOMEBOX_MQTT_PASSWORD": "ignored"})
+    assert (one.cert, one.key, one.password) == (f"{ids}/op.alice~2.crt", f"{ids}/op.alice~2.key", None)
+    d = parse_broker("mqtts://h:8884", env={"HOMEBOX_MQTT_CERT": str(ids)})
+    assert [b.cert for b in d.identities()] == [f"{ids}/op.alice.crt", f"{ids}/op.alice~2.crt", f"{ids}/op.alice~3.crt"]
+    assert len(plan(d, 8)) == 3                     # one connection per identity, never two of one
+    assert len(plan([one, one], 8)) == 1
+    for bad in (f"mqtt://h?cert={ids}/op.alice.crt", f"mqtts://h?cert={tmp_path}/none.crt", "mqtts://h?user=x"):
+        with pytest.raises(ValueError):
+            parse_broker(bad, env={})
+
+
 @pytest.mark.parametrize("bad", ["http://h:1", "h:port", "h:99999", "mqtt://h:1/x"])
 def test_parse_broker_rejects(bad):
     with pytest.raises(ValueError):

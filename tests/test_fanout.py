@@ -69,13 +69,13 @@ def test_pushers_with_their_own_accounts_on_a_fleet_broker(tmp_path):
     box = "fo-box-1"
     fleet = FleetBroker(tmp_path, {box: "a-long-random-box-password-0123456789"}).start()
     try:
-        def url(user):
-            return parse_broker(f"mqtt://{user}:{fleet.accounts[user]}@127.0.0.1:{fleet.plain}")
-        s = Session(url("homebox-push"), box, "options")
+        url = fleet.broker
+        ca = str(fleet.ca)
+        s = Session(url("homebox-push"), box, "options", tls_ca=ca)
         try:
             assert s.wait(lambda: s.probed, 10)
             with Publisher([url("homebox-push-1"), url("homebox-push-2")], "ignored-by-the-broker",
-                           connections=8) as p:
+                           connections=8, tls_ca=ca) as p:
                 assert len(p.clients) == 2
                 assert p.publish([(f"homebox/v1/{box}/desired/options", b'{"version": 5}')] * 4) == 4
                 assert all(c.is_connected() for c in p.clients)

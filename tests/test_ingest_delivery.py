@@ -57,7 +57,7 @@ def _wait(cond, timeout: float = 120.0, what: str = "") -> None:
 
 
 def _url(fleet, user: str) -> str:
-    return f"mqtt://{user}:{fleet.passwords[user]}@127.0.0.1:{fleet.plain}"
+    return fleet.url(user)          # the backend listener, with the service's certificate
 
 
 def _seqs(store: Store, box: str) -> list[int]:
@@ -78,7 +78,7 @@ def test_a_stalled_consumer_loses_nothing_of_a_burst_past_the_old_queue_limit(tm
         return real(recs)
 
     store.write_batch = stalled
-    ing = Ingest(_url(fleet, "homebox-ingest-1"), store, log=lambda *a: None)
+    ing = Ingest(_url(fleet, "homebox-ingest-1"), store, tls_ca=str(fleet.ca), log=lambda *a: None)
     th = threading.Thread(target=ing.run, daemon=True)
     th.start()
     try:
@@ -106,7 +106,7 @@ def test_a_stalled_consumer_loses_nothing_of_a_burst_past_the_old_queue_limit(tm
 
 
 def _member(fleet, user: str, db: str, group: str, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", f"mqtt://{user}@127.0.0.1:{fleet.plain}",
+    cmd = [sys.executable, "-m", "homebox.cli", "ops", "ingest", "--broker", fleet.url(user), "--tls-ca", str(fleet.ca),
            "--db", db, "--share", group, "--no-state", "--batch-wait", "0.05", "--metrics-port", "0",
            "--retention-days", "0"]
     return subprocess.Popen(cmd, cwd=ROOT, env=fleet.cli_env(user), stdout=subprocess.DEVNULL,
@@ -133,7 +133,7 @@ def test_a_share_member_taken_away_parks_nothing_and_loses_nothing(tmp_path):
     group = "g" + uuid.uuid4().hex[:6]
     reader = Store(db)
     store = Store(db)
-    a = Ingest(_url(fleet, "homebox-ingest-1"), store, share=group, state=False, batch_wait=0.05,
+    a = Ingest(_url(fleet, "homebox-ingest-1"), store, tls_ca=str(fleet.ca), share=group, state=False, batch_wait=0.05,
                log=lambda *x: None)
     th = threading.Thread(target=a.run, daemon=True)
     blog = tmp_path / "member-b.log"
@@ -202,7 +202,7 @@ def test_a_reconnect_replays_no_retained_message(tmp_path):
         first = list(boxes)[0]
 
         def run_once(store, live_seq):
-            ing = Ingest(_url(fleet, "homebox-ingest-1"), store, batch_wait=0.05, log=lambda *a: None)
+            ing = Ingest(_url(fleet, "homebox-ingest-1"), store, tls_ca=str(fleet.ca), batch_wait=0.05, log=lambda *a: None)
             th = threading.Thread(target=ing.run, daemon=True)
             th.start()
             assert ing.subscribed.wait(10)
@@ -224,8 +224,7 @@ def test_a_reconnect_replays_no_retained_message(tmp_path):
 
         def rh0_once():
             done = threading.Event()
-            c = mqtt_client(fleet.plain, user, fleet.passwords[user], client_id=user,
-                            protocol=5)
+            c = mqtt_client(**fleet.login(user), client_id=user, protocol=5)
             c.on_message = lambda c_, u, m: got.append(m.topic)
             c.on_subscribe = lambda *a: done.set()
             c.loop_start()
@@ -241,7 +240,7 @@ def test_a_reconnect_replays_no_retained_message(tmp_path):
         # a share member without the state documents: none at subscribe (Retain Handling 2)
         s3 = Store(db)
         before = reader.counters()["status"]
-        m = Ingest(_url(fleet, "homebox-ingest-2"), s3, share="g" + uuid.uuid4().hex[:6], state=False,
+        m = Ingest(_url(fleet, "homebox-ingest-2"), s3, tls_ca=str(fleet.ca), share="g" + uuid.uuid4().hex[:6], state=False,
                    client_id=None, batch_wait=0.05, log=lambda *a: None)
         th = threading.Thread(target=m.run, daemon=True)
         th.start()

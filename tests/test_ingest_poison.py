@@ -307,8 +307,7 @@ def test_through_the_generated_broker_a_box_writes_only_contract_topics(tmp_path
         c.loop_stop()
         c.disconnect()
         user = "homebox-ingest-1"
-        ing = Ingest(f"mqtt://{user}:{fleet.passwords[user]}@127.0.0.1:{fleet.plain}", store,
-                     batch_size=20, batch_wait=0.05, log=lambda *a: None)
+        ing = Ingest(fleet.url(user), store, tls_ca=str(fleet.ca), batch_size=20, batch_wait=0.05, log=lambda *a: None)
         th = threading.Thread(target=ing.run, daemon=True)
         th.start()
         assert ing.subscribed.wait(10)
@@ -320,7 +319,7 @@ def test_through_the_generated_broker_a_box_writes_only_contract_topics(tmp_path
         th.join(10)
         spy = "homebox-ingest-2"            # what a new subscriber gets: nothing retained
         got: list = []
-        s = mqtt_client(fleet.plain, spy, fleet.passwords[spy], client_id=spy)
+        s = mqtt_client(**fleet.login(spy), client_id=spy)
         s.on_message = lambda c, u, m: got.append((m.topic, m.retain))
         s.on_connect = lambda c, u, f, rc, p: c.subscribe(f"homebox/v1/{box}/#", qos=1)
         s.loop_start()

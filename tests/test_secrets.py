@@ -17,7 +17,6 @@ from agent.rules import sign
 from agent.twin import Invalid
 from backend import keys
 from common import credentials
-from common.broker import parse_broker
 from flashing import pipeline
 from flashing.ledger import Ledger
 from tests.boxproc import BoxProcess
@@ -170,19 +169,16 @@ def test_rotate_then_revoke_by_delivery(tmp_path, interp):
         box = BoxProcess(tmp_path / "box", box_id, fb.plain, interp, mqtt_user=box_id,
                          mqtt_password=creds.mqtt_password, hmac_key=creds.hmac_key, key_version=1,
                          telemetry_interval=30, speedup=300).start()
-        cap = Capture(fb.plain, f"homebox/v1/{box_id}/#", user="homebox-ingest-1",
-                      password=fb.passwords["homebox-ingest-1"])
+        cap = Capture(topic=f"homebox/v1/{box_id}/#", **fb.login("homebox-ingest-1"))
         assert cap.wait_for(lambda c: len(c.payloads("/telemetry/")) >= 1, 60), box.output()
-        push = parse_broker(f"mqtt://homebox-push@127.0.0.1:{fb.plain}",
-                            env={"HOMEBOX_MQTT_PASSWORD": fb.passwords["homebox-push"]})
+        push, ca = fb.broker("homebox-push"), str(fb.ca)
         env = {"HOMEBOX_REGISTRY": str(tmp_path / "registry.sqlite"),
                "HOMEBOX_OPERATOR_KEY": str(tmp_path / "op" / "operator.key")}
         if interp == "cpython":          # the library call; under MicroPython, the CLI
-            r = keys.rotate(reg, priv, push, box_id, broker_dir=fb.out, reload=fb.proc.pid, timeout=60)
+            r = keys.rotate(reg, priv, push, box_id, broker_dir=fb.out, reload=fb.proc.pid, timeout=60, tls_ca=ca)
         else:
-            r = _ops(["rotate", box_id, "--broker", f"mqtt://homebox-push@127.0.0.1:{fb.plain}", "--broker-dir",
-                      str(fb.out), "--broker-pid", str(fb.proc.pid), "--timeout", "60"],
-                     dict(env, HOMEBOX_MQTT_PASSWORD=fb.passwords["homebox-push"]))
+            r = _ops(["rotate", box_id, "--broker", fb.url("homebox-push"), "--tls-ca", ca, "--broker-dir",
+                      str(fb.out), "--broker-pid", str(fb.proc.pid), "--timeout", "60"], env)
             assert r.pop("rc") == 0, r
         assert r["status"] == "confirmed" and r["version"] == 2, (r, box.output())
         new = reg.credentials(box_id, priv)
@@ -202,7 +198,7 @@ def test_rotate_then_revoke_by_delivery(tmp_path, interp):
         from backend import push as bpush
         doc = {"tier": "10M", "bouquets": [], "phone": False}
         res = bpush.push(push, box_id, "options", doc, None, key=reg.hmac_key(box_id, priv), timeout=30,
-                         validate=False)
+                         validate=False, tls_ca=ca)
         assert res.status in ("applied", "rejected") and "sig" not in res.message, res
         # revoked: the broker drops the session and refuses every reconnect
         mark = len(box.lines)

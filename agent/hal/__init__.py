@@ -23,6 +23,9 @@
 #   nvs_set(key, value)       store and commit it; the boot counter's second copy
 #                             (agent/runtime_cold.py next_boot), which survives a
 #                             filesystem re-flash. The sim HAL has none.
+#   nvs_get_blob(key)         bytes kept in NVS, or None; nvs_set_blob(key, b)
+#                             stores and commits them: the box's secrets
+#                             (agent/secretstore.py). The sim HAL has none.
 # The sim HAL has them when its scenario and config enable the part
 # (agent/hal/sim_homes.py).
 

@@ -81,6 +81,13 @@ class Esp32Hal:
     def nvs_set(self, key: str, value: int) -> None:
         cold(_MOD, "nvs_set", key, value)
 
+    # ---- NVS blobs (the box's secrets, agent/secretstore.py) ----------------------
+    def nvs_get_blob(self, key: str) -> bytes | None:
+        return cold(_MOD, "nvs_get_blob", key)
+
+    def nvs_set_blob(self, key: str, value: bytes) -> None:
+        cold(_MOD, "nvs_set_blob", key, value)
+
     def enforce(self, section: str, doc: dict) -> None:
         # Nothing on the chip enforces parental rules or a lineup: the router
         # firmware does. The ESP32 only records what is in force.

@@ -47,6 +47,32 @@ def nvs_set(key: str, value: int) -> None:
     n.commit()
 
 
+# A blob at most this long (the secrets' JSON is ~300 bytes): NVS.get_blob fills
+# a buffer the caller sizes.
+_BLOB_MAX = 1024
+
+
+def nvs_get_blob(key: str) -> bytes | None:
+    import esp32
+    buf = bytearray(_BLOB_MAX)
+    try:
+        n = esp32.NVS("homebox").get_blob(key, buf)
+    except OSError:
+        return None
+    return bytes(buf[:n])
+
+
+def nvs_set_blob(key: str, value: bytes) -> None:
+    # NVS writes the new entry before it erases the old one: a power cut leaves
+    # either, never a mix.
+    import esp32
+    if len(value) > _BLOB_MAX:
+        raise ValueError("blob too long")
+    n = esp32.NVS("homebox")
+    n.set_blob(key, value)
+    n.commit()
+
+
 def attach_meters(hal, config: dict) -> None:
     # The meters the config enables, as the optional HAL methods (their bound
     # methods, and the pin's irq, keep the meter objects).
