@@ -33,7 +33,7 @@ import json
 import math
 import time
 
-from backend.readings import SPEED_MIN_RATIO, TIC_BAD_SHARE, _num, speed_ratio, station_weak_shares
+from backend.readings import SPEED_MIN_RATIO, TIC_BAD_MIN, TIC_BAD_SHARE, _num, speed_ratio, station_weak_shares
 
 # kind: (severity, what it means)
 KINDS = {
@@ -212,9 +212,9 @@ def _tic_between(prev, data, bad_share: float) -> str | None | bool:
         return False
     if ok == 0:
         return f"no valid frame since the last report ({bad} bad frames, {nerr} rejected groups)"
-    if bad / (ok + bad) >= bad_share:
+    if bad >= TIC_BAD_MIN and bad / (ok + bad) >= bad_share:
         return f"{bad} of {ok + bad} frames bad since the last report"
-    if nerr / ok >= bad_share:
+    if nerr >= TIC_BAD_MIN and nerr / ok >= bad_share:
         return f"{nerr} rejected groups in {ok} frames since the last report"
     return None
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 SPEED_MIN_RATIO = 0.8
 TIC_BAD_SHARE = 0.02
+# A Linky may cut a frame short by design (EOT, Enedis-NOI-CPT_54E), and a UART
+# opened or switched mid-frame loses one: a link fault is a share of bad frames
+# that lasts, so a few cut frames alone raise nothing.
+TIC_BAD_MIN = 3
 LEAK_WINDOW_S = 24 * 3600
 
 
@@ -84,9 +88,9 @@ def tic_error_detail(data) -> str | None:
     nerr = sum(_num(v) or 0 for k, v in errs.items() if k != "implausible")
     if ok == 0 and (bad or nerr):
         return f"no valid frame since boot ({bad} bad frames, {nerr} rejected groups)"
-    if ok + bad and bad / (ok + bad) >= TIC_BAD_SHARE:
+    if bad >= TIC_BAD_MIN and bad / (ok + bad) >= TIC_BAD_SHARE:
         return f"{bad} of {ok + bad} frames bad since boot"
-    if ok and nerr / ok >= TIC_BAD_SHARE:
+    if ok and nerr >= TIC_BAD_MIN and nerr / ok >= TIC_BAD_SHARE:
         detail = ", ".join(f"{k} {v}" for k, v in sorted(errs.items()) if _num(v))
         return f"rejected groups: {detail}"
     return None

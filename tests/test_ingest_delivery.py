@@ -267,17 +267,17 @@ def test_an_account_that_ran_unshared_gets_each_message_once_in_a_share_group(tm
     store = Store(db)
     url = _url(fleet, "homebox-ingest-1")
     try:
-        alone = Ingest(url, store, batch_wait=0.05, log=lambda *x: None)
+        alone = Ingest(url, store, tls_ca=str(fleet.ca), batch_wait=0.05, log=lambda *x: None)
         th = threading.Thread(target=alone.run, daemon=True)
         th.start()
-        assert alone.subscribed.wait(10)
+        assert alone.subscribed.wait(30)
         alone.stop()
         th.join(30)
-        member = Ingest(url, store, share="g" + uuid.uuid4().hex[:6], state=False, batch_wait=0.05,
+        member = Ingest(url, store, tls_ca=str(fleet.ca), share="g" + uuid.uuid4().hex[:6], state=False, batch_wait=0.05,
                         log=lambda *x: None)
         th = threading.Thread(target=member.run, daemon=True)
         th.start()
-        assert member.subscribed.wait(10)      # after the stale subscriptions' removal
+        assert member.subscribed.wait(30)      # after the stale subscriptions' removal
         _publish(fleet, box, range(1, 201))
         _wait(lambda: _seqs(store, box) == list(range(1, 201)), what="all stored")
         _wait(lambda: member.totals["received"] >= 200, 30, "all received")

@@ -151,6 +151,9 @@ def test_defensive_reading_of_odd_payloads():
     assert status.tic_error_detail({"elec": {"frames_ok": 0, "frames_bad": 4}}).startswith("no valid frame")
     assert status.tic_error_detail({"elec": "x"}) is None
     assert status.tic_error_detail({"elec": {"frames_ok": 1000, "frames_bad": 1}}) is None
+    # one cut frame early after boot is no link fault; three at that share are
+    assert status.tic_error_detail({"elec": {"frames_ok": 47, "frames_bad": 1}}) is None
+    assert status.tic_error_detail({"elec": {"frames_ok": 97, "frames_bad": 3}}) == "3 of 100 frames bad since boot"
 
 
 def _png_size(path):
