@@ -232,7 +232,10 @@ class ReleaseHandler(BaseHTTPRequestHandler):
             if cut is not None and sent >= cut:
                 return                       # a cut connection: the box resumes
             n = step if cut is None else max(1, min(step, cut - sent))
-            self.wfile.write(chunk[sent:sent + n])
+            try:
+                self.wfile.write(chunk[sent:sent + n])
+            except (BrokenPipeError, ConnectionResetError):
+                return                       # the box lost power or the link: it resumes
             sent += n
             if rate:
                 time.sleep(n / rate)

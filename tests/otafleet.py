@@ -76,6 +76,9 @@ class Box:
         self.mark = len(self.proc.console()) if self.proc else 0
         self.proc = vbox.spawn(self.dir, heap=self.heap)
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is None
+
     def cut(self, why: str) -> None:
         assert self.proc
         self.proc.kill()
@@ -178,12 +181,13 @@ class Fleet:
 PHASES = ("download", "switch", "first boot", "random")
 
 
-def cut_at(fleet: Fleet, box: Box, phase: str, rng: random.Random) -> bool:
+def cut_at(fleet: Fleet, box: Box, phase: str, rng: random.Random, target: str = "0.2.0-ota") -> bool:
     """Power on, then cut at `phase` of an update if the box gets there: the
     download (after its first file), the switch (the pointer written, before the
     restart), the first boot of the new slot (before its confirmation), or at a
     random moment. Returns whether a cut was made."""
-    box.power_on()
+    if not box.running():
+        box.power_on()
     if phase == "download":
         ok = _wait(lambda: _any(box, ("release_install", "release_confirmed", "release_rejected")), 40) \
             and "release_install" in box.console()
@@ -197,13 +201,10 @@ def cut_at(fleet: Fleet, box: Box, phase: str, rng: random.Random) -> bool:
             box.cut("mid-switch")
             return True
     elif phase == "first boot":
-        # after the restart into the new slot the console shows the new banner
-        if _wait(lambda: _any(box, ("restarting into release", "release_confirmed", "release_rejected")), 60) \
-                and "restarting into release" in box.console():
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and box.console().count("homebox: firmware") < 2:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 0.3))
+        # the new slot's banner (after the restart, or at once when the last cut
+        # came after the switch), before its confirmation
+        if _wait(lambda: _any(box, (f"agent {target} ", "release_confirmed", "release_rejected")), 60,
+                 poll=0.002) and f"agent {target} " in box.console():
             if "release_confirmed" not in box.console():
                 box.cut("first boot of the new slot")
                 return True
@@ -281,13 +282,13 @@ def power_cut_run(work: Path, cuts: int, boxes: int, seed: int = 1, phases=PHASE
         fleet.close()
 
 
-def _wait(pred, timeout: float):
+def _wait(pred, timeout: float, poll: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
-        time.sleep(0.1)
+        time.sleep(poll)
     return pred()
 
 
