@@ -24,6 +24,7 @@ import os
 from binascii import hexlify
 
 from agent import fsutil
+from agent.compat import mem
 from agent.log import log
 
 SECTION = "release"
@@ -450,7 +451,8 @@ async def install(box, doc):
     fsutil.write_json(od + "/boot.json", new)
     rep["installing"]["stage"] = "restarting"
     _report(box, rep)
-    log("release_switch", "version", v, "slot", slot)
+    free, alloc, _peak = mem()
+    log("release_switch", "version", v, "slot", slot, "heap_alloc", alloc, "heap_free", free)
     box.reboot = doc["release"]
     box.stop.set()
 

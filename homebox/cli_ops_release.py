@@ -4,7 +4,7 @@ updates (docs/ota.md); thin callers of backend.release.
     homebox fw build --out build/fw/b1
     homebox ops release build build/fw/b1 --out releases/0.2.0
     homebox ops release serve releases --port 8070                     # GET /0.2.0/manifest, Range
-    homebox ops release template releases/0.2.0 --url http://ops.example:8070/0.2.0 > rel.json
+    homebox ops release template releases/0.2.0 --url http://ops.example:8070/0.2.0 --out rel.json
     homebox ops campaign create release rel.json --tag tower-B --canary 0.1 --box-timeout 900
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ def register(sub) -> None:
     c.add_argument("--url", required=True, help="where the boxes find this release: http://HOST:PORT/NAME")
     c.add_argument("--confirm-s", type=int, default=300,
                    help="seconds the new release has to connect and publish, else the box goes back (default 300)")
+    c.add_argument("--out", type=Path, default=None, help="write it to this file (default: print it)")
     c.set_defaults(func=cmd_template)
 
     c = rs.add_parser("serve", help="serve release directories over HTTP, with Range requests (until Ctrl-C)")
@@ -62,7 +63,12 @@ def cmd_template(args) -> int:
         doc = release.template(args.release_dir, args.url, args.confirm_s)
     except OpsError as e:
         return fail(args, e, 2)
-    print(json.dumps(doc, indent=1))
+    text = json.dumps(doc, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}: release {doc['release']} at {doc['url']}")
+    else:
+        print(text)
     return 0
 
 

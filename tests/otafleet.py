@@ -73,6 +73,8 @@ class Box:
         self.cuts: list[str] = []
 
     def power_on(self) -> None:
+        if self.running():
+            self.proc.kill()           # never two CPUs on one flash
         self.mark = len(self.proc.console()) if self.proc else 0
         self.proc = vbox.spawn(self.dir, heap=self.heap)
 
@@ -182,12 +184,10 @@ PHASES = ("download", "switch", "first boot", "random")
 
 
 def cut_at(fleet: Fleet, box: Box, phase: str, rng: random.Random, target: str = "0.2.0-ota") -> bool:
-    """Power on, then cut at `phase` of an update if the box gets there: the
+    """Cut the power at `phase` of an update if the box gets there: the
     download (after its first file), the switch (the pointer written, before the
     restart), the first boot of the new slot (before its confirmation), or at a
     random moment. Returns whether a cut was made."""
-    if not box.running():
-        box.power_on()
     if phase == "download":
         ok = _wait(lambda: _any(box, ("release_install", "release_confirmed", "release_rejected")), 40) \
             and "release_install" in box.console()
@@ -221,21 +221,38 @@ def _any(box: Box, needles) -> bool:
     return any(n in c for n in needles)
 
 
+RELEASES = ("0.2.0-ota", "0.3.0-ota")
+
+
 def power_cut_run(work: Path, cuts: int, boxes: int, seed: int = 1, phases=PHASES, log=print) -> dict:
-    """Boxes updated to a new release while their power is cut at the update's
-    points until `cuts` cuts are made; then each boots, and must publish and
-    settle (applied, or rolled back and reporting why)."""
+    """Boxes updated again and again (two releases, alternately, each a new version
+    of the release document) while their power is cut at the update's points, until
+    `cuts` cuts are made: each cut falls in an update under way (a box that settled
+    its release is sent the other one first). Then each box boots, and must publish
+    and settle its last release (applied, or rolled back and reporting why)."""
     rng = random.Random(seed)
     fleet = Fleet(work, boxes, prefix=f"cut{seed}")
     try:
-        fleet.release("0.2.0-ota")
+        for name in RELEASES:
+            fleet.release(name)
         # the first power-on: each box connects once on the factory agent
         start = len(fleet.cap.messages)
         for b in fleet.boxes:
             b.power_on()
         for b in fleet.boxes:
             assert _wait(lambda b=b: fleet.health_after(b, start), 60), b.console()[-2000:]
-        vs = {b.id: fleet.send(b, "0.2.0-ota") for b in fleet.boxes}
+        sent: dict[str, tuple[int, str]] = {}
+        updates: dict[str, int] = {b.id: 0 for b in fleet.boxes}
+
+        def next_release(b: Box) -> str:
+            # the release under way, or a new one once the last has settled
+            cur = sent.get(b.id)
+            if cur is None or fleet.settled(b, cur[0]):
+                name = RELEASES[updates[b.id] % 2]
+                updates[b.id] += 1
+                sent[b.id] = (fleet.send(b, name), name)
+            return sent[b.id][1]
+
         per = [cuts // boxes + (1 if i < cuts % boxes else 0) for i in range(boxes)]
         errors: list[str] = []
 
@@ -243,7 +260,10 @@ def power_cut_run(work: Path, cuts: int, boxes: int, seed: int = 1, phases=PHASE
             try:
                 for i in range(n):
                     phase = phases[i % len(phases)] if i < len(phases) else r.choice(phases)
-                    cut_at(fleet, b, phase, r)
+                    if not b.running():
+                        b.power_on()
+                    target = next_release(b)
+                    cut_at(fleet, b, phase, r, target)
             except Exception as e:           # reported below, with the box's console
                 errors.append(f"{b.id}: {e!r}")
 
@@ -253,31 +273,32 @@ def power_cut_run(work: Path, cuts: int, boxes: int, seed: int = 1, phases=PHASE
             t.start()
         for t in ths:
             t.join()
-        # the last power-on: every box must boot, publish and settle the release
+        # the last power-on: every box must boot, publish and settle its last release
         start = len(fleet.cap.messages)
         for b in fleet.boxes:
             b.power_on()
         unbootable, outcomes = [], {}
         for b in fleet.boxes:
-            settled = _wait(lambda b=b: fleet.settled(b, vs[b.id]), 180)
+            v, name = sent[b.id]
+            settled = _wait(lambda b=b, v=v: fleet.settled(b, v), 180)
             up = _wait(lambda b=b: fleet.health_after(b, start), 60)
-            # a box that went to the new slot: one more health report from its final boot
             if not up or not settled:
                 unbootable.append(b.id)
                 log(f"{b.id}: up={up} settled={settled}\n{b.console()[-3000:]}")
             rep = fleet.reported(b) or {}
-            outcomes[b.id] = {"outcome": settled, "release": rep.get("release"),
-                              "reason": (rep.get("rejected") or {}).get("reason"), "cuts": b.cuts}
+            outcomes[b.id] = {"outcome": settled, "sent": name, "release": rep.get("release"),
+                              "reason": (rep.get("rejected") or {}).get("reason"), "cuts": b.cuts,
+                              "updates": updates[b.id]}
         # the outbox drains: wait for the seq streams to close their gaps
         _wait(lambda: not fleet.seq_problems(), 30)
         made = sum(len(b.cuts) for b in fleet.boxes)
-        res = {"cuts": made, "boxes": boxes, "unbootable": len(unbootable), "seq_problems": fleet.seq_problems(),
-               "seqs_checked": fleet.seqs(), "errors": errors, "outcomes": outcomes,
-               "applied": sum(1 for o in outcomes.values() if o["outcome"] == "applied"),
-               "rolled_back": sum(1 for o in outcomes.values() if o["outcome"] == "rejected"),
-               "phases": {p: sum(1 for b in fleet.boxes for c in b.cuts if c.startswith(p))
-                          for p in ("mid-download", "mid-switch", "first boot", "random")}}
-        return res
+        return {"cuts": made, "boxes": boxes, "unbootable": len(unbootable), "seq_problems": fleet.seq_problems(),
+                "seqs_checked": fleet.seqs(), "errors": errors, "outcomes": outcomes,
+                "updates": sum(updates.values()),
+                "applied": sum(1 for o in outcomes.values() if o["outcome"] == "applied"),
+                "rolled_back": sum(1 for o in outcomes.values() if o["outcome"] == "rejected"),
+                "phases": {p: sum(1 for b in fleet.boxes for c in b.cuts if c.startswith(p))
+                           for p in ("mid-download", "mid-switch", "first boot", "random")}}
     finally:
         fleet.close()
 
