@@ -8,7 +8,6 @@ import sys
 def run():
     import asyncio
 
-    t = _trial()
     from agent import boot
     box, fw = boot.board()
     del boot
@@ -19,48 +18,17 @@ def run():
         main = console.serve(box, fw)
     else:
         main = box.run()
-    asyncio.run(_guarded(main, t) if t else main)
+    # a release on trial (boot.py left firmware/otaboot.py loaded): with its deadline
+    g = sys.modules.get("otaboot")
+    asyncio.run(g.guarded(main, restart) if g else main)
     if box.failed:
         # A dead task (already logged) would leave a box that reports nothing for
         # years: restart, as the task watchdog of a real deployment would.
         print("homebox: an agent task failed; restarting")
-        if t:
-            _fail("the agent task %s failed" % box.failed)
         restart()
     if getattr(box, "reboot", None):
-        # a release was staged and its slot switched (agent/ota_cold.py)
-        print("homebox: restarting into release %s" % box.reboot)
+        print("homebox: restarting into release", box.reboot)    # agent/ota_cold.py
         restart()
-
-
-def _trial():
-    # A release on trial (over-the-air update, firmware/otaboot.py): its pointer.
-    try:
-        import os
-        os.stat("/ota/boot.json")
-    except OSError:
-        return None
-    import otaboot
-    t = otaboot.trial()
-    del sys.modules["otaboot"]
-    return t
-
-
-def _fail(why):
-    # The release on trial failed: the next boot goes back to the previous slot.
-    try:
-        import otaboot
-        return otaboot.fail(why)
-    except Exception:
-        return False
-
-
-async def _guarded(main, t):
-    import asyncio
-
-    import otaboot
-    asyncio.create_task(otaboot.guard(t, restart))
-    await main
 
 
 def restart():
@@ -79,7 +47,7 @@ except KeyboardInterrupt:
     pass
 except Exception as e:
     sys.print_exception(e)
-    # A release on trial that crashes goes back to the previous slot.
-    if _fail("crashed: %r" % e) or sys.platform == "esp32":
+    g = sys.modules.get("otaboot")        # a release on trial goes back at the next boot
+    if (g and g.fail("crashed: %r" % e)) or sys.platform == "esp32":
         restart()
     raise

@@ -2,8 +2,9 @@
 # boot runs, the try counter of a release on trial, the fall-back to the previous
 # slot, and the health-check deadline. Board glue, like boot.py and main.py: it
 # is never part of a release, so a broken release cannot break the way back.
-# Imported by boot.py on every boot that has a pointer file, and by main.py only
-# on a trial boot; forgotten after.
+# Imported by boot.py on a box that has a pointer file, and forgotten after,
+# except on a trial boot: main.py then runs the agent beside guard() and calls
+# fail() if the agent crashes.
 #
 # The pointer, /ota/boot.json (written whole, tmp + rename):
 #   {"slot": "b", "state": "trial"|"ok", "tries": 1, "version": 7, "release": "0.2.0",
@@ -94,6 +95,15 @@ def fail(why, root=ROOT):
     p["why"] = why[:200]
     write(p, root)
     return True
+
+
+async def guarded(main, restart, root=ROOT):
+    # main.py's agent coroutine, beside the health check of the release on trial
+    import asyncio
+    t = trial(root)
+    if t is not None:
+        asyncio.create_task(guard(t, restart, root))
+    await main
 
 
 async def guard(t, restart, root=ROOT):
