@@ -42,7 +42,7 @@ class Box:
     # Over-the-air releases (agent/ota_cold.py): the boot pointer while this boot
     # runs a release on trial; the release to restart into once one is staged;
     # the install under way.
-    trial = reboot = ota_task = ota_version = None
+    trial = reboot = ota_task = ota_version = ota_doc = None
     _reporting_drop = False
 
     def __init__(self, cfg, hal, validators=None):

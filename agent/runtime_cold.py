@@ -153,7 +153,16 @@ def on_desired(box, topic, payload, oversized=None):
     if oversized is None:
         try:
             if s == "release":
-                result = cold("agent.ota_cold", "handle", box, payload)
+                # handled a little later, as a task of its own (agent/ota_later.py),
+                # unless an install is under way: then at once (a replay, or a newer one)
+                if box.ota_task is None:
+                    box.ota_task = asyncio.create_task(cold("agent.ota_later", "run", box, payload))
+                    result = "later"
+                else:
+                    result = cold("agent.ota_cold", "handle", box, payload)
+                    if result == "install":
+                        box.ota_task = asyncio.create_task(cold("agent.ota_install", "run", box, box.ota_doc))
+                        box.ota_doc = None
                 log("release", "result", result)
                 box.wake.set()
                 return

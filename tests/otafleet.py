@@ -57,7 +57,7 @@ def make_release(work: Path, root: Path, name: str, broken: str | None = None) -
 def box_config(box_id: str, port: int) -> dict:
     return {"box_id": box_id, "broker_host": "127.0.0.1", "broker_port": port, "state_dir": "/state",
             "telemetry_interval": 60, "speedup": 240, "keepalive": 10, "backoff_base": 0.2,
-            "backoff_cap": 1.0, "drain_rate": 200, "console": False}
+            "backoff_cap": 1.0, "drain_rate": 200, "console": False, "ota_delay": 0.5}
 
 
 class Box:

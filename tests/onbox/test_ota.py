@@ -8,6 +8,7 @@ from otabox import Box, manifest, release_files, sha, signed
 
 from agent import fsutil
 from agent import ota_cold as ota
+from agent import ota_install as inst
 
 GOOD = {"version": 5, "release": "0.2.0", "url": "http://127.0.0.1:1/r", "manifest": "a" * 64,
         "confirm_s": 60}
@@ -70,21 +71,21 @@ def test_the_running_release_is_applied_at_once(tmp):
 
 def test_manifest_lines_are_checked(tmp):
     h = "0" * 64
-    assert ota.manifest_entry("%s 12 agent/x.mpy\n" % h) == (h, 12, "agent/x.mpy")
+    assert inst.manifest_entry("%s 12 agent/x.mpy\n" % h) == (h, 12, "agent/x.mpy")
     for line in ("%s 12 boot.py" % h, "%s 12 agent/../main.py" % h, "%s -1 agent/x.mpy" % h,
                  "%s 99999999 agent/x.mpy" % h, "zz 12 agent/x.mpy", "%s 12 agent/X.mpy" % h,
                  "%s twelve agent/x.mpy" % h, "%s 12" % h):
-        assert isinstance(_raises(ota.manifest_entry, line), ota.Bad), line
+        assert isinstance(_raises(inst.manifest_entry, line), inst.Bad), line
     files = release_files("0.2.0")
     with open(tmp + "/m", "wb") as f:
         f.write(manifest("0.2.0", files))
-    got = list(ota.entries(tmp + "/m"))
+    got = list(inst.entries(tmp + "/m"))
     assert [g[2] for g in got] == sorted(files)
     assert got[0][0] == sha(files[got[0][2]]) and got[0][1] == len(files[got[0][2]])
     with open(tmp + "/m2", "wb") as f:
         f.write(b"something else 1\n")
-    e = _raises(lambda: list(ota.entries(tmp + "/m2")))
-    assert isinstance(e, ota.Bad) and e.field == "manifest"
+    e = _raises(lambda: list(inst.entries(tmp + "/m2")))
+    assert isinstance(e, inst.Bad) and e.field == "manifest"
 
 
 def _slot(root, slot):

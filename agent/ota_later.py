@@ -1,0 +1,19 @@
+# A release document, handled a while after it arrived (agent/runtime_cold.py): it
+# comes retained right after a connection, the heap's busiest moment, and the
+# release's code (agent/ota_cold.py, then agent/ota_install.py) is the largest cold
+# code the box loads. This module is all that waits in RAM, with the document.
+import asyncio
+
+from agent.compat import cold
+
+
+async def run(box, payload):
+    # the config's ota_delay: s of box time after the document came (default 20)
+    await asyncio.sleep(box.cfg.get("ota_delay", 20))
+    me = box.ota_task
+    box.ota_task = None             # handle() cancels a task under way: not this one
+    r = cold("agent.ota_cold", "handle", box, payload)
+    if r == "install":
+        box.ota_task = me           # the install runs in this task, which a newer release cancels
+        doc, box.ota_doc = box.ota_doc, None
+        await cold("agent.ota_install", "run", box, doc)     # which ends the task
