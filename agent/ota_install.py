@@ -186,6 +186,9 @@ async def _fetch(host, port, path, dest, size, sha, resume, limit=32768):
     if size is not None and have > size:
         have = 0
     resumed = have > 0
+    # one buffer for the whole file (MicroPython's streams read into it)
+    into = hasattr(asyncio.StreamReader, "readinto")
+    mv = memoryview(bytearray(CHUNK)) if into else None
     if not have:
         fsutil.remove(part)
     h = file_sha(part) if have else hashlib.sha256()
@@ -218,16 +221,22 @@ async def _fetch(host, port, path, dest, size, sha, resume, limit=32768):
             try:
                 since = 0
                 while have < size:
+                    k = min(CHUNK, size - have)
                     try:
-                        b = await asyncio.wait_for(r.read(min(CHUNK, size - have)), IO_TIMEOUT)
+                        if into:
+                            k = await asyncio.wait_for(r.readinto(mv[:k]), IO_TIMEOUT)
+                            b = mv[:k]
+                        else:
+                            b = await asyncio.wait_for(r.read(k), IO_TIMEOUT)
+                            k = len(b)
                     except (OSError, asyncio.TimeoutError):
-                        b = b""
-                    if not b:
+                        k = 0
+                    if not k:
                         break                       # cut: resume with a Range request
                     f.write(b)
                     h.update(b)
-                    have += len(b)
-                    since += len(b)
+                    have += k
+                    since += k
                     if since >= FLUSH:
                         f.flush()                   # committed: a power cut resumes from here
                         since = 0

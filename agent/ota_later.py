@@ -12,8 +12,15 @@ async def run(box, payload):
     await asyncio.sleep(box.cfg.get("ota_delay", 20))
     me = box.ota_task
     box.ota_task = None             # handle() cancels a task under way: not this one
-    r = cold("agent.ota_cold", "handle", box, payload)
-    if r == "install":
-        box.ota_task = me           # the install runs in this task, which a newer release cancels
-        doc, box.ota_doc = box.ota_doc, None
-        await cold("agent.ota_install", "run", box, doc)     # which ends the task
+    try:
+        r = cold("agent.ota_cold", "handle", box, payload)
+        if r == "install":
+            box.ota_task = me       # the install runs in this task, which a newer release cancels
+            doc, box.ota_doc = box.ota_doc, None
+            await cold("agent.ota_install", "run", box, doc)     # which ends the task
+    except Exception as e:
+        # the release's code did not fit in the heap (MemoryError): the document
+        # comes again at the next connection
+        box.ota_task = None
+        from agent.log import log
+        log("release_failed", "error", repr(e))

@@ -24,7 +24,7 @@ from benchmarks.footprint import ALL_FEATURES
 SPEEDUP = 10
 
 
-def update_ok(work, port: int, kb: int, root, srv, name: str) -> dict:
+def update_ok(work, port: int, kb: int, root, srv, name: str, features: dict = ALL_FEATURES) -> dict:
     from backend import push, release, speedtest_server
     from tests.otafleet import KEY
     from vbox import boardrun
@@ -32,7 +32,7 @@ def update_ok(work, port: int, kb: int, root, srv, name: str) -> dict:
     st = speedtest_server.start()
     cfg = {"box_id": box_id, "broker_host": "127.0.0.1", "broker_port": port, "state_dir": "/state",
            "speedup": SPEEDUP, "drain_rate": 5000,
-           "speed_url": "http://127.0.0.1:%d" % st.server_address[1], **ALL_FEATURES}
+           "speed_url": "http://127.0.0.1:%d" % st.server_address[1], **features}
     sc = work / (box_id + ".home.json")
     sc.write_text(json.dumps("good_home"))
     t0 = time.time()
@@ -59,12 +59,19 @@ def update_ok(work, port: int, kb: int, root, srv, name: str) -> dict:
     ok = "release_confirmed" in con and "MemoryError" not in con and "Traceback" not in con and "hal esp32" in con
     why = None if ok else next((ln.strip() for ln in con.splitlines() if "Error" in ln or "rejected" in ln),
                                "did not confirm")
-    return {"ok": ok, "wall_s": round(time.time() - t0, 1), "why": why,
+    lines = con.splitlines()
+    at = next((i for i, ln in enumerate(lines) if "Error" in ln), None)
+    context = None if ok or at is None else [ln.strip() for ln in lines[max(0, at - 6):at + 1]]
+    return {"ok": ok, "wall_s": round(time.time() - t0, 1), "why": why, "context": context,
             "heap_alloc_at_switch": int(m.group(1)) if m else None,
             "heap_free_at_switch": int(m.group(2)) if m else None}
 
 
-def run(heaps=(116, 112)) -> dict:
+# The same box with only what a box always runs: the console, the LAN uplink.
+BASIC = {"console": True, "uplink": "lan", "wifi_ssid": "homebox-000001", "speed_window": [0, 0]}
+
+
+def run(heaps=(116, 128), basic_heaps=(116,)) -> dict:
     from backend import release
     from tests.otafleet import make_release
     work = workdir("ota")
@@ -79,6 +86,8 @@ def run(heaps=(116, 112)) -> dict:
             with Broker(work) as broker:
                 for kb in heaps:
                     out["heaps"][f"{kb}k"] = update_ok(work, broker.port, kb, root, srv, "0.2.0-bench")
+                out["basic_box"] = {f"{kb}k": update_ok(work, broker.port, kb, root, srv, "0.2.0-bench", BASIC)
+                                    for kb in basic_heaps}
         finally:
             srv.shutdown()
         held = [int(k[:-1]) for k, v in out["heaps"].items() if v["ok"]]
@@ -90,9 +99,11 @@ def run(heaps=(116, 112)) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--heaps", default="116,112", help="KiB, comma-separated")
+    ap.add_argument("--heaps", default="116,128", help="KiB, comma-separated: every feature on")
+    ap.add_argument("--basic-heaps", default="116", help="KiB: console and uplink only")
     a = ap.parse_args(argv)
-    print(json.dumps(run(tuple(int(x) for x in a.heaps.split(","))), indent=1))
+    print(json.dumps(run(tuple(int(x) for x in a.heaps.split(",") if x),
+                         tuple(int(x) for x in a.basic_heaps.split(",") if x)), indent=1))
     return 0
 
 

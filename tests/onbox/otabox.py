@@ -25,9 +25,6 @@ class Box:
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
 
-    def verify(self, section, doc):
-        sign.Verifier(self.id, self.cfg["hmac_key"])(section, doc)
-
     def now_ts(self):
         return 1000
 
