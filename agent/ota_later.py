@@ -2,14 +2,13 @@
 # comes retained right after a connection, the heap's busiest moment, and the
 # release's code (agent/ota_cold.py, then agent/ota_install.py) is the largest cold
 # code the box loads. This module is all that waits in RAM, with the document.
-import asyncio
 
 from agent.compat import cold
 
 
 async def run(box, payload):
     # the config's ota_delay: s of box time after the document came (default 20)
-    await asyncio.sleep(box.cfg.get("ota_delay", 20))
+    await box.hal.sleep(box.cfg.get("ota_delay", 20))
     me = box.ota_task
     box.ota_task = None             # handle() cancels a task under way: not this one
     try:
