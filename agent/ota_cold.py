@@ -1,5 +1,5 @@
 # Over-the-air agent releases, the box's side (docs/ota.md,
-# docs/decisions/0017-ota-releases.md): the desired `release` document, the
+# docs/decisions/0019-ota-releases.md): the desired `release` document, the
 # reports, the confirmation of a release on trial and the report of a fall-back.
 # The install itself is agent/ota_install.py. Cold code: loaded for a document,
 # a report, the confirmation; never resident.

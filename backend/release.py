@@ -1,7 +1,7 @@
 """Agent releases for over-the-air updates (docs/ota.md): build a release directory
 from `homebox fw build` output, serve it over HTTP with Range requests, and the
 desired `release` document a campaign sends (signed per box like every desired
-document: docs/decisions/0017-ota-releases.md).
+document: docs/decisions/0019-ota-releases.md).
 
     from backend import release
     r = release.build("build/fw/b1", "releases/0.2.0")          # the .mpy bytes fw build made
