@@ -85,8 +85,13 @@ bench: setup
 CHAOS_KILLS ?= 200
 CHAOS_BOXES ?= 8
 FUZZ_EXAMPLES ?= 1000
+# Then the over-the-air update run: 50 power cuts of virtual boxes at random points
+# of an agent release's install (tests/otafleet.py; 6 chosen ones are in make test).
+OTA_CUTS ?= 50
+OTA_BOXES ?= 4
 chaos: setup
 	$(PY) -m tests.chaos --kills $(CHAOS_KILLS) --boxes $(CHAOS_BOXES) --fuzz-examples $(FUZZ_EXAMPLES)
+	$(PY) -m tests.otafleet --cuts $(OTA_CUTS) --boxes $(OTA_BOXES)
 
 lock:
 	$(PYTHON) -m pip install -q "uv==$(UV_VERSION)"

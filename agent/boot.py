@@ -88,11 +88,18 @@ def _vboxenv(name):
         return None
 
 
+def _board_cfg(cfg):
+    # On a board the agent's releases live in /ota (firmware/otaboot.py).
+    if "ota_dir" not in cfg:
+        cfg["ota_dir"] = "/ota"
+
+
 def _vnet(cfg):
     # A virtual box's emulated board (vbox/board/): its virtual network's NTP
     # server is the vbox host, as a DHCP server would hand it out.
     # The config's speedup runs the board's box time fast (vbox/board/_board.py):
     # ticks, sleeps and the host's NTP answers alike.
+    _board_cfg(cfg)
     port = _vboxenv("board")
     if port:
         cfg["ntp_servers"] = ["127.0.0.1:%d" % port]
@@ -105,6 +112,7 @@ def _vnet(cfg):
 def _sim_scenario(cfg):
     # A virtual box's scenario file wins over the config's; the sim HAL then
     # reports the virtual chip's eFuse MAC, as machine.unique_id() does on an ESP32.
+    _board_cfg(cfg)
     sc = _vboxenv("scenario")
     if sc is None:
         sc = cfg.get("scenario")

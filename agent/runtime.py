@@ -39,6 +39,10 @@ class Box:
     dns = None                   # agent/dns.py Forwarder, when "dns_port" is set
     playlist = None              # agent/playlist.py Server, when "playlist_port" is set
     failed = None                # the name of a task that died
+    # Over-the-air releases (agent/ota_cold.py): the boot pointer while this boot
+    # runs a release on trial; the release to restart into once one is staged;
+    # the install under way.
+    trial = reboot = ota_task = ota_version = ota_doc = None
     _reporting_drop = False
 
     def __init__(self, cfg, hal, validators=None):

@@ -47,6 +47,25 @@ def init(box, cfg, hal, validators):
     box.stop = asyncio.Event()
     box.producers = []
     box.boot_ts = hal.now()
+    if cfg.get("ota_dir"):
+        ota_boot(box, cfg["ota_dir"])
+
+
+def ota_boot(box, od):
+    # Over-the-air releases at boot: a release on trial waits for its confirmation
+    # (agent/session_cold.py), a fall-back by the board's boot is reported, and the
+    # release section's last report is published again (agent/ota_cold.py).
+    p = fsutil.read_json(od + "/boot.json")
+    t = box.twin
+    rep = fsutil.read_json(t.rep_path("release"))
+    if isinstance(rep, dict):
+        t.reported["release"] = rep
+        t.dirty.append("release")
+    if isinstance(p, dict):
+        if p.get("state") == "trial":
+            box.trial = p
+        if p.get("rolled_back"):
+            cold("agent.ota_cold", "rolled_back", box, p)
 
 
 def next_boot(box, sd):
@@ -133,6 +152,20 @@ def on_desired(box, topic, payload, oversized=None):
     s = topic[len(p):]
     if oversized is None:
         try:
+            if s == "release":
+                # handled a little later, as a task of its own (agent/ota_later.py),
+                # unless an install is under way: then at once (a replay, or a newer one)
+                if box.ota_task is None:
+                    box.ota_task = asyncio.create_task(cold("agent.ota_later", "run", box, payload))
+                    result = "later"
+                else:
+                    result = cold("agent.ota_cold", "handle", box, payload)
+                    if result == "install":
+                        box.ota_task = asyncio.create_task(cold("agent.ota_install", "run", box, box.ota_doc))
+                        box.ota_doc = None
+                log("release", "result", result)
+                box.wake.set()
+                return
             if s == "keys":
                 result = cold("agent.keys", "handle", box, payload)
                 log("keys", "result", result, "version", box.cfg.get("key_version") or 0)

@@ -39,6 +39,9 @@ async def open_session(box, attempt):
         finally:
             forget_asyncio_funcs()
         await c.publish(box.t_status, status_doc(box, "online"), retain=True)
+        if box.trial is not None:
+            # connected and published: the release on trial is good (agent/ota_cold.py)
+            cold("agent.ota_cold", "confirm", box)
         await c.subscribe(box.t_desired + "+")
     except ConnectRefused as e:
         log("refused", "reason", e)

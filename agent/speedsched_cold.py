@@ -93,6 +93,8 @@ async def decide(box):
     now = box.hal.now()
     act, arg = sch.decide(now, st)
     how = None
+    if act == "run" and getattr(box, "ota_task", None) is not None:
+        act, arg = sch.decide(now, st, False)   # the line carries a release (agent/ota_install.py)
     if act == "run":
         i, how = await cold("agent.speedtest_cold", "line_idle", box, box.cfg["speed_url"], st)
         if i is False:

@@ -49,9 +49,13 @@ import uuid
 
 from agent import topics
 from backend import history, push
+from backend import release as agent_release
 from backend.errors import OpsError
 from backend.store import ensure_tables
 
+# The desired-document sections, and an agent release (backend/release.py): a box
+# that rolled a release back reports it rejected, with why.
+SECTIONS = tuple(push.SECTIONS) + (agent_release.SECTION,)
 STATES = ("created", "running", "paused", "completed", "aborted")
 BOX_STATES = ("pending", "sent", "applied", "rejected", "timed_out", "offline")
 FAILED = ("rejected", "timed_out")
@@ -156,9 +160,12 @@ def create(store, section: str, template: dict, target: dict, *, name: str | Non
            box_timeout: float = 60.0, max_in_flight: int = 200, author: str | None = None) -> dict:
     """Record a campaign (state `created`) over the boxes the target names now."""
     ensure_schema(store)
-    if section not in push.SECTIONS:
-        raise CampaignError(f"unknown section {section!r}: one of {', '.join(push.SECTIONS)}")
-    push.check(section, template)                 # DocumentInvalid: nothing is recorded
+    if section == agent_release.SECTION:
+        agent_release.check({k: v for k, v in template.items() if k not in ("version", "box", "sig")})
+    elif section not in push.SECTIONS:
+        raise CampaignError(f"unknown section {section!r}: one of {', '.join(SECTIONS)}")
+    else:
+        push.check(section, template)             # DocumentInvalid: nothing is recorded
     waves = list(waves if waves is not None else [0.3, 1.0])
     for v, what in [(canary, "canary")] + [(w, "waves") for w in waves] + [(success, "success"),
                                                                               (abort, "abort")]:

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     # The agent under MicroPython, what it costs on the line, and a fleet on this machine.
     for name in ("footprint", "wire", "fleet", "fanout"):
         benches[name] = importlib.import_module(f"benchmarks.{name}").run
-    for name in ("tic", "dns", "speed", "ingest", "ingest_fleet", "retention", "flash", "station", "cold", "api"):
+    for name in ("tic", "dns", "speed", "ingest", "ingest_fleet", "retention", "flash", "station", "cold", "api",
+                 "ota"):
         try:
             benches[name] = importlib.import_module(f"benchmarks.{name}").run
         except (ImportError, AttributeError):

@@ -21,7 +21,7 @@ from firmware import toolchain
 
 AGENT_DIR = toolchain.AGENT_DIR
 BOARD_DIR = Path(__file__).resolve().parent
-BOARD_FILES = ("boot.py", "main.py")
+BOARD_FILES = ("boot.py", "main.py", "otaboot.py")
 LOCK_PATH = BOARD_DIR / "base-firmware.lock.json"
 UNKNOWN_SHA = "unknown-until-downloaded"
 MANIFEST_FORMAT = 1

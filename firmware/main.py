@@ -15,13 +15,19 @@ def run():
     forget("agent.boot")
     if box.cfg.get("console", True):
         from agent import console
-        asyncio.run(console.serve(box, fw))
+        main = console.serve(box, fw)
     else:
-        asyncio.run(box.run())
+        main = box.run()
+    # a release on trial (boot.py left firmware/otaboot.py loaded): with its deadline
+    g = sys.modules.get("otaboot")
+    asyncio.run(g.guarded(main, restart) if g else main)
     if box.failed:
         # A dead task (already logged) would leave a box that reports nothing for
         # years: restart, as the task watchdog of a real deployment would.
         print("homebox: an agent task failed; restarting")
+        restart()
+    if getattr(box, "reboot", None):
+        print("homebox: restarting into release", box.reboot)    # agent/ota_cold.py
         restart()
 
 
@@ -41,6 +47,7 @@ except KeyboardInterrupt:
     pass
 except Exception as e:
     sys.print_exception(e)
-    if sys.platform == "esp32":
+    g = sys.modules.get("otaboot")        # a release on trial goes back at the next boot
+    if (g and g.fail("crashed: %r" % e)) or sys.platform == "esp32":
         restart()
     raise

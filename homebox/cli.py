@@ -23,7 +23,7 @@ ROLES = [
 
 # More subcommands of a role, kept apart from its line above: the operator's HTTP
 # API and console (ops serve, account, token, inventory, audit)
-EXTRA = {"ops": ["homebox.cli_ops_serve", "homebox.cli_ops_identity"]}
+EXTRA = {"ops": ["homebox.cli_ops_serve", "homebox.cli_ops_identity", "homebox.cli_ops_release"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from backend.campaign import SECTIONS as CAMPAIGN_SECTIONS
 from backend.push import SECTIONS
 from common import credentials
 from homebox.cli_ops_common import add_db_json, broker_url, fail, out, with_store
@@ -28,7 +29,8 @@ def register(sub) -> None:
     cs.required = True
 
     c = cs.add_parser("create", help="record a campaign over a target (nothing is sent yet)")
-    c.add_argument("section", choices=SECTIONS)
+    c.add_argument("section", choices=CAMPAIGN_SECTIONS,
+                   help="a section, or release (an agent release: ops release build|template)")
     c.add_argument("file", type=Path, help="the section document template (JSON; version, box and sig are set per box)")
     t = c.add_mutually_exclusive_group(required=True)
     t.add_argument("--box", action="append", help="a box id (repeat, or comma-separated)")
