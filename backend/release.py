@@ -82,9 +82,10 @@ def fw_agent_files(fw_dir: Path | str) -> dict[str, bytes]:
             continue
         with fs.open(p, "rb") as fh:
             data = fh.read()
-        # (fw build keeps the hash of a file named like a secret out of its manifest:
-        # agent/secretstore.mpy is code, and only its size is there)
-        if len(data) != f.get("size") or (not f.get("secret") and _sha(data) != f.get("sha256")):
+        # a secret's hash is never in a manifest, and no secret belongs in a release
+        if f.get("secret"):
+            raise ReleaseError(f"{d}/vfs.bin: {p} is marked secret: a release carries code only")
+        if len(data) != f.get("size") or _sha(data) != f.get("sha256"):
             raise ReleaseError(f"{d}/vfs.bin: {p} does not match manifest.json")
         out[p] = data
     if "agent/__init__.mpy" not in out:

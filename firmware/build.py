@@ -270,7 +270,8 @@ def check_base_bin(data: bytes, lock: dict, flash_size: int) -> list[pt.Partitio
 def is_secret(path: str) -> bool:
     """A file whose content stays out of manifests and records (secrets.json, keys)."""
     name = path.rsplit("/", 1)[-1]
-    return name.startswith("secrets") or name.endswith((".key", ".pem"))
+    # secrets.json and its temporaries; not agent/secretstore.mpy, which is code
+    return name.split(".", 1)[0] == "secrets" or name.endswith((".key", ".pem"))
 
 
 # --- the build ---------------------------------------------------------------

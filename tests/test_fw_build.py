@@ -161,3 +161,10 @@ def test_cli_build_with_overlay_dir_json(tmp_path):
     m = json.loads(r.stdout)
     assert any(f["path"] == "config.json" for f in m["files"])
     assert m == json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
+def test_only_secret_files_are_kept_out_of_manifests():
+    from firmware.build import is_secret
+    assert is_secret("/secrets.json") and is_secret("/secrets.json.tmp") and is_secret("/ca/box.key")
+    # code named like a secret is code: its hash belongs in the manifest (OTA checks it)
+    assert not is_secret("/agent/secretstore.mpy") and not is_secret("/agent/keys.mpy")
