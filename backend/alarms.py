@@ -33,7 +33,14 @@ import json
 import math
 import time
 
-from backend.readings import SPEED_MIN_RATIO, TIC_BAD_MIN, TIC_BAD_SHARE, _num, speed_ratio, station_weak_shares
+from backend.readings import (
+    SPEED_MIN_RATIO,
+    TIC_BAD_MIN,
+    TIC_BAD_SHARE,
+    _num,
+    speed_ratio,
+    station_weak_shares,
+)
 
 # kind: (severity, what it means)
 KINDS = {
