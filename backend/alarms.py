@@ -40,6 +40,7 @@ from backend.readings import (
     _num,
     speed_ratio,
     station_weak_shares,
+    tic_counts,
 )
 
 # kind: (severity, what it means)
@@ -205,14 +206,9 @@ def _tic_between(prev, data, bad_share: float) -> str | None | bool:
     elec = data.get("elec") if isinstance(data, dict) else None
     if not isinstance(elec, dict):
         return False
-    ok, bad = _num(elec.get("frames_ok")) or 0, _num(elec.get("frames_bad")) or 0
-    errs = elec.get("errors") if isinstance(elec.get("errors"), dict) else {}
-    nerr = sum(_num(v) or 0 for k, v in errs.items() if k != "implausible")
+    ok, bad, nerr = tic_counts(elec)
     if prev is not None:
-        pe = prev.get("elec") if isinstance(prev.get("elec"), dict) else {}
-        pok, pbad = _num(pe.get("frames_ok")) or 0, _num(pe.get("frames_bad")) or 0
-        perrs = pe.get("errors") if isinstance(pe.get("errors"), dict) else {}
-        pnerr = sum(_num(v) or 0 for k, v in perrs.items() if k != "implausible")
+        pok, pbad, pnerr = tic_counts(prev.get("elec") if isinstance(prev.get("elec"), dict) else {})
         if ok >= pok and bad >= pbad and nerr >= pnerr:
             ok, bad, nerr = ok - pok, bad - pbad, nerr - pnerr
     if ok + bad == 0 and not nerr:

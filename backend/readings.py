@@ -79,13 +79,20 @@ def speed_ratio(data) -> float | None:
     return r
 
 
+def tic_counts(elec: dict) -> tuple:
+    """(good frames, bad frames, rejected groups) of a consumption report's elec part;
+    implausible values are the meter's, not the link's."""
+    errs = elec.get("errors") if isinstance(elec.get("errors"), dict) else {}
+    return (_num(elec.get("frames_ok")) or 0, _num(elec.get("frames_bad")) or 0,
+            sum(_num(v) or 0 for k, v in errs.items() if k != "implausible"))
+
+
 def tic_error_detail(data) -> str | None:
     elec = data.get("elec") if isinstance(data, dict) else None
     if not isinstance(elec, dict):
         return None
-    ok, bad = _num(elec.get("frames_ok")) or 0, _num(elec.get("frames_bad")) or 0
+    ok, bad, nerr = tic_counts(elec)
     errs = elec.get("errors") if isinstance(elec.get("errors"), dict) else {}
-    nerr = sum(_num(v) or 0 for k, v in errs.items() if k != "implausible")
     if ok == 0 and (bad or nerr):
         return f"no valid frame since boot ({bad} bad frames, {nerr} rejected groups)"
     if bad >= TIC_BAD_MIN and bad / (ok + bad) >= TIC_BAD_SHARE:

@@ -57,3 +57,23 @@ def with_store(args, fn, errors: type | tuple = (), code: int = 1):
         return None, fail(args, e, code)
     finally:
         store.close()
+
+
+ENV_PASSWORD = "HOMEBOX_ACCOUNT_PASSWORD"
+
+
+def read_password(args, prompt: str, confirm: bool = False) -> str:
+    """A console account's password: --password-stdin, $HOMEBOX_ACCOUNT_PASSWORD, or
+    asked at the terminal (twice when it is a new one), never from an argument."""
+    import getpass
+    import os
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get(ENV_PASSWORD):
+        return os.environ[ENV_PASSWORD]
+    if not sys.stdin.isatty():
+        raise SystemExit(f"no password: use --password-stdin or ${ENV_PASSWORD}")
+    pw = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != pw:
+        raise SystemExit("the two passwords differ")
+    return pw

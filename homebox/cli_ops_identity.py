@@ -8,12 +8,9 @@ fleet broker as themselves (backend/identities.py).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from homebox.cli_ops_common import add_db_json, fail, out
-
-ENV_PASSWORD = "HOMEBOX_ACCOUNT_PASSWORD"
+from homebox.cli_ops_common import add_db_json, fail, out, read_password
 
 
 def register(sub) -> None:
@@ -41,16 +38,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_revoke)
 
 
-def _password(args) -> str:
-    import getpass
-    import os
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if os.environ.get(ENV_PASSWORD):
-        return os.environ[ENV_PASSWORD]
-    if not sys.stdin.isatty():
-        raise SystemExit(f"no password: use --password-stdin or ${ENV_PASSWORD}")
-    return getpass.getpass(f"{args.name}'s console password: ")
 
 
 def cmd_login(args) -> int:
@@ -58,7 +45,7 @@ def cmd_login(args) -> int:
     from backend.errors import OpsError
     from backend.keys import reload_broker
     from backend.store import open_store
-    pw = _password(args)
+    pw = read_password(args, f"{args.name}'s console password: ")
     st = open_store(args.db)
     try:
         acct = accounts.login(st, args.name, pw)

@@ -3,17 +3,21 @@
 backend/accounts.py and backend/inventory.py."""
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from homebox.cli_ops_common import add_db_json, broker_url, out, with_store
+from homebox.cli_ops_common import (
+    ENV_PASSWORD,
+    add_db_json,
+    broker_url,
+    out,
+    read_password,
+    with_store,
+)
 from homebox.cli_ops_fleet import DB_HELP
-
-ENV_PASSWORD = "HOMEBOX_ACCOUNT_PASSWORD"
 
 
 def register(sub) -> None:
@@ -162,22 +166,11 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _password(args) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if os.environ.get(ENV_PASSWORD):
-        return os.environ[ENV_PASSWORD]
-    if not sys.stdin.isatty():
-        raise SystemExit(f"no password: use --password-stdin or ${ENV_PASSWORD}")
-    a, b = getpass.getpass("password: "), getpass.getpass("again: ")
-    if a != b:
-        raise SystemExit("the two passwords differ")
-    return a
 
 
 def cmd_account_add(args) -> int:
     from backend import accounts
-    pw = _password(args)
+    pw = read_password(args, "password: ", confirm=True)
     a, rc = with_store(args, lambda st: accounts.add(st, args.name, args.role, pw, author=_author()),
                        accounts.AccountError)
     if rc is not None:
